@@ -1,0 +1,70 @@
+//! The REST API (SPEC §4): axum routes over the controller. No rollout logic here.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::rollout::controller::Controller;
+use crate::telemetry::Metrics;
+pub use auth::Auth;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub controller: Controller,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    /// Set once the store is open, policies loaded and rollouts resumed.
+    pub ready: Arc<AtomicBool>,
+    /// Extra routes (e.g. Slack interactions) are merged by their modules.
+    pub slack: Option<Arc<dyn SlackHandler>>,
+}
+
+/// The Slack interactions endpoint, implemented by `notify::slack`.
+pub trait SlackHandler: Send + Sync + 'static {
+    /// Verify and handle one request; returns the HTTP status and a JSON body.
+    fn handle<'a>(
+        &'a self,
+        controller: &'a Controller,
+        headers: &'a axum::http::HeaderMap,
+        body: &'a [u8],
+    ) -> crate::BoxFut<'a, (axum::http::StatusCode, serde_json::Value)>;
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.controller.env().store.ping()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    Router::new()
+        .route("/api/v1/rollouts", post(create_rollout).get(list_rollouts))
+        .route("/api/v1/rollouts/{id}", get(get_rollout))
+        .route("/api/v1/rollouts/{id}/events", get(rollout_events))
+        .route("/api/v1/rollouts/{id}/promote", post(promote))
+        .route("/api/v1/rollouts/{id}/pause", post(pause))
+        .route("/api/v1/rollouts/{id}/resume", post(resume))
+        .route("/api/v1/rollouts/{id}/abort", post(abort))
+        .route("/api/v1/policies", get(list_policies))
+        .route("/api/v1/slack/interactions", post(slack_interactions))
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}

@@ -1,0 +1,43 @@
+//! The OpenAPI 3 document, generated from the handlers and types (utoipa).
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::error::{ErrorBody, ErrorDetail};
+use super::routes::{self, AbortBody, Items, PromoteBody};
+use crate::analysis::{AnalysisReport, MetricResult, MetricVerdict, Verdict};
+use crate::policy::*;
+use crate::rollout::{CreateRequest, Event, GateView, Phase, RolloutView, RouterSpec};
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = api.components.as_mut() {
+            c.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vane", description = "Progressive delivery: canary and blue/green rollouts with SLO analysis."),
+    paths(
+        routes::create_rollout, routes::list_rollouts, routes::get_rollout, routes::rollout_events,
+        routes::promote, routes::pause, routes::resume, routes::abort, routes::list_policies,
+        routes::slack_interactions, routes::live, routes::ready, routes::metrics
+    ),
+    components(schemas(
+        CreateRequest, RouterSpec, Overrides, RolloutView, GateView, Phase, Strategy, Event, Items<RolloutView>,
+        Items<Event>, Items<Policy>, AnalysisReport, MetricResult, Verdict, MetricVerdict, Policy, MetricSpec, Bound,
+        Gate, Approval, Hooks, HookSpec, Preflight, SequentialSpec, OnNoData, JudgeKind, OnDrift, Dialect,
+        PromoteBody, AbortBody, ErrorBody, ErrorDetail
+    )),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

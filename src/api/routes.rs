@@ -1,0 +1,275 @@
+//! Handlers. Each validates its input into a typed request and calls the controller.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::auth::{Operator, Viewer};
+use super::error::{ApiError, ErrorBody};
+use crate::policy::Policy;
+use crate::rollout::machine::Command;
+use crate::rollout::{CreateRequest, Event, Phase, RolloutView};
+use crate::store::ListFilter;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    /// Go straight to 100 % instead of passing only the current gate/step.
+    #[serde(default)]
+    pub full: bool,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AbortBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    /// One of the phases, e.g. `Progressing`.
+    pub phase: Option<String>,
+    /// 1..1000, default 100.
+    pub limit: Option<String>,
+}
+
+/// Parse a JSON body; syntax errors are 400, well-formed JSON of the wrong shape is 422 with the field.
+fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>, optional: bool) -> Result<Option<T>, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is larger than {} bytes", super::BODY_LIMIT),
+        ),
+        _ => ApiError::bad_request(e.body_text()),
+    })?;
+    if optional && body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(None);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    match serde_path_to_error::deserialize(de) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                Err(ApiError::bad_request(format!("malformed JSON: {inner}")))
+            } else {
+                let field = if path == "." { missing_field(&inner.to_string()) } else { path };
+                Err(ApiError::unprocessable(field, inner.to_string()))
+            }
+        }
+    }
+}
+
+/// serde reports a missing field at the parent path; name the field itself.
+fn missing_field(msg: &str) -> String {
+    msg.strip_prefix("missing field `").and_then(|s| s.split('`').next()).unwrap_or("").to_string()
+}
+
+/// ULIDs only: anything else (path tricks included) is simply not found.
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("rollout {id:?} not found")))
+    }
+}
+
+/// Create a rollout.
+#[utoipa::path(post, path = "/api/v1/rollouts", tag = "rollouts", request_body = CreateRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "same key and body → same rollout (200)")),
+    responses(
+        (status = 201, description = "created", body = RolloutView),
+        (status = 200, description = "replay of an earlier request with the same Idempotency-Key", body = RolloutView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "an active rollout for this service exists", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_rollout(
+    State(s): State<AppState>,
+    Operator(caller): Operator,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CreateRequest = parse_json(body, false)?.unwrap_or_else(|| unreachable!("required body"));
+    let idem = match headers.get("idempotency-key") {
+        Some(v) => {
+            let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+                ApiError::bad_request("Idempotency-Key must be 1-255 visible ASCII characters").field("Idempotency-Key")
+            })?;
+            // Canonical body: the parsed request re-serialised, so formatting differences don't matter.
+            let canonical = serde_json::to_string(&req).unwrap_or_default();
+            Some((key.to_string(), canonical))
+        }
+        None => None,
+    };
+    let (r, created) = s.controller.create(req, &caller.name, idem).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(RolloutView::from(&r))).into_response())
+}
+
+/// List rollouts, newest first.
+#[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts", params(ListQuery),
+    responses((status = 200, body = Items<RolloutView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_rollouts(
+    State(s): State<AppState>,
+    _viewer: Viewer,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Items<RolloutView>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let phase = match q.phase.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => Some(Phase::parse(p).ok_or_else(|| ApiError::bad_request(format!("unknown phase {p:?}")).field("phase"))?),
+        None => None,
+    };
+    let limit = match q.limit.as_deref() {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_request("limit must be 1..1000").field("limit"))?,
+        None => 100,
+    };
+    let f = ListFilter { service: q.service.filter(|s| !s.is_empty()), namespace: q.namespace.filter(|s| !s.is_empty()), phase, limit };
+    let items = s.controller.list(&f)?.iter().map(RolloutView::from).collect();
+    Ok(Json(Items { items }))
+}
+
+/// One rollout.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts", params(("id" = String, Path)),
+    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_rollout(State(s): State<AppState>, _viewer: Viewer, Path(id): Path<String>) -> Result<Json<RolloutView>, ApiError> {
+    check_id(&id)?;
+    Ok(Json(RolloutView::from(&s.controller.get(&id)?)))
+}
+
+/// A rollout's ordered, append-only history.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/events", tag = "rollouts", params(("id" = String, Path)),
+    responses((status = 200, body = Items<Event>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rollout_events(State(s): State<AppState>, _viewer: Viewer, Path(id): Path<String>) -> Result<Json<Items<Event>>, ApiError> {
+    check_id(&id)?;
+    Ok(Json(Items { items: s.controller.events(&id)? }))
+}
+
+async fn command(s: &AppState, id: &str, c: Command, actor: &str) -> Result<Json<RolloutView>, ApiError> {
+    check_id(id)?;
+    Ok(Json(RolloutView::from(&s.controller.command(id, c, actor).await?)))
+}
+
+/// Pass the current gate/step, or with `full` go straight to 100 %.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/promote", tag = "control", params(("id" = String, Path)),
+    request_body(content = Option<PromoteBody>),
+    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "not valid in the current phase", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn promote(
+    State(s): State<AppState>,
+    Operator(c): Operator,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let b: PromoteBody = parse_json(body, true)?.unwrap_or_default();
+    command(&s, &id, Command::Promote { full: b.full }, &c.name).await
+}
+
+/// Hold the rollout where it is.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn pause(State(s): State<AppState>, Operator(c): Operator, Path(id): Path<String>) -> Result<Json<RolloutView>, ApiError> {
+    command(&s, &id, Command::Pause, &c.name).await
+}
+
+/// Continue a paused rollout.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume(State(s): State<AppState>, Operator(c): Operator, Path(id): Path<String>) -> Result<Json<RolloutView>, ApiError> {
+    command(&s, &id, Command::Resume, &c.name).await
+}
+
+/// Roll back now.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", tag = "control", params(("id" = String, Path)),
+    request_body(content = Option<AbortBody>),
+    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn abort(
+    State(s): State<AppState>,
+    Operator(c): Operator,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let b: AbortBody = parse_json(body, true)?.unwrap_or_default();
+    if b.reason.as_ref().is_some_and(|r| r.len() > 1000) {
+        return Err(ApiError::unprocessable("reason", "at most 1000 characters"));
+    }
+    command(&s, &id, Command::Abort { reason: b.reason }, &c.name).await
+}
+
+/// The loaded policies.
+#[utoipa::path(get, path = "/api/v1/policies", tag = "policies",
+    responses((status = 200, body = Items<Policy>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_policies(State(s): State<AppState>, _viewer: Viewer) -> Json<Items<Policy>> {
+    Json(Items { items: s.controller.policies().as_ref().clone() })
+}
+
+/// Slack interactivity (buttons Promote / Abort), verified with the signing secret.
+#[utoipa::path(post, path = "/api/v1/slack/interactions", tag = "slack",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "handled"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn slack_interactions(State(s): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let Some(h) = s.slack.clone() else {
+        return Err(ApiError::not_found("Slack is not configured (set the signing secret)"));
+    };
+    let (status, json) = h.handle(&s.controller, &headers, &body).await;
+    Ok((status, Json(json)).into_response())
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "alive")))]
+pub async fn live() -> &'static str {
+    "ok"
+}
+
+/// Readiness: store open, policies loaded, rollouts resumed.
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200), (status = 503)))]
+pub async fn ready(State(s): State<AppState>) -> Response {
+    if s.is_ready() { (StatusCode::OK, "ready").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response() }
+}
+
+/// Prometheus exposition of the daemon's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    let body = s.metrics.encode();
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}

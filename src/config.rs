@@ -1,0 +1,255 @@
+//! Daemon configuration (SPEC §2): a TOML file, every key optional, each overridable by
+//! `VANE_<SECTION>_<KEY>` environment variables.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub store: StoreConfig,
+    pub policies: Policies,
+    pub prometheus: Prometheus,
+    pub kubernetes: Kubernetes,
+    pub slack: Slack,
+    pub notifications: Notifications,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// Environment variable holding the token (preferred: keeps secrets out of the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// The token itself (for local experiments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    pub listen: String,
+    pub tokens: Vec<TokenConfig>,
+    /// How long series of finished rollouts stay in /metrics.
+    #[serde(with = "humantime_serde")]
+    pub metrics_retention: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { listen: "127.0.0.1:8080".into(), tokens: vec![], metrics_retention: Duration::from_secs(3600) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: "./vane-data".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policies {
+    pub dir: PathBuf,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies { dir: "./policies".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prometheus {
+    pub url: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// At most this many queries in flight, across all rollouts.
+    pub max_concurrent_queries: usize,
+    /// Environment variable holding a bearer token for Prometheus.
+    pub bearer_token_env: String,
+    pub basic_auth_user: String,
+    pub basic_auth_password_env: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Prometheus {
+            url: "http://127.0.0.1:9090".into(),
+            timeout: Duration::from_secs(5),
+            max_concurrent_queries: 16,
+            bearer_token_env: String::new(),
+            basic_auth_user: String::new(),
+            basic_auth_password_env: String::new(),
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kubernetes {
+    pub kubeconfig: String,
+    pub context: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Slack {
+    pub signing_secret_env: String,
+    pub webhook_url_env: String,
+}
+
+impl Default for Slack {
+    fn default() -> Self {
+        Slack { signing_secret_env: "VANE_SLACK_SIGNING_SECRET".into(), webhook_url_env: "VANE_SLACK_WEBHOOK_URL".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default)]
+    pub secret_env: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Notifications {
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("server", &["listen", "tokens", "metrics_retention"]),
+    ("store", &["path"]),
+    ("policies", &["dir"]),
+    (
+        "prometheus",
+        &["url", "timeout", "max_concurrent_queries", "bearer_token_env", "basic_auth_user", "basic_auth_password_env", "headers"],
+    ),
+    ("kubernetes", &["kubeconfig", "context"]),
+    ("slack", &["signing_secret_env", "webhook_url_env"]),
+    ("notifications", &["webhooks"]),
+];
+
+impl Config {
+    /// Load from an optional file, then apply `VANE_*` overrides from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let src = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::File { path: p.display().to_string(), message: e.to_string() })?;
+                src.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::File { path: p.display().to_string(), message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        for (var, value) in env {
+            let Some((section, key)) = env_key(&var) else { continue };
+            // A TOML value when it parses as one (numbers, arrays, inline tables), else a string.
+            let v = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            let sec = table.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+            match sec {
+                toml::Value::Table(t) => {
+                    t.insert(key, v);
+                }
+                _ => return Err(ConfigError::Env { var, message: "section is not a table".into() }),
+            }
+        }
+        let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "config".into());
+        Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::File { path: shown, message: e.to_string() })
+    }
+}
+
+/// `VANE_SERVER_LISTEN` → ("server", "listen"), only for keys the config has.
+fn env_key(var: &str) -> Option<(String, String)> {
+    let rest = var.strip_prefix("VANE_")?.to_ascii_lowercase();
+    SECTIONS.iter().find_map(|(sec, keys)| {
+        let key = rest.strip_prefix(sec)?.strip_prefix('_')?;
+        keys.contains(&key).then(|| (sec.to_string(), key.to_string()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = Config::load(None, vec![]).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.store.path, PathBuf::from("./vane-data"));
+        assert_eq!(c.policies.dir, PathBuf::from("./policies"));
+        assert_eq!(c.prometheus.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn env_overrides_file_and_ignores_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vane.toml");
+        std::fs::write(&f, "[server]\nlisten = \"127.0.0.1:9\"\n[prometheus]\ntimeout = \"2s\"\n").unwrap();
+        let c = Config::load(
+            Some(&f),
+            env(&[
+                ("VANE_SERVER_LISTEN", "0.0.0.0:8081"),
+                ("VANE_PROMETHEUS_TIMEOUT", "7s"),
+                ("VANE_SLACK_SIGNING_SECRET", "not-a-config-key"),
+                ("VANE_CI_TOKEN", "secret"),
+                ("VANE_SERVER_TOKENS", r#"[{ name = "ci", token_env = "VANE_CI_TOKEN", role = "operator" }]"#),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:8081");
+        assert_eq!(c.prometheus.timeout, Duration::from_secs(7));
+        assert_eq!(c.server.tokens[0].role, Role::Operator);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vane.toml");
+        std::fs::write(&f, "[server]\nlisten_on = \"x\"\n").unwrap();
+        let e = Config::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(e.contains("listen_on"), "{e}");
+    }
+}

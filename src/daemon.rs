@@ -1,0 +1,86 @@
+//! `vane serve`: wire config, store, policies, adapters, controller and API together.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+
+use crate::analysis::{Analyzer, TimeOnly};
+use crate::api::{self, AppState, Auth};
+use crate::config::Config;
+use crate::notify::{AlwaysOk, Silent};
+use crate::rollout::controller::Controller;
+use crate::rollout::driver::{Env, SystemClock};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::traffic::Routers;
+
+/// Refuse to expose an unauthenticated API beyond this machine.
+pub fn check_listen(addr: &SocketAddr, auth: &Auth) -> anyhow::Result<()> {
+    if auth.is_open() && !addr.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {addr} without any API token: anyone who can reach it could move production \
+             traffic. Configure [server].tokens (see README) or listen on 127.0.0.1"
+        );
+    }
+    Ok(())
+}
+
+pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
+    crate::install_crypto_provider();
+    let cfg = Config::load(config_path, std::env::vars())?;
+    let addr: SocketAddr = cfg.server.listen.parse().with_context(|| format!("server.listen {:?}", cfg.server.listen))?;
+    let auth = Auth::from_config(&cfg.server.tokens, |v| std::env::var(v).ok())?;
+    check_listen(&addr, &auth)?;
+    if auth.is_open() {
+        tracing::warn!("no API tokens configured: every local caller is an operator (loopback only)");
+    }
+
+    let policies = crate::policy::load_dir(&cfg.policies.dir).map_err(|errs| {
+        let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("policies in {} do not load:\n{}", cfg.policies.dir.display(), lines.join("\n"))
+    })?;
+    let store = Store::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+    let metrics = Arc::new(Metrics::new(cfg.server.metrics_retention));
+    let analyzer: Arc<dyn Analyzer> = Arc::new(TimeOnly);
+    let env = Arc::new(Env {
+        store,
+        routers: Arc::new(Routers::default()),
+        analyzer,
+        hooks: Arc::new(AlwaysOk),
+        notifier: Arc::new(Silent),
+        metrics: metrics.clone(),
+        clock: Arc::new(SystemClock),
+    });
+    let controller = Controller::new(env, policies);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let resumed = controller.resume_all()?;
+    tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");
+    let ready = Arc::new(AtomicBool::new(true));
+    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: None };
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            ready.store(false, Ordering::Relaxed);
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down; state is durable, rollouts resume on the next start");
+}

@@ -1,0 +1,26 @@
+use clap::Parser;
+use vane::cli::{Cli, Cmd, LogFormat, PolicyCmd};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    vane::telemetry::init_tracing(matches!(cli.log_format, LogFormat::Json));
+    let code = match cli.command {
+        Cmd::Serve { config } => match vane::daemon::serve(config.as_deref()).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vane: {e:#}");
+                2
+            }
+        },
+        Cmd::Rollout(cmd) => match vane::cli::run(cmd).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("vane: {e:#}");
+                1
+            }
+        },
+        Cmd::Policy(PolicyCmd::Check { paths }) => vane::cli::policy_check(paths),
+    };
+    std::process::ExitCode::from(code as u8)
+}

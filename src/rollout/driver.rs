@@ -1,0 +1,269 @@
+//! The driver: one tokio task per active rollout, executing the machine's effects.
+//!
+//! Loop: wait for a command, an effect's result or the next wake-up → feed it to the machine → commit
+//! the new state and its events (one sled transaction, flushed) → only then start the effects it
+//! decided and hand the events to the notifier. A store failure executes nothing; the next tick decides
+//! again from the last durable state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::machine::{self, Command, CommandError, Effect, Input, StageFailure};
+use super::{Millis, Rollout};
+use crate::BoxFut;
+use crate::analysis::{AnalysisContext, Analyzer};
+use crate::notify::{HookRunner, Notifier};
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::traffic::{Router, RouterError, RouterFactory};
+
+/// Wall-clock milliseconds. Tests use [`TokioClock`] so a paused tokio clock drives rollouts.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Millis;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+}
+
+/// Wall time = a fixed start + tokio's (possibly paused) elapsed time.
+pub struct TokioClock {
+    wall: Millis,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(wall: Millis) -> Self {
+        TokioClock { wall, start: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Millis {
+        self.wall + self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// Everything a driver needs from the outside world.
+pub struct Env {
+    pub store: Store,
+    pub routers: Arc<dyn RouterFactory>,
+    pub analyzer: Arc<dyn Analyzer>,
+    pub hooks: Arc<dyn HookRunner>,
+    pub notifier: Arc<dyn Notifier>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A command for a running rollout, answered with the rollout after it was applied.
+pub struct Request {
+    pub command: Command,
+    pub actor: String,
+    pub reply: oneshot::Sender<Result<Rollout, DriverError>>,
+}
+
+/// A router whose construction failed: every call reports why, so the rollout fails before any shift.
+struct Unavailable(RouterError);
+
+impl Router for Unavailable {
+    fn kind(&self) -> &'static str {
+        "unavailable"
+    }
+    fn validate(&self) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(async { Err(self.0.clone()) })
+    }
+    fn set_weight(&self, _: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(async { Err(self.0.clone()) })
+    }
+    fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+struct Driver {
+    env: Arc<Env>,
+    r: Rollout,
+    router: Arc<dyn Router>,
+    tasks: JoinSet<Input>,
+    /// A commit failed: in-flight work is abandoned and the machine recovers from the durable state.
+    stalled: bool,
+}
+
+/// Run a rollout until it reaches a terminal phase (or the command channel closes).
+/// `recover`: the rollout was loaded from the store after a restart.
+pub async fn run(env: Arc<Env>, r: Rollout, mut rx: mpsc::Receiver<Request>, recover: bool) {
+    let router = env.routers.build(&r).unwrap_or_else(|e| Arc::new(Unavailable(e)));
+    let mut d = Driver { env, r, router, tasks: JoinSet::new(), stalled: false };
+    let first = if recover {
+        let observed = d.router.observe().await.ok().flatten();
+        Input::Recover { observed }
+    } else {
+        Input::Tick
+    };
+    let _ = d.apply(first).await;
+    while !d.r.is_terminal() {
+        let now = d.env.clock.now();
+        let wait = match d.stalled {
+            true => Some(Duration::from_secs(1)),
+            false => d.r.wake_at().map(|t| Duration::from_millis(t.saturating_sub(now))),
+        };
+        tokio::select! {
+            req = rx.recv() => {
+                let Some(req) = req else { break };
+                let input = Input::Command { command: req.command, actor: req.actor };
+                let res = d.apply(input).await.map(|()| d.r.clone());
+                let _ = req.reply.send(res);
+            }
+            Some(res) = d.tasks.join_next(), if !d.tasks.is_empty() => {
+                if let Ok(input) = res {
+                    let _ = d.apply(input).await;
+                }
+            }
+            _ = sleep(wait) => {
+                if d.stalled {
+                    d.tasks.abort_all();
+                    d.stalled = false;
+                    let _ = d.apply(Input::Recover { observed: None }).await;
+                } else {
+                    let _ = d.apply(Input::Tick).await;
+                }
+            }
+        }
+    }
+    // Answer commands that raced with the end (they get the terminal-phase error).
+    rx.close();
+    while let Some(req) = rx.recv().await {
+        let res = machine::step(&mut d.r.clone(), Input::Command { command: req.command, actor: req.actor }, 0);
+        let _ = req.reply.send(res.map(|_| d.r.clone()).map_err(DriverError::from));
+    }
+}
+
+async fn sleep(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    async fn apply(&mut self, input: Input) -> Result<(), DriverError> {
+        let now = self.env.clock.now();
+        let analysis = match &input {
+            Input::Analysis { report, .. } => Some(report.clone()),
+            _ => None,
+        };
+        let mut next = self.r.clone();
+        let out = machine::step(&mut next, input, now)?;
+        let mut unchanged = next.clone();
+        unchanged.updated_at = self.r.updated_at;
+        if out.events.is_empty() && out.effects.is_empty() && unchanged == self.r {
+            return Ok(());
+        }
+        let was_terminal = self.r.is_terminal();
+        let events = match self.env.store.commit(&mut next, out.events).await {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::error!(rollout = %self.r.id, error = %e, "cannot persist a transition; recovering in 1s");
+                self.stalled = true;
+                return Err(e.into());
+            }
+        };
+        self.r = next;
+        let m = &self.env.metrics;
+        m.observe(&self.r, self.r.is_terminal() && !was_terminal, now);
+        if let Some(a) = analysis.filter(|_| events.iter().any(|e| e.kind == "analysis")) {
+            m.observe_analysis(&self.r, &a);
+        }
+        for e in &events {
+            tracing::info!(rollout = %self.r.id, service = %self.r.service, seq = e.seq, kind = %e.kind, actor = %e.actor, "{}", e.message);
+            self.env.notifier.notify(&self.r, e);
+        }
+        for eff in out.effects {
+            self.start(eff);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, effect: Effect) {
+        let env = self.env.clone();
+        let router = self.router.clone();
+        let r = self.r.clone();
+        match effect {
+            Effect::SetWeight { op, canary } => {
+                self.tasks.spawn(async move {
+                    let result = router.set_weight(canary).await;
+                    env.metrics.router_call(router.kind(), result.is_ok());
+                    if let Err(e) = &result {
+                        tracing::warn!(rollout = %r.id, canary, error = %e, "router call failed");
+                    }
+                    Input::RouterDone { op, result }
+                });
+            }
+            Effect::Validate { op } => {
+                self.tasks.spawn(async move {
+                    let result = router.validate().await;
+                    env.metrics.router_call(router.kind(), result.is_ok());
+                    let result = result.map_err(|e| StageFailure { permanent: e.is_permanent(), message: e.to_string() });
+                    Input::StageDone { op, result }
+                });
+            }
+            Effect::CallHooks { op, kind } => {
+                let hooks = r.policy.webhooks.of(kind).to_vec();
+                let fut = async move { env.hooks.call(kind, hooks, &r).await };
+                match op {
+                    Some(op) => {
+                        self.tasks.spawn(async move {
+                            let o = fut.await;
+                            let result = if o.ok { Ok(()) } else { Err(StageFailure { message: o.message, permanent: false }) };
+                            Input::StageDone { op, result }
+                        });
+                    }
+                    None => {
+                        tokio::spawn(fut);
+                    }
+                }
+            }
+            Effect::Preflight { op } => {
+                self.tasks.spawn(async move {
+                    let spec = r.policy.preflight.clone();
+                    let result = match spec {
+                        Some(spec) => {
+                            let o = env.hooks.preflight(spec, &r).await;
+                            if o.ok { Ok(()) } else { Err(StageFailure { message: o.message, permanent: false }) }
+                        }
+                        None => Ok(()),
+                    };
+                    Input::StageDone { op, result }
+                });
+            }
+            Effect::Analyse { op } => {
+                self.tasks.spawn(async move {
+                    let now = env.clock.now();
+                    let report = env.analyzer.analyse(AnalysisContext { rollout: r, now }).await;
+                    Input::Analysis { op, report }
+                });
+            }
+            Effect::Observe => {
+                self.tasks.spawn(async move {
+                    let weight = router.observe().await.ok().flatten();
+                    Input::Observed { weight }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The create request (SPEC §4) and its validation into field errors (HTTP 422).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::policy::{FieldError, Overrides, Policy, Strategy, is_dns_label};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateRequest {
+    pub service: String,
+    pub namespace: String,
+    pub version: String,
+    pub stable_version: String,
+    pub policy: String,
+    pub router: RouterSpec,
+    #[serde(default)]
+    pub overrides: Overrides,
+}
+
+/// How traffic is moved. See SPEC §4 "Router kinds".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RouterSpec {
+    #[serde(rename_all = "camelCase")]
+    Istio {
+        virtual_service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        route: Option<String>,
+        stable_subset: String,
+        canary_subset: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    NginxIngress {
+        ingress: String,
+        /// Canary: the canary Ingress carrying the canary annotations (created if missing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        canary_ingress: Option<String>,
+        /// Canary: the backend service of the canary Ingress; blue/green: the service flipped to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        canary_service: Option<String>,
+        /// Blue/green: the service flipped back to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stable_service: Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Nginx {
+        config_file: String,
+        variable: String,
+        stable_upstream: String,
+        canary_upstream: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test: Option<Vec<String>>,
+        reload: Vec<String>,
+    },
+    Exec { command: Vec<String> },
+}
+
+impl RouterSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouterSpec::Istio { .. } => "istio",
+            RouterSpec::NginxIngress { .. } => "nginx-ingress",
+            RouterSpec::Nginx { .. } => "nginx",
+            RouterSpec::Exec { .. } => "exec",
+        }
+    }
+
+    pub fn validate(&self, strategy: Strategy) -> Result<(), FieldError> {
+        let need = |v: &str, f: &str| {
+            if v.trim().is_empty() { Err(FieldError::new(format!("router.{f}"), "must not be empty")) } else { Ok(()) }
+        };
+        match self {
+            RouterSpec::Istio { virtual_service, stable_subset, canary_subset, .. } => {
+                need(virtual_service, "virtualService")?;
+                need(stable_subset, "stableSubset")?;
+                need(canary_subset, "canarySubset")?;
+                if stable_subset == canary_subset {
+                    return Err(FieldError::new("router.canarySubset", "must differ from stableSubset"));
+                }
+            }
+            RouterSpec::NginxIngress { ingress, canary_ingress, canary_service, stable_service } => {
+                need(ingress, "ingress")?;
+                match strategy {
+                    Strategy::Canary => {
+                        let ci = canary_ingress.as_deref().unwrap_or_default();
+                        need(ci, "canaryIngress")?;
+                        if ci == ingress {
+                            return Err(FieldError::new("router.canaryIngress", "must differ from ingress"));
+                        }
+                    }
+                    Strategy::BlueGreen => {
+                        need(stable_service.as_deref().unwrap_or_default(), "stableService")?;
+                        need(canary_service.as_deref().unwrap_or_default(), "canaryService")?;
+                    }
+                }
+            }
+            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => {
+                need(config_file, "configFile")?;
+                if !variable.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || variable.is_empty() {
+                    return Err(FieldError::new("router.variable", "must be an NGINX variable name ([A-Za-z0-9_]+)"));
+                }
+                for (v, f) in [(stable_upstream, "stableUpstream"), (canary_upstream, "canaryUpstream")] {
+                    need(v, f)?;
+                    if v.chars().any(|c| c.is_whitespace() || c == ';' || c == '{' || c == '}') {
+                        return Err(FieldError::new(format!("router.{f}"), "must be a single NGINX token"));
+                    }
+                }
+                if reload.is_empty() {
+                    return Err(FieldError::new("router.reload", "give the reload command as an argv list"));
+                }
+                if test.as_ref().is_some_and(|t| t.is_empty()) {
+                    return Err(FieldError::new("router.test", "leave test out or give an argv list"));
+                }
+            }
+            RouterSpec::Exec { command } => {
+                if command.is_empty() || command[0].trim().is_empty() {
+                    return Err(FieldError::new("router.command", "give the command as an argv list"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CreateRequest {
+    /// Check the request against the loaded policies and return the effective policy.
+    pub fn resolve(&self, policies: &[Policy]) -> Result<Policy, FieldError> {
+        for (v, f) in [(&self.service, "service"), (&self.namespace, "namespace")] {
+            if !is_dns_label(v) {
+                return Err(FieldError::new(f, "must be a lowercase DNS label (a-z, 0-9, '-', at most 63)"));
+            }
+        }
+        for (v, f) in [(&self.version, "version"), (&self.stable_version, "stableVersion")] {
+            if v.trim().is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(FieldError::new(f, "must be a non-empty version label without spaces (at most 128)"));
+            }
+        }
+        if self.version == self.stable_version {
+            return Err(FieldError::new("version", "is the same as stableVersion"));
+        }
+        let base = policies.iter().find(|p| p.name == self.policy).ok_or_else(|| {
+            let known: Vec<_> = policies.iter().map(|p| p.name.as_str()).collect();
+            FieldError::new("policy", format!("unknown policy {:?}; loaded: {}", self.policy, known.join(", ")))
+        })?;
+        if self.overrides.steps.is_some() && base.strategy == Strategy::BlueGreen {
+            return Err(FieldError::new("overrides.steps", "a blue-green policy has no steps"));
+        }
+        let effective = base.clone().with_overrides(&self.overrides);
+        effective.validate().map_err(|e| FieldError::new(format!("overrides.{}", e.field), e.message))?;
+        self.router.validate(effective.strategy)?;
+        Ok(effective)
+    }
+}

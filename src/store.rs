@@ -1,0 +1,240 @@
+//! Durable state in sled (DESIGN "Durability rules").
+//!
+//! Trees: `rollouts` (id → record), `events` (id/seq → event), `active` (namespace/service → id of the
+//! non-terminal rollout), `idempotency` (key → id + body hash). A transition and its events are written
+//! in one transaction and flushed before the effect it decided runs, so after a crash the store never
+//! shows an effect whose decision is missing, and event seqs are gap-free.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::rollout::{Event, Phase, Rollout};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("an active rollout for {namespace}/{service} already exists: {id}")]
+    Conflict { namespace: String, service: String, id: String },
+    #[error("Idempotency-Key was used before with a different request body")]
+    IdempotencyMismatch,
+    #[error("corrupt record {key}: {error}")]
+    Corrupt { key: String, error: String },
+}
+
+/// The outcome of a create.
+pub enum Created {
+    New(Vec<Event>),
+    /// The Idempotency-Key was seen before with the same body: the rollout it created.
+    Existing(Box<Rollout>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdemRecord {
+    id: String,
+    body: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    pub phase: Option<Phase>,
+    pub limit: usize,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    rollouts: sled::Tree,
+    events: sled::Tree,
+    active: sled::Tree,
+    idem: sled::Tree,
+}
+
+fn active_key(r: &Rollout) -> String {
+    format!("{}/{}", r.namespace, r.service)
+}
+
+fn event_key(id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 9);
+    k.extend_from_slice(id.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain structs cannot fail (no maps with non-string keys, no I/O).
+    serde_json::to_vec(v).expect("serialisable record")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v)
+        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error: e.to_string() })
+}
+
+/// Assign consecutive seqs after the rollout's last one.
+fn number(r: &mut Rollout, events: &mut [Event]) {
+    for e in events.iter_mut() {
+        r.last_seq += 1;
+        e.seq = r.last_seq;
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()?;
+        Ok(Store {
+            rollouts: db.open_tree("rollouts")?,
+            events: db.open_tree("events")?,
+            active: db.open_tree("active")?,
+            idem: db.open_tree("idempotency")?,
+            db,
+        })
+    }
+
+    /// Insert a new rollout (one active per namespace/service) with its first events, or return the
+    /// rollout an earlier request with the same Idempotency-Key created.
+    pub async fn create(&self, r: &mut Rollout, events: Vec<Event>, idem: Option<(&str, &str)>) -> Result<Created, StoreError> {
+        let mut staged = r.clone();
+        let mut events = events;
+        number(&mut staged, &mut events);
+        let record = to_json(&staged);
+        let akey = active_key(&staged);
+        let res = (&self.rollouts, &self.events, &self.active, &self.idem).transaction(|(rt, et, at, it)| {
+            if let Some((key, body)) = idem
+                && let Some(prev) = it.get(key.as_bytes())?
+            {
+                let prev: IdemRecord = serde_json::from_slice(&prev).map_err(|e| abort_corrupt(key, e))?;
+                if prev.body != body {
+                    return Err(ConflictableTransactionError::Abort(StoreError::IdempotencyMismatch));
+                }
+                let existing = rt.get(prev.id.as_bytes())?.ok_or_else(|| abort_corrupt(key, "missing rollout"))?;
+                let existing: Rollout = serde_json::from_slice(&existing).map_err(|e| abort_corrupt(key, e))?;
+                return Ok(Some(existing));
+            }
+            if let Some(id) = at.get(akey.as_bytes())? {
+                return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
+                    namespace: staged.namespace.clone(),
+                    service: staged.service.clone(),
+                    id: String::from_utf8_lossy(&id).into_owned(),
+                }));
+            }
+            rt.insert(staged.id.as_bytes(), record.as_slice())?;
+            at.insert(akey.as_bytes(), staged.id.as_bytes())?;
+            for e in &events {
+                et.insert(event_key(&staged.id, e.seq), to_json(e))?;
+            }
+            if let Some((key, body)) = idem {
+                it.insert(key.as_bytes(), to_json(&IdemRecord { id: staged.id.clone(), body: body.to_string() }))?;
+            }
+            Ok(None)
+        });
+        match res {
+            Ok(Some(existing)) => Ok(Created::Existing(Box::new(existing))),
+            Ok(None) => {
+                self.db.flush_async().await?;
+                *r = staged;
+                Ok(Created::New(events))
+            }
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// Write a transition and its events atomically and durably. Returns the events with their seqs.
+    pub async fn commit(&self, r: &mut Rollout, events: Vec<Event>) -> Result<Vec<Event>, StoreError> {
+        let mut staged = r.clone();
+        let mut events = events;
+        number(&mut staged, &mut events);
+        let record = to_json(&staged);
+        let akey = active_key(&staged);
+        let terminal = staged.is_terminal();
+        (&self.rollouts, &self.events, &self.active)
+            .transaction(|(rt, et, at)| {
+                rt.insert(staged.id.as_bytes(), record.as_slice())?;
+                for e in &events {
+                    et.insert(event_key(&staged.id, e.seq), to_json(e))?;
+                }
+                if terminal && at.get(akey.as_bytes())?.as_deref() == Some(staged.id.as_bytes()) {
+                    at.remove(akey.as_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
+        self.db.flush_async().await?;
+        *r = staged;
+        Ok(events)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
+        self.rollouts.get(id.as_bytes())?.map(|v| from_json(id.as_bytes(), &v)).transpose()
+    }
+
+    /// Newest first (ids are ULIDs, so key order is creation order).
+    pub fn list(&self, f: &ListFilter) -> Result<Vec<Rollout>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.rollouts.iter().rev() {
+            let (k, v) = kv?;
+            let r: Rollout = from_json(&k, &v)?;
+            let keep = f.service.as_ref().is_none_or(|s| *s == r.service)
+                && f.namespace.as_ref().is_none_or(|n| *n == r.namespace)
+                && f.phase.is_none_or(|p| p == r.phase);
+            if keep {
+                out.push(r);
+                if out.len() >= f.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every non-terminal rollout (what a restarted daemon resumes).
+    pub fn active(&self) -> Result<Vec<Rollout>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.active.iter() {
+            let (k, id) = kv?;
+            match self.rollouts.get(&id)? {
+                Some(v) => out.push(from_json::<Rollout>(&k, &v)?),
+                None => {
+                    return Err(StoreError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), error: "dangling".into() });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A rollout's events with seq > `after`, oldest first.
+    pub fn events(&self, id: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+        let start = event_key(id, after.saturating_add(1));
+        let end = event_key(id, u64::MAX);
+        self.events.range(start..=end).map(|kv| kv.map_err(StoreError::from).and_then(|(k, v)| from_json(&k, &v))).collect()
+    }
+
+    /// The sled database, for adapters that keep their own durable queues (e.g. webhook deliveries).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A cheap read that proves the store answers (readiness).
+    pub fn ping(&self) -> bool {
+        self.rollouts.first().is_ok()
+    }
+}
+
+fn abort_corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(StoreError::Corrupt { key: key.to_string(), error: e.to_string() })
+}

@@ -1,0 +1,244 @@
+//! Logs (tracing) and the daemon's own metrics (SPEC §6, prometheus-client).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::analysis::AnalysisReport;
+use crate::rollout::{Phase, Rollout};
+
+/// Human-readable logs by default, JSON lines for machines. `RUST_LOG` filters (default `info`).
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub namespace: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub service: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabels {
+    pub namespace: String,
+    pub service: String,
+    pub metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoundLabels {
+    pub namespace: String,
+    pub service: String,
+    pub metric: String,
+    pub bound: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub namespace: String,
+    pub service: String,
+    pub metric: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub strategy: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouterLabels {
+    pub router: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub weight: Family<ServiceLabels, Gauge>,
+    pub phase: Family<PhaseLabels, Gauge>,
+    pub failed_checks: Family<ServiceLabels, Gauge>,
+    pub analysis_value: Family<MetricLabels, FGauge>,
+    pub analysis_threshold: Family<BoundLabels, FGauge>,
+    pub analysis_checks: Family<CheckLabels, Counter>,
+    pub rollouts: Family<ResultLabels, Counter>,
+    pub rollout_duration: Family<ResultLabels, Histogram>,
+    pub rollback_seconds: Histogram,
+    pub router_requests: Family<RouterLabels, Counter>,
+    pub prometheus_query_seconds: Histogram,
+    pub prometheus_query_errors: Counter,
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    retention: Duration,
+    /// Finished services and the metric names they reported, awaiting removal after the retention.
+    finished: Mutex<HashMap<ServiceLabels, (Instant, Vec<String>)>>,
+}
+
+impl Metrics {
+    pub fn new(retention: Duration) -> Metrics {
+        let mut registry = Registry::with_prefix("vane");
+        let m = Metrics {
+            weight: Family::default(),
+            phase: Family::default(),
+            failed_checks: Family::default(),
+            analysis_value: Family::default(),
+            analysis_threshold: Family::default(),
+            analysis_checks: Family::default(),
+            rollouts: Family::default(),
+            rollout_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(30.0, 2.0, 10))),
+            rollback_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+            router_requests: Family::default(),
+            prometheus_query_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            prometheus_query_errors: Counter::default(),
+            webhook_deliveries: Family::default(),
+            retention,
+            finished: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register("info", "vane build information", Info::new(vec![("version", crate::VERSION)]));
+        registry.register("rollout_weight", "Decided canary weight in percent", m.weight.clone());
+        registry.register("rollout_phase", "1 for the rollout's current phase", m.phase.clone());
+        registry.register("rollout_failed_checks", "Failed analysis checks of the current rollout", m.failed_checks.clone());
+        registry.register("analysis_value", "Last analysed value of a metric", m.analysis_value.clone());
+        registry.register("analysis_threshold", "Bound a metric is judged against", m.analysis_threshold.clone());
+        registry.register("analysis_checks", "Analysis results per metric", m.analysis_checks.clone());
+        registry.register("rollouts", "Finished rollouts by result", m.rollouts.clone());
+        registry.register("rollout_duration_seconds", "Rollout duration from create to finish", m.rollout_duration.clone());
+        registry.register("rollback_seconds", "From the rollback decision to traffic restored", m.rollback_seconds.clone());
+        registry.register("router_requests", "Router calls by result", m.router_requests.clone());
+        registry.register("prometheus_query_seconds", "Prometheus query latency", m.prometheus_query_seconds.clone());
+        registry.register("prometheus_query_errors", "Prometheus queries that failed", m.prometheus_query_errors.clone());
+        registry.register("webhook_deliveries", "Outbound webhook and Slack deliveries", m.webhook_deliveries.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        self.sweep();
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+
+    /// Reflect a rollout's current state in the gauges; count it when it finishes.
+    pub fn observe(&self, r: &Rollout, finished_now: bool, now_ms: u64) {
+        let svc = ServiceLabels { namespace: r.namespace.clone(), service: r.service.clone() };
+        self.weight.get_or_create(&svc).set(r.canary_weight as i64);
+        self.failed_checks.get_or_create(&svc).set(r.failed_checks as i64);
+        for p in Phase::ALL {
+            let l = PhaseLabels { namespace: r.namespace.clone(), service: r.service.clone(), phase: p.as_str().into() };
+            self.phase.get_or_create(&l).set((p == r.phase) as i64);
+        }
+        if finished_now {
+            let res = ResultLabels { strategy: strategy_label(r), result: r.phase.as_str().into() };
+            self.rollouts.get_or_create(&res).inc();
+            let secs = now_ms.saturating_sub(r.created_at) as f64 / 1000.0;
+            self.rollout_duration.get_or_create(&res).observe(secs);
+            if let Some(start) = r.rollback_started_at
+                && matches!(r.phase, Phase::RolledBack | Phase::Aborted)
+            {
+                self.rollback_seconds.observe(now_ms.saturating_sub(start) as f64 / 1000.0);
+            }
+            let names = r.policy.metrics.iter().map(|m| m.name.clone()).collect();
+            if let Ok(mut f) = self.finished.lock() {
+                f.insert(svc, (Instant::now(), names));
+            }
+        } else if let Ok(mut f) = self.finished.lock() {
+            f.remove(&svc);
+        }
+    }
+
+    pub fn observe_analysis(&self, r: &Rollout, a: &AnalysisReport) {
+        for m in &a.metrics {
+            let l = MetricLabels { namespace: r.namespace.clone(), service: r.service.clone(), metric: m.name.clone() };
+            if let Some(v) = m.value.filter(|v| v.is_finite()) {
+                self.analysis_value.get_or_create(&l).set(v);
+            }
+            for (bound, v) in [("min", m.min), ("max", m.max)] {
+                if let Some(v) = v {
+                    let b = BoundLabels { namespace: l.namespace.clone(), service: l.service.clone(), metric: l.metric.clone(), bound: bound.into() };
+                    self.analysis_threshold.get_or_create(&b).set(v);
+                }
+            }
+            let c = CheckLabels { namespace: l.namespace, service: l.service, metric: l.metric, result: m.result.as_str().into() };
+            self.analysis_checks.get_or_create(&c).inc();
+        }
+    }
+
+    pub fn router_call(&self, router: &str, ok: bool) {
+        let l = RouterLabels { router: router.into(), result: if ok { "ok" } else { "error" }.into() };
+        self.router_requests.get_or_create(&l).inc();
+    }
+
+    pub fn webhook_delivery(&self, kind: &str, ok: bool) {
+        let l = WebhookLabels { kind: kind.into(), result: if ok { "ok" } else { "error" }.into() };
+        self.webhook_deliveries.get_or_create(&l).inc();
+    }
+
+    /// Drop the per-service series of rollouts that finished longer than the retention ago.
+    pub fn sweep(&self) {
+        let Ok(mut f) = self.finished.lock() else { return };
+        let expired: Vec<_> = f.iter().filter(|(_, (t, _))| t.elapsed() >= self.retention).map(|(k, _)| k.clone()).collect();
+        for svc in expired {
+            let Some((_, names)) = f.remove(&svc) else { continue };
+            self.weight.remove(&svc);
+            self.failed_checks.remove(&svc);
+            for p in Phase::ALL {
+                self.phase.remove(&PhaseLabels { namespace: svc.namespace.clone(), service: svc.service.clone(), phase: p.as_str().into() });
+            }
+            for metric in names {
+                let l = MetricLabels { namespace: svc.namespace.clone(), service: svc.service.clone(), metric };
+                self.analysis_value.remove(&l);
+                for bound in ["min", "max"] {
+                    self.analysis_threshold.remove(&BoundLabels {
+                        namespace: l.namespace.clone(),
+                        service: l.service.clone(),
+                        metric: l.metric.clone(),
+                        bound: bound.into(),
+                    });
+                }
+                for result in ["pass", "fail", "nodata", "inconclusive", "error"] {
+                    self.analysis_checks.remove(&CheckLabels {
+                        namespace: l.namespace.clone(),
+                        service: l.service.clone(),
+                        metric: l.metric.clone(),
+                        result: result.into(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn strategy_label(r: &Rollout) -> String {
+    match r.strategy() {
+        crate::policy::Strategy::Canary => "canary".into(),
+        crate::policy::Strategy::BlueGreen => "blue-green".into(),
+    }
+}
