@@ -185,6 +185,7 @@ impl Analyzer for ScriptedAnalyzer {
 /// An [`Env`] over fakes, a store in `dir`, and a tokio-driven clock (use a paused runtime to run
 /// minutes of rollout in milliseconds).
 pub fn env(dir: &std::path::Path, routers: Arc<FakeRouters>, analyzer: Arc<ScriptedAnalyzer>) -> Arc<Env> {
+    crate::install_crypto_provider();
     let store = Store::open(dir).expect("temp store opens");
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_800_000_000_000));
     Arc::new(Env {
