@@ -9,6 +9,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod notify;
 pub mod policy;
 pub mod rollout;

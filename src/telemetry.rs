@@ -10,7 +10,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::analysis::AnalysisReport;
@@ -121,7 +120,10 @@ impl Metrics {
             finished: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
-        registry.register("info", "vane build information", Info::new(vec![("version", crate::VERSION)]));
+        // A gauge, not an OpenMetrics Info (which would be exposed as `vane_info_info`).
+        let info = Family::<Vec<(String, String)>, Gauge>::default();
+        info.get_or_create(&vec![("version".to_string(), crate::VERSION.to_string())]).set(1);
+        registry.register("info", "vane build information", info);
         registry.register("rollout_weight", "Decided canary weight in percent", m.weight.clone());
         registry.register("rollout_phase", "1 for the rollout's current phase", m.phase.clone());
         registry.register("rollout_failed_checks", "Failed analysis checks of the current rollout", m.failed_checks.clone());

@@ -114,6 +114,7 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         message: "pending: checking the router".into(),
         last_analysis: None,
         rollback_kind: None,
+        rollback_reason: None,
         rollback_started_at: None,
         gates_passed: vec![],
         gate_deadline: None,
@@ -242,7 +243,8 @@ fn on_weight_applied(r: &mut Rollout, now: Millis, out: &mut Output) {
                 Some(RollbackKind::Aborted) => (Phase::Aborted, "aborted"),
                 _ => (Phase::RolledBack, "rolled-back"),
             };
-            let msg = format!("{kind}: all traffic back on {}", r.stable_version);
+            let why = r.rollback_reason.clone().unwrap_or_default();
+            let msg = format!("{kind}: all traffic back on {} — {why}", r.stable_version);
             finish(r, phase, now, out, "rolled-back", msg);
         }
         Phase::Promoting if w == 100 => {
@@ -565,6 +567,7 @@ fn set_phase_weight(r: &mut Rollout, now: Millis, out: &mut Output, actor: &str,
 
 fn start_rollback(r: &mut Rollout, now: Millis, out: &mut Output, kind: RollbackKind, actor: &str, reason: String) {
     r.rollback_kind = Some(kind);
+    r.rollback_reason = Some(reason.clone());
     r.rollback_started_at = Some(now);
     r.paused_from = None;
     r.gate_deadline = None;

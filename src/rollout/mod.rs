@@ -128,6 +128,9 @@ pub struct Rollout {
     pub message: String,
     pub last_analysis: Option<AnalysisReport>,
     pub rollback_kind: Option<RollbackKind>,
+    /// Why it rolls back (kept for the final message; `message` also shows router retries).
+    #[serde(default)]
+    pub rollback_reason: Option<String>,
     pub rollback_started_at: Option<Millis>,
     /// Gates already passed (by their `at` weight).
     pub gates_passed: Vec<u8>,

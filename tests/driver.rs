@@ -1,0 +1,239 @@
+//! The driver and controller on in-memory fakes with a paused tokio clock: minutes of rollout run
+//! in milliseconds, through the real sled store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vane::analysis::Verdict;
+use vane::fixtures::{self, FakeRouters, ScriptedAnalyzer};
+use vane::policy::{Approval, Gate, OnNoData, Policy};
+use vane::rollout::controller::{Controller, ControllerError};
+use vane::rollout::machine::Command;
+use vane::rollout::{Phase, Rollout};
+
+const MIN: Duration = Duration::from_secs(60);
+
+struct Harness {
+    c: Controller,
+    routers: Arc<FakeRouters>,
+    analyzer: Arc<ScriptedAnalyzer>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(policies: Vec<Policy>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let routers = Arc::new(FakeRouters::default());
+    let analyzer = Arc::new(ScriptedAnalyzer::default());
+    let env = fixtures::env(dir.path(), routers.clone(), analyzer.clone());
+    Harness { c: Controller::new(env, policies), routers, analyzer, _dir: dir }
+}
+
+impl Harness {
+    async fn start(&self, service: &str, policy: &str) -> String {
+        let (r, created) = self.c.create(fixtures::request(service, policy), "ci", None).await.unwrap();
+        assert!(created);
+        r.id
+    }
+
+    /// Wait (in virtual time) until `f` holds.
+    async fn until(&self, id: &str, what: &str, f: impl Fn(&Rollout) -> bool) -> Rollout {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(6 * 3600);
+        loop {
+            let r = self.c.get(id).unwrap();
+            if f(&r) {
+                return r;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?} {}", r.phase, r.message);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn done(&self, id: &str) -> Rollout {
+        self.until(id, "a terminal phase", |r| r.is_terminal()).await
+    }
+
+    fn kinds(&self, id: &str) -> Vec<String> {
+        self.c.events(id).unwrap().into_iter().map(|e| e.kind).collect()
+    }
+}
+
+fn canary(name: &str) -> Policy {
+    fixtures::policy(name, &[5, 25, 50, 100], MIN, 3)
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_rollout_succeeds_with_every_step_applied() {
+    let h = harness(vec![canary("c")]);
+    let t0 = tokio::time::Instant::now();
+    let id = h.start("cart", "c").await;
+    let r = h.done(&id).await;
+    assert_eq!(r.phase, Phase::Succeeded);
+    assert_eq!(h.routers.get("cart").weights(), vec![5, 25, 50, 100]);
+    let took = t0.elapsed();
+    assert!(took >= 3 * MIN && took < 4 * MIN, "3 analysis intervals, took {took:?}");
+    let events = h.c.events(&id).unwrap();
+    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1), "gap-free seqs");
+    assert_eq!(events.last().unwrap().kind, "succeeded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn breach_rolls_back_after_threshold_failed_checks() {
+    let h = harness(vec![canary("c")]);
+    h.analyzer.push("cart", &[Verdict::Pass, Verdict::Fail, Verdict::Pass, Verdict::Fail, Verdict::Fail]);
+    let id = h.start("cart", "c").await;
+    let r = h.done(&id).await;
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert_eq!(r.failed_checks, 3);
+    assert_eq!(r.canary_weight, 0);
+    let w = h.routers.get("cart").weights();
+    assert_eq!(w.last(), Some(&0));
+    assert!(w.iter().all(|x| [0, 5, 25, 50, 100].contains(x)));
+    assert!(r.message.contains("3 failed checks"), "{}", r.message);
+    assert!(h.kinds(&id).contains(&"rolling-back".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_data_follows_on_no_data() {
+    let mut hold = canary("hold");
+    hold.progress_deadline = 5 * MIN;
+    let mut fail = canary("fail");
+    fail.on_no_data = OnNoData::Fail;
+    let h = harness(vec![hold, fail]);
+    h.analyzer.set_default(Verdict::NoData);
+    let a = h.start("a", "hold").await;
+    let b = h.start("b", "fail").await;
+    let (ra, rb) = (h.done(&a).await, h.done(&b).await);
+    assert_eq!((ra.phase, ra.failed_checks), (Phase::RolledBack, 0), "hold: never a failed check, deadline rolls back");
+    assert!(ra.message.contains("progressDeadline"), "{}", ra.message);
+    assert_eq!(h.routers.get("a").weights(), vec![5, 0], "hold never promotes");
+    assert_eq!((rb.phase, rb.failed_checks), (Phase::RolledBack, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_holds_and_resume_continues() {
+    let h = harness(vec![canary("c")]);
+    let id = h.start("cart", "c").await;
+    h.until(&id, "25%", |r| r.canary_weight == 25).await;
+    let r = h.c.command(&id, Command::Pause, "alice").await.unwrap();
+    assert_eq!(r.phase, Phase::Paused);
+    tokio::time::sleep(60 * MIN).await;
+    let r = h.c.get(&id).unwrap();
+    assert_eq!((r.phase, r.canary_weight), (Phase::Paused, 25), "an hour paused: nothing moved");
+    assert!(matches!(h.c.command(&id, Command::Pause, "alice").await, Err(ControllerError::Command(_))));
+    h.c.command(&id, Command::Resume, "alice").await.unwrap();
+    assert_eq!(h.done(&id).await.phase, Phase::Succeeded);
+    let ev = h.c.events(&id).unwrap();
+    assert!(ev.iter().any(|e| e.kind == "paused" && e.actor == "alice"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn promote_skips_a_step_and_full_goes_to_100() {
+    let h = harness(vec![canary("c")]);
+    h.analyzer.set_default(Verdict::Inconclusive);
+    let id = h.start("cart", "c").await;
+    h.until(&id, "5% applied", |r| r.applied_weight == Some(5)).await;
+    let r = h.c.command(&id, Command::Promote { full: false }, "bob").await.unwrap();
+    assert_eq!(r.canary_weight, 25);
+    h.until(&id, "25% applied", |r| r.applied_weight == Some(25)).await;
+    h.c.command(&id, Command::Promote { full: true }, "bob").await.unwrap();
+    let r = h.done(&id).await;
+    assert_eq!(r.phase, Phase::Succeeded);
+    assert_eq!(h.routers.get("cart").weights(), vec![5, 25, 100]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_mid_step_restores_stable() {
+    let h = harness(vec![canary("c")]);
+    let id = h.start("cart", "c").await;
+    h.until(&id, "50%", |r| r.applied_weight == Some(50)).await;
+    h.c.command(&id, Command::Abort { reason: Some("pager".into()) }, "carol").await.unwrap();
+    let r = h.done(&id).await;
+    assert_eq!(r.phase, Phase::Aborted);
+    assert_eq!(h.routers.get("cart").last(), Some(0));
+    let e = h.c.events(&id).unwrap();
+    assert!(e.iter().any(|e| e.kind == "aborted" && e.actor == "carol" && e.message.contains("pager")));
+    // A finished rollout refuses commands with a typed (409) error.
+    assert!(matches!(h.c.command(&id, Command::Resume, "carol").await, Err(ControllerError::Command(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gate_waits_for_approval_and_times_out() {
+    let mut p = canary("gated");
+    p.gates = vec![Gate { at: 50, approval: Approval::Manual, timeout: 30 * MIN, approvers: vec![] }];
+    let h = harness(vec![p]);
+    let approved = h.start("a", "gated").await;
+    let ignored = h.start("b", "gated").await;
+    h.until(&approved, "gate", |r| r.phase == Phase::AwaitingApproval).await;
+    h.until(&ignored, "gate", |r| r.phase == Phase::AwaitingApproval).await;
+    tokio::time::sleep(10 * MIN).await;
+    assert_eq!(h.c.get(&approved).unwrap().canary_weight, 50, "no promotion without approval");
+    h.c.command(&approved, Command::Promote { full: false }, "dave").await.unwrap();
+    assert_eq!(h.done(&approved).await.phase, Phase::Succeeded);
+    let r = h.done(&ignored).await;
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert!(r.message.contains("timed out"), "{}", r.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn router_outage_during_rollback_keeps_rolling_back_until_it_returns() {
+    let h = harness(vec![canary("c")]);
+    let id = h.start("cart", "c").await;
+    h.until(&id, "25%", |r| r.applied_weight == Some(25)).await;
+    let router = h.routers.get("cart");
+    router.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.c.command(&id, Command::Abort { reason: None }, "ci").await.unwrap();
+    tokio::time::sleep(30 * MIN).await;
+    let r = h.c.get(&id).unwrap();
+    assert_eq!(r.phase, Phase::RollingBack);
+    assert!(r.message.contains("rollback NOT complete"), "{}", r.message);
+    router.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(h.done(&id).await.phase, Phase::Aborted);
+    assert_eq!(router.last(), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_active_rollout_per_service() {
+    let h = harness(vec![canary("c")]);
+    h.start("cart", "c").await;
+    let e = h.c.create(fixtures::request("cart", "c"), "ci", None).await.unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+}
+
+/// A restart in the middle: the second controller resumes from the store where the first stopped.
+#[test]
+fn restart_resumes_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let routers = Arc::new(FakeRouters::default());
+    let analyzer = Arc::new(ScriptedAnalyzer::default());
+    let policy = fixtures::policy("c", &[5, 25, 50, 100], Duration::from_millis(200), 3);
+    let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let id = rt().block_on(async {
+        let c = Controller::new(fixtures::env(dir.path(), routers.clone(), analyzer.clone()), vec![policy.clone()]);
+        let (r, _) = c.create(fixtures::request("cart", "c"), "ci", None).await.unwrap();
+        loop {
+            if c.get(&r.id).unwrap().applied_weight == Some(25) {
+                break r.id;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }); // runtime dropped: every driver task dies mid-flight, like a crash
+    let last_seq = rt().block_on(async {
+        let c = Controller::new(fixtures::env(dir.path(), routers.clone(), analyzer.clone()), vec![policy]);
+        let before = c.events(&id).unwrap().len() as u64;
+        assert_eq!(c.resume_all().unwrap(), 1);
+        loop {
+            let r = c.get(&id).unwrap();
+            if r.is_terminal() {
+                assert_eq!(r.phase, Phase::Succeeded);
+                break (before, c.events(&id).unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let (before, events) = last_seq;
+    assert!(events.iter().skip(before as usize).any(|e| e.kind == "recovered"));
+    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    let w = routers.get("cart").weights();
+    assert_eq!(w.last(), Some(&100));
+    assert!(!w.contains(&0), "no rollback on restart: {w:?}");
+}

@@ -1,0 +1,316 @@
+//! The pure rollout machine: scenario tests and property tests (no I/O, no clock).
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use vane::analysis::{AnalysisReport, Verdict};
+use vane::fixtures;
+use vane::policy::{Gate, Approval, OnNoData, Policy};
+use vane::rollout::machine::{self, Command, Effect, Input, StageFailure};
+use vane::rollout::{Phase, Rollout};
+use vane::traffic::RouterError;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn new(policy: Policy) -> Rollout {
+    let req = fixtures::request("svc", &policy.name);
+    machine::create("01TEST".into(), &req, policy, "ci", T0).0
+}
+
+/// A tiny world that answers every effect at once: router ok, analysis from `verdict`.
+struct World {
+    r: Rollout,
+    now: u64,
+    verdict: Verdict,
+    router_ok: bool,
+    weights: Vec<u8>,
+    events: Vec<String>,
+}
+
+impl World {
+    fn new(p: Policy) -> World {
+        World { r: new(p), now: T0, verdict: Verdict::Pass, router_ok: true, weights: vec![], events: vec![] }
+    }
+
+    fn feed(&mut self, input: Input) -> Result<(), machine::CommandError> {
+        let out = machine::step(&mut self.r, input, self.now)?;
+        self.events.extend(out.events.iter().map(|e| e.kind.clone()));
+        for eff in out.effects {
+            let next = match eff {
+                Effect::SetWeight { op, canary } => {
+                    let result = if self.router_ok { self.weights.push(canary); Ok(()) } else { Err(RouterError::Transient("down".into())) };
+                    Input::RouterDone { op, result }
+                }
+                Effect::Validate { op } | Effect::Preflight { op } => Input::StageDone { op, result: Ok(()) },
+                Effect::CallHooks { op: Some(op), .. } => Input::StageDone { op, result: Ok(()) },
+                Effect::CallHooks { op: None, .. } | Effect::Observe => continue,
+                Effect::Analyse { op } => Input::Analysis {
+                    op,
+                    report: AnalysisReport { at: self.now, verdict: self.verdict, metrics: vec![], summary: String::new() },
+                },
+            };
+            self.feed(next)?;
+        }
+        Ok(())
+    }
+
+    /// Advance time to the machine's next wake-up and tick.
+    fn tick(&mut self) {
+        if let Some(t) = self.r.wake_at() {
+            self.now = self.now.max(t);
+        }
+        self.feed(Input::Tick).expect("ticks never fail");
+    }
+
+    fn run_until(&mut self, done: impl Fn(&Rollout) -> bool, max_ticks: usize) {
+        for _ in 0..max_ticks {
+            if done(&self.r) {
+                return;
+            }
+            self.tick();
+        }
+        assert!(done(&self.r), "not reached after {max_ticks} ticks: {:?} {}", self.r.phase, self.r.message);
+    }
+
+    fn cmd(&mut self, c: Command) -> Result<(), machine::CommandError> {
+        self.feed(Input::Command { command: c, actor: "alice".into() })
+    }
+}
+
+fn canary(steps: &[u8]) -> Policy {
+    fixtures::policy("p", steps, Duration::from_secs(60), 3)
+}
+
+#[test]
+fn healthy_canary_walks_the_steps_and_succeeds() {
+    let mut w = World::new(canary(&[5, 25, 50, 100]));
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!(w.r.phase, Phase::Succeeded);
+    assert_eq!(w.weights, vec![5, 25, 50, 100]);
+    assert_eq!(w.r.applied_weight, Some(100));
+    // One analysis per step below 100, one interval apart.
+    assert_eq!(w.events.iter().filter(|e| *e == "analysis").count(), 3);
+    assert_eq!(w.now - T0, 3 * 60_000);
+}
+
+#[test]
+fn failing_analysis_rolls_back_after_threshold_checks() {
+    let mut w = World::new(canary(&[5, 25, 50, 100]));
+    w.run_until(|r| r.canary_weight == 25 && r.applied_weight == Some(25), 10);
+    w.verdict = Verdict::Fail;
+    w.run_until(|r| r.is_terminal(), 10);
+    assert_eq!(w.r.phase, Phase::RolledBack);
+    assert_eq!(w.r.failed_checks, 3);
+    assert_eq!(w.weights, vec![5, 25, 0]);
+    assert!(w.r.message.contains("3 failed checks"), "{}", w.r.message);
+}
+
+#[test]
+fn no_data_holds_fails_or_ignores_per_policy() {
+    // hold: no failed check, no promotion, until the progress deadline rolls back.
+    let mut p = canary(&[50, 100]);
+    p.progress_deadline = Duration::from_secs(300);
+    let mut w = World::new(p.clone());
+    w.verdict = Verdict::NoData;
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!((w.r.phase, w.r.failed_checks), (Phase::RolledBack, 0));
+    assert!(w.r.message.contains("progressDeadline"), "{}", w.r.message);
+    assert_eq!(w.weights, vec![50, 0]);
+
+    // fail: each no-data is a failed check.
+    p.on_no_data = OnNoData::Fail;
+    let mut w = World::new(p);
+    w.verdict = Verdict::NoData;
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!((w.r.phase, w.r.failed_checks), (Phase::RolledBack, 3));
+}
+
+#[test]
+fn pause_resume_promote_and_full_promote() {
+    let mut w = World::new(canary(&[5, 25, 50, 100]));
+    w.run_until(|r| r.applied_weight == Some(5), 5);
+    w.cmd(Command::Pause).unwrap();
+    assert_eq!(w.r.phase, Phase::Paused);
+    assert!(w.cmd(Command::Pause).is_err(), "double pause is a typed error");
+    // Time passes while paused: nothing moves and no deadline fires.
+    w.now += 3_600_000;
+    w.feed(Input::Tick).unwrap();
+    assert_eq!((w.r.phase, w.r.canary_weight), (Phase::Paused, 5));
+    w.cmd(Command::Resume).unwrap();
+    assert_eq!(w.r.phase, Phase::Progressing);
+    w.cmd(Command::Promote { full: false }).unwrap();
+    assert_eq!(w.r.canary_weight, 25);
+    w.cmd(Command::Promote { full: true }).unwrap();
+    assert_eq!(w.r.phase, Phase::Succeeded);
+    assert_eq!(w.weights, vec![5, 25, 100]);
+}
+
+#[test]
+fn abort_mid_step_ends_aborted_at_zero() {
+    let mut w = World::new(canary(&[5, 25, 50, 100]));
+    w.run_until(|r| r.applied_weight == Some(25), 10);
+    w.cmd(Command::Abort { reason: Some("bad build".into()) }).unwrap();
+    assert_eq!(w.r.phase, Phase::Aborted);
+    assert_eq!(w.weights.last(), Some(&0));
+    assert!(w.cmd(Command::Abort { reason: None }).is_err());
+    assert!(w.cmd(Command::Resume).is_err());
+}
+
+#[test]
+fn gate_waits_then_times_out_into_rollback() {
+    let mut p = canary(&[5, 50, 100]);
+    p.gates = vec![Gate { at: 50, approval: Approval::Manual, timeout: Duration::from_secs(600), approvers: vec![] }];
+    let mut w = World::new(p);
+    w.run_until(|r| r.phase == Phase::AwaitingApproval, 10);
+    assert_eq!(w.r.canary_weight, 50);
+    w.run_until(|r| r.is_terminal(), 30);
+    assert_eq!(w.r.phase, Phase::RolledBack);
+    assert!(w.r.message.contains("timed out"), "{}", w.r.message);
+}
+
+#[test]
+fn rollback_waits_for_the_router_to_confirm_zero() {
+    let mut w = World::new(canary(&[50, 100]));
+    w.run_until(|r| r.applied_weight == Some(50), 5);
+    w.router_ok = false;
+    w.cmd(Command::Abort { reason: None }).unwrap();
+    for _ in 0..20 {
+        w.tick();
+    }
+    assert_eq!(w.r.phase, Phase::RollingBack, "never done before the router confirms");
+    assert!(w.r.message.contains("rollback NOT complete"), "{}", w.r.message);
+    w.router_ok = true;
+    w.tick();
+    assert_eq!(w.r.phase, Phase::Aborted);
+}
+
+#[test]
+fn missing_subset_fails_before_any_traffic_moves() {
+    let mut r = new(canary(&[5, 100]));
+    let out = machine::step(&mut r, Input::Tick, T0).unwrap();
+    let Effect::Validate { op } = out.effects[0] else { panic!("validate first: {:?}", out.effects) };
+    let failure = StageFailure { message: "subset v1-1-0 not in DestinationRule".into(), permanent: true };
+    let out = machine::step(&mut r, Input::StageDone { op, result: Err(failure) }, T0).unwrap();
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(out.effects.iter().all(|e| !matches!(e, Effect::SetWeight { .. })));
+    assert!(r.message.contains("subset"), "{}", r.message);
+}
+
+#[test]
+fn blue_green_flips_watches_and_flips_back_on_breach() {
+    let p = fixtures::blue_green("bg", Duration::from_secs(60), Duration::from_secs(300));
+    let mut w = World::new(p.clone());
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!((w.r.phase, w.weights.clone()), (Phase::Succeeded, vec![100]));
+    assert_eq!(w.now - T0, 300_000, "succeeds at the end of the post-flip window");
+
+    let mut w = World::new(p);
+    w.run_until(|r| r.applied_weight == Some(100), 5);
+    w.verdict = Verdict::Fail;
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!((w.r.phase, w.weights.clone()), (Phase::RolledBack, vec![100, 0]));
+}
+
+#[test]
+fn recovery_reapplies_the_decided_weight() {
+    let mut w = World::new(canary(&[5, 25, 100]));
+    w.run_until(|r| r.applied_weight == Some(25), 10);
+    // Simulate a crash while the router call for 25 was in flight and the router still shows 5.
+    w.feed(Input::Recover { observed: Some(5) }).unwrap();
+    assert_eq!(w.weights.last(), Some(&25), "re-applied after recovery");
+    assert!(w.events.contains(&"recovered".to_string()));
+}
+
+// ---- properties ----
+
+#[derive(Debug, Clone)]
+enum Act {
+    Wait(u32),
+    Promote(bool),
+    Pause,
+    Resume,
+    Abort,
+    RouterOk(bool),
+    Verdict(u8),
+    Drift(u8),
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    prop_oneof![
+        4 => (1u32..200_000).prop_map(Act::Wait),
+        1 => any::<bool>().prop_map(Act::Promote),
+        1 => Just(Act::Pause),
+        1 => Just(Act::Resume),
+        1 => Just(Act::Abort),
+        1 => any::<bool>().prop_map(Act::RouterOk),
+        2 => (0u8..5).prop_map(Act::Verdict),
+        1 => (0u8..=100).prop_map(Act::Drift),
+    ]
+}
+
+fn steps() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::btree_set(1u8..100, 0..5).prop_map(|s| {
+        let mut v: Vec<u8> = s.into_iter().collect();
+        v.push(100);
+        v
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Random command/time/failure sequences: no panic, weights only from the steps (or 0/100),
+    /// terminal phases never left, rollbacks end at 0 %, success at 100 %, rejected commands change nothing.
+    #[test]
+    fn invariants_hold_under_random_sequences(steps in steps(), bg in any::<bool>(), gate in any::<bool>(), acts in proptest::collection::vec(act(), 1..60)) {
+        let mut p = fixtures::policy("p", &steps, Duration::from_secs(60), 2);
+        if bg {
+            p = fixtures::blue_green("p", Duration::from_secs(60), Duration::from_secs(180));
+        }
+        if gate && !bg && steps.len() > 1 {
+            p.gates = vec![Gate { at: steps[0], approval: Approval::Manual, timeout: Duration::from_secs(900), approvers: vec![] }];
+        }
+        let allowed: Vec<u8> = p.weights().into_iter().chain([0, 100]).collect();
+        let mut w = World::new(p);
+        let mut terminal: Option<Phase> = None;
+        for a in acts {
+            let before = w.r.clone();
+            let res = match a {
+                Act::Wait(ms) => { w.now += ms as u64; w.feed(Input::Tick) }
+                Act::Promote(full) => w.cmd(Command::Promote { full }),
+                Act::Pause => w.cmd(Command::Pause),
+                Act::Resume => w.cmd(Command::Resume),
+                Act::Abort => w.cmd(Command::Abort { reason: None }),
+                Act::RouterOk(ok) => { w.router_ok = ok; Ok(()) }
+                Act::Verdict(v) => {
+                    w.verdict = [Verdict::Pass, Verdict::Fail, Verdict::NoData, Verdict::Inconclusive, Verdict::Pass][v as usize];
+                    Ok(())
+                }
+                Act::Drift(x) => w.feed(Input::Observed { weight: Some(x) }),
+            };
+            if res.is_err() {
+                prop_assert_eq!(&w.r, &before, "a rejected command changed the rollout");
+            }
+            prop_assert!(allowed.contains(&w.r.canary_weight), "weight {} not in {:?}", w.r.canary_weight, allowed);
+            prop_assert!(w.weights.iter().all(|x| allowed.contains(x)), "router saw {:?}", w.weights);
+            if let Some(t) = terminal {
+                prop_assert_eq!(w.r.phase, t, "left a terminal phase");
+            }
+            match w.r.phase {
+                Phase::RolledBack | Phase::Aborted => {
+                    prop_assert_eq!(w.r.canary_weight, 0);
+                    prop_assert!(w.r.applied_weight.unwrap_or(0) == 0, "rolled back but router at {:?}", w.r.applied_weight);
+                    prop_assert!(w.weights.last().is_none_or(|x| *x == 0));
+                }
+                Phase::Succeeded => prop_assert_eq!(w.r.applied_weight, Some(100)),
+                Phase::Failed => prop_assert!(w.weights.iter().all(|x| *x == 0)),
+                _ => {}
+            }
+            let routers = w.r.busy.iter().filter(|b| matches!(b, vane::rollout::Busy::Router { .. })).count();
+            prop_assert!(routers <= 1, "more than one router call in flight");
+            if w.r.is_terminal() {
+                terminal = Some(w.r.phase);
+            }
+        }
+    }
+}
