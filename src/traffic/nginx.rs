@@ -43,9 +43,14 @@ pub fn split_file(variable: &str, stable: &str, canary: &str, weight: u8) -> Str
 
 /// Read the canary weight back from a file vane wrote.
 pub fn parse_weight(text: &str, stable: &str, canary: &str) -> Option<u8> {
-    let start = text.find("split_clients")?;
-    let block = &text[start..];
-    let body = &block[block.find('{')? + 1..block.find('}')?];
+    let start = text.find("split_clients")? + "split_clients".len();
+    // Skip the hashed string: `"${request_id}"` has braces of its own.
+    let mut rest = text[start..].trim_start();
+    if let Some(quoted) = rest.strip_prefix('"') {
+        rest = &quoted[quoted.find('"')? + 1..];
+    }
+    let open = rest.find('{')? + 1;
+    let body = &rest[open..open + rest[open..].find('}')?];
     let mut weight: Option<u8> = None;
     for entry in body.split(';').map(str::trim).filter(|e| !e.is_empty()) {
         let mut parts = entry.split_whitespace();

@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(resolve(&m, None, None, Some("green"), "main", "k"), Ok(("blue".into(), "green".into())));
         let e = resolve(&m, None, None, None, "main", "k").unwrap_err();
         assert!(e.contains("canaryService"), "{e}");
-        assert!(resolve(&m, None, None, Some("blue"), "main", "k").unwrap_err().contains("both blue"));
+        assert!(resolve(&m, None, Some("blue"), Some("blue"), "main", "k").unwrap_err().contains("both blue"));
         // Promoted: the main Ingress points at green; the stable service is the one recorded.
         let promoted = main_ingress("green");
         assert_eq!(resolve(&promoted, Some(&k), None, None, "main", "k"), Ok(("blue".into(), "green".into())));
