@@ -153,7 +153,8 @@ async fn canary_5_25_50_100_succeeds_and_leaves_all_traffic_on_the_new_version()
     let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
     assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
     assert_eq!(w.weights().await, (0, 100));
-    let set: Vec<i64> = w.events(&id).iter().filter(|(k, _)| k == "weight-set").filter_map(|(_, d)| d["canary"].as_i64()).collect();
+    let set: Vec<i64> =
+        w.events(&id).iter().filter(|(k, _)| k == "weight-set").filter_map(|(_, d)| d["canary"].as_i64()).collect();
     assert_eq!(set, vec![5, 25, 50, 100]);
     let vs = w.vs_api().get("agent-service").await.unwrap();
     assert_eq!(vs.data["spec"]["http"][0], vs_object()["spec"]["http"][0], "the header route is untouched");
@@ -272,9 +273,12 @@ fn restart_reads_the_live_weights_back_before_reapplying() {
     rt.block_on(async {
         let client = k8s::client_for(&url);
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &virtual_service());
-        let p: Patch<()> = Patch::Json(serde_json::from_value(json!([
+        let p: Patch<()> = Patch::Json(
+            serde_json::from_value(json!([
             { "op": "replace", "path": "/spec/http/1/route/0/weight", "value": 60 },
-            { "op": "replace", "path": "/spec/http/1/route/1/weight", "value": 40 } ])).unwrap());
+            { "op": "replace", "path": "/spec/http/1/route/1/weight", "value": 40 } ]))
+            .unwrap(),
+        );
         api.patch("agent-service", &PatchParams::default(), &p).await.unwrap();
         let (env, _) = env(client, store.path());
         let c = Controller::new(env, vec![gated("gate25", 25)]);

@@ -14,11 +14,11 @@ use http::{Request, Response};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::client::Body;
 use serde_json::{Value, json};
+use vane::fixtures;
 use vane::policy::Policy;
 use vane::rollout::{RouterSpec, machine};
 use vane::traffic::k8s::{destination_rule, ingress, virtual_service};
 use vane::traffic::{Router, RouterFactory, Routers};
-use vane::fixtures;
 
 fn standard_vs() -> Value {
     json!({
@@ -39,7 +39,8 @@ fn standard_vs() -> Value {
 }
 
 fn standard_dr(subsets: &[&str]) -> Value {
-    let subsets: Vec<Value> = subsets.iter().map(|s| json!({ "name": s, "labels": { "version": s.replace('-', ".") } })).collect();
+    let subsets: Vec<Value> =
+        subsets.iter().map(|s| json!({ "name": s, "labels": { "version": s.replace('-', ".") } })).collect();
     json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
         "metadata": { "name": "agent-service" },
@@ -87,7 +88,12 @@ fn expected_spec(stable: i64, canary: i64) -> Value {
 }
 
 fn istio_spec() -> RouterSpec {
-    RouterSpec::Istio { virtual_service: "agent-service".into(), route: None, stable_subset: "v1-0-0".into(), canary_subset: "v1-1-0".into() }
+    RouterSpec::Istio {
+        virtual_service: "agent-service".into(),
+        route: None,
+        stable_subset: "v1-0-0".into(),
+        canary_subset: "v1-1-0".into(),
+    }
 }
 
 fn build(client: kube::Client, ns: &str, spec: RouterSpec, policy: Policy) -> Arc<dyn Router> {
@@ -120,7 +126,11 @@ async fn istio_full_canary_moves_only_the_two_weights() {
     for w in [5u8, 25, 50, 100] {
         router.set_weight(w).await.unwrap_or_else(|e| panic!("set {w}: {e}"));
         let vs = read(&client, &ns, &virtual_service(), "agent-service").await;
-        assert_eq!(vs.data["spec"], expected_spec(100 - w as i64, w as i64), "at {w}% everything but the two weights is untouched");
+        assert_eq!(
+            vs.data["spec"],
+            expected_spec(100 - w as i64, w as i64),
+            "at {w}% everything but the two weights is untouched"
+        );
         assert_eq!(vs.metadata.labels, before.metadata.labels);
         assert_eq!(router.observe().await, Ok(Some(w)));
     }
@@ -180,7 +190,13 @@ async fn istio_virtual_service_deleted_mid_rollout_is_a_clear_error() {
 /// A client that passes requests to the real server, but before each of the first `bumps` PATCHes
 /// lets another writer change the object (a label), so the router's guarded write meets a
 /// resourceVersion it did not read.
-fn interfering_client(real: kube::Client, ns: String, ar: kube::api::ApiResource, name: &'static str, bumps: u32) -> (kube::Client, Arc<AtomicU32>) {
+fn interfering_client(
+    real: kube::Client,
+    ns: String,
+    ar: kube::api::ApiResource,
+    name: &'static str,
+    bumps: u32,
+) -> (kube::Client, Arc<AtomicU32>) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let patches = Arc::new(AtomicU32::new(0));
     let seen = patches.clone();
@@ -266,12 +282,18 @@ async fn nginx_ingress_blue_green_flips_and_flips_back() {
     router.set_weight(100).await.unwrap();
     let ing = read(&client, &ns, &ingress(), "agent-service-ingress").await;
     assert_eq!(backend(&ing), "agent-service-green");
-    assert_eq!(ann(&ing, "nginx.ingress.kubernetes.io/upstream-vhost").as_deref(), Some("agent-service-green.ai-workflow-prod.svc.cluster.local"));
+    assert_eq!(
+        ann(&ing, "nginx.ingress.kubernetes.io/upstream-vhost").as_deref(),
+        Some("agent-service-green.ai-workflow-prod.svc.cluster.local")
+    );
     assert_eq!(router.observe().await, Ok(Some(100)));
     router.set_weight(0).await.unwrap();
     let ing = read(&client, &ns, &ingress(), "agent-service-ingress").await;
     assert_eq!(ing.data["spec"], standard_ingress()["spec"], "flipped back exactly");
-    assert_eq!(ann(&ing, "nginx.ingress.kubernetes.io/upstream-vhost").as_deref(), Some("agent-service-blue.ai-workflow-prod.svc.cluster.local"));
+    assert_eq!(
+        ann(&ing, "nginx.ingress.kubernetes.io/upstream-vhost").as_deref(),
+        Some("agent-service-blue.ai-workflow-prod.svc.cluster.local")
+    );
     assert!(router.set_weight(50).await.unwrap_err().is_permanent(), "a flip is 0 or 100");
 }
 

@@ -48,7 +48,8 @@ fn mock(script: Vec<Exchange>) -> (kube::Client, JoinHandle<()>) {
     let task = tokio::spawn(async move {
         let mut handle = std::pin::pin!(handle);
         for (i, ex) in script.into_iter().enumerate() {
-            let (req, send) = handle.next_request().await.unwrap_or_else(|| panic!("request #{i} ({} {}) never came", ex.method, ex.path));
+            let (req, send) =
+                handle.next_request().await.unwrap_or_else(|| panic!("request #{i} ({} {}) never came", ex.method, ex.path));
             assert_eq!(req.method().as_str(), ex.method, "request #{i}");
             let uri = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
             assert_eq!(uri, ex.path, "request #{i} path");
@@ -271,7 +272,14 @@ async fn nginx_ingress_canary_creates_the_canary_ingress_by_cloning_the_main_one
     let script = vec![
         get(&format!("{ING}/agent-service-ingress"), 200, main.clone()),
         get(&format!("{ING}/agent-service-canary"), 404, status(404, "NotFound")),
-        Exchange { method: "POST", path: format!("{ING}?"), content_type: Some("application/json"), body: Some(wanted), status: 201, reply: created.clone() },
+        Exchange {
+            method: "POST",
+            path: format!("{ING}?"),
+            content_type: Some("application/json"),
+            body: Some(wanted),
+            status: 201,
+            reply: created.clone(),
+        },
         get(&format!("{ING}/agent-service-ingress"), 200, main),
         get(&format!("{ING}/agent-service-canary"), 200, created),
     ];
@@ -288,9 +296,14 @@ async fn nginx_ingress_canary_weight_is_an_annotation_patch() {
         stable_service: None,
     };
     let canary = |rv: &str, w: &str| {
-        ingress("agent-service-canary", rv, "agent-service-green", json!({
+        ingress(
+            "agent-service-canary",
+            rv,
+            "agent-service-green",
+            json!({
             "nginx.ingress.kubernetes.io/canary": "true", "nginx.ingress.kubernetes.io/canary-weight": w,
-            "vane.dev/stable-service": "agent-service-blue" }))
+            "vane.dev/stable-service": "agent-service-blue" }),
+        )
     };
     let main = ingress("agent-service-ingress", "9", "agent-service-blue", json!({}));
     let body = json!([

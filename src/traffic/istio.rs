@@ -58,7 +58,10 @@ pub fn locate(spec: &Value, route: Option<&str>, stable: &str, canary: &str) -> 
     let names: Vec<&str> = http.iter().filter_map(|r| r.get("name").and_then(Value::as_str)).collect();
     let index = match route {
         Some(name) => http.iter().position(|r| r.get("name").and_then(Value::as_str) == Some(name)).ok_or_else(|| {
-            format!("has no http route named {name:?} (named routes: {})", if names.is_empty() { "none".into() } else { names.join(", ") })
+            format!(
+                "has no http route named {name:?} (named routes: {})",
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )
         })?,
         None => http
             .iter()

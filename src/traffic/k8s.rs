@@ -66,10 +66,8 @@ impl KubeAccess {
                  [kubernetes] kubeconfig/context, $KUBECONFIG or ~/.kube/config)"
             ))
         };
-        let opts = kube::config::KubeConfigOptions {
-            context: (!s.context.is_empty()).then(|| s.context.clone()),
-            ..Default::default()
-        };
+        let opts =
+            kube::config::KubeConfigOptions { context: (!s.context.is_empty()).then(|| s.context.clone()), ..Default::default() };
         if !s.kubeconfig.is_empty() {
             let kc = kube::config::Kubeconfig::read_from(&s.kubeconfig)
                 .map_err(|e| no_access(format!("kubeconfig {}: {e}", s.kubeconfig)))?;
@@ -137,9 +135,10 @@ impl Obj {
     pub async fn patch_guarded(&self, resource_version: &str, ops: Vec<Value>) -> Result<(), Attempt> {
         let mut all = vec![json!({ "op": "test", "path": "/metadata/resourceVersion", "value": resource_version })];
         all.extend(ops);
-        let patch: Patch<()> = Patch::Json(serde_json::from_value(Value::Array(all)).map_err(|e| {
-            Attempt::Failed(RouterError::Permanent(format!("internal error building a JSON patch: {e}")))
-        })?);
+        let patch: Patch<()> = Patch::Json(
+            serde_json::from_value(Value::Array(all))
+                .map_err(|e| Attempt::Failed(RouterError::Permanent(format!("internal error building a JSON patch: {e}"))))?,
+        );
         match self.api.patch(&self.name, &PatchParams::default(), &patch).await {
             Ok(_) => Ok(()),
             Err(e) => Err(attempt(&self.describe(), e)),
@@ -190,7 +189,9 @@ pub fn classify(what: &str, e: kube::Error) -> RouterError {
             "{what}: access denied ({} {}): {} — see docs/routers.md for the RBAC vane needs",
             s.code, s.reason, s.message
         )),
-        kube::Error::Api(s) => RouterError::Transient(format!("{what}: API server answered {} {}: {}", s.code, s.reason, s.message)),
+        kube::Error::Api(s) => {
+            RouterError::Transient(format!("{what}: API server answered {} {}: {}", s.code, s.reason, s.message))
+        }
         _ => RouterError::Transient(format!("{what}: cannot reach the Kubernetes API: {e}")),
     }
 }

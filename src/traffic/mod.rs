@@ -104,9 +104,9 @@ impl RouterFactory for Routers {
                     canary_service.as_deref(),
                 ))
             }
-            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => {
-                Arc::new(nginx::NginxRouter::new(config_file, variable, stable_upstream, canary_upstream, test.clone(), reload.clone()))
-            }
+            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => Arc::new(
+                nginx::NginxRouter::new(config_file, variable, stable_upstream, canary_upstream, test.clone(), reload.clone()),
+            ),
         })
     }
 }

@@ -54,7 +54,9 @@ pub fn parse_weight(text: &str, stable: &str, canary: &str) -> Option<u8> {
     let mut weight: Option<u8> = None;
     for entry in body.split(';').map(str::trim).filter(|e| !e.is_empty()) {
         let mut parts = entry.split_whitespace();
-        let (Some(share), Some(target), None) = (parts.next(), parts.next(), parts.next()) else { return None };
+        let (Some(share), Some(target), None) = (parts.next(), parts.next(), parts.next()) else {
+            return None;
+        };
         match (share, target) {
             ("*", t) if t == canary => return Some(100 - weight.unwrap_or(0)),
             ("*", t) if t == stable => return Some(weight.unwrap_or(0)),

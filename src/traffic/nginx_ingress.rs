@@ -144,8 +144,7 @@ pub fn canary_clone(main: &DynamicObject, name: &str, stable: &str, canary: &str
     annotations.insert(CANARY.into(), json!("true"));
     annotations.insert(CANARY_WEIGHT.into(), json!(weight.to_string()));
     annotations.insert(STABLE_SERVICE.into(), json!(stable));
-    let mut labels: Map<String, Value> =
-        main.metadata.labels.iter().flatten().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let mut labels: Map<String, Value> = main.metadata.labels.iter().flatten().map(|(k, v)| (k.clone(), json!(v))).collect();
     labels.insert("app.kubernetes.io/managed-by".into(), json!("vane"));
     serde_json::from_value(json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -169,9 +168,14 @@ pub fn resolve(
         (Some(c), _) => c.to_string(),
         (None, Some(k)) => match services(k).as_slice() {
             [one] => one.clone(),
-            [] => return Err(format!("canary Ingress {canary_name} has no backend service; set router.canaryService")),
+            [] => {
+                return Err(format!("canary Ingress {canary_name} has no backend service; set router.canaryService"));
+            }
             many => {
-                return Err(format!("canary Ingress {canary_name} has several backend services ({}); set router.canaryService", many.join(", ")));
+                return Err(format!(
+                    "canary Ingress {canary_name} has several backend services ({}); set router.canaryService",
+                    many.join(", ")
+                ));
             }
         },
         (None, None) => {
@@ -187,9 +191,14 @@ pub fn resolve(
             match (others.as_slice(), canary.and_then(|k| annotation(k, STABLE_SERVICE))) {
                 ([one], _) => one.clone(),
                 ([], Some(recorded)) => recorded.to_string(),
-                ([], None) => return Err(format!("Ingress {main_name} has no backend service other than {c}; set router.stableService")),
+                ([], None) => {
+                    return Err(format!("Ingress {main_name} has no backend service other than {c}; set router.stableService"));
+                }
                 (many, _) => {
-                    return Err(format!("Ingress {main_name} has several backend services ({}); set router.stableService", many.join(", ")));
+                    return Err(format!(
+                        "Ingress {main_name} has several backend services ({}); set router.stableService",
+                        many.join(", ")
+                    ));
                 }
             }
         }
@@ -208,7 +217,14 @@ enum Next {
     Done,
 }
 
-fn next_canary_step(main: &DynamicObject, k: Option<&DynamicObject>, s: &str, c: &str, name: &str, weight: u8) -> Result<Next, String> {
+fn next_canary_step(
+    main: &DynamicObject,
+    k: Option<&DynamicObject>,
+    s: &str,
+    c: &str,
+    name: &str,
+    weight: u8,
+) -> Result<Next, String> {
     let promoted = has_service(main, c) && !has_service(main, s);
     // At 100 the canary Ingress first takes all traffic, then the main Ingress is promoted, then the
     // canary weight returns to 0: every intermediate state keeps 100 % on the new version.
@@ -216,10 +232,8 @@ fn next_canary_step(main: &DynamicObject, k: Option<&DynamicObject>, s: &str, c:
     let Some(k) = k else {
         return Ok(Next::Create(Box::new(canary_clone(main, name, s, c, k_weight)?)));
     };
-    let mut ops = annotation_ops(
-        k,
-        &[(CANARY, "true".into()), (CANARY_WEIGHT, k_weight.to_string()), (STABLE_SERVICE, s.to_string())],
-    );
+    let mut ops =
+        annotation_ops(k, &[(CANARY, "true".into()), (CANARY_WEIGHT, k_weight.to_string()), (STABLE_SERVICE, s.to_string())]);
     for (path, n) in backends(k) {
         if n != c {
             ops.push(json!({ "op": "replace", "path": path, "value": c }));
@@ -302,12 +316,16 @@ impl NginxIngressRouter {
                 Next::Done => return Ok(()),
                 Next::Create(obj) => match kobj.api.create(&PostParams::default(), &obj).await {
                     Ok(_) => {}
-                    Err(kube::Error::Api(st)) if st.code == 409 => return Err(Attempt::Conflict(format!("{} was just created", kobj.describe()))),
+                    Err(kube::Error::Api(st)) if st.code == 409 => {
+                        return Err(Attempt::Conflict(format!("{} was just created", kobj.describe())));
+                    }
                     Err(e) => return Err(k8s::classify(&kobj.describe(), e).into()),
                 },
                 Next::PatchCanary(ops) => match &k {
                     Some(k) => kobj.patch_guarded(&k8s::resource_version(k)?, ops).await?,
-                    None => return Err(Attempt::Conflict(format!("{} disappeared", kobj.describe()))),
+                    None => {
+                        return Err(Attempt::Conflict(format!("{} disappeared", kobj.describe())));
+                    }
                 },
                 Next::PatchMain(ops) => main.patch_guarded(&k8s::resource_version(&m)?, ops).await?,
             }
@@ -462,7 +480,12 @@ mod tests {
         let mut k = canary_clone(&m, "k", "blue", "green", 50).unwrap();
         // 1. the canary Ingress takes everything
         let Ok(Next::PatchCanary(ops)) = next_canary_step(&m, Some(&k), "blue", "green", "k", 100) else { panic!() };
-        assert_eq!(ops, vec![json!({ "op": "add", "path": "/metadata/annotations/nginx.ingress.kubernetes.io~1canary-weight", "value": "100" })]);
+        assert_eq!(
+            ops,
+            vec![
+                json!({ "op": "add", "path": "/metadata/annotations/nginx.ingress.kubernetes.io~1canary-weight", "value": "100" })
+            ]
+        );
         k.metadata.annotations.as_mut().unwrap().insert(CANARY_WEIGHT.into(), "100".into());
         // 2. the main Ingress is promoted
         assert!(matches!(next_canary_step(&m, Some(&k), "blue", "green", "k", 100), Ok(Next::PatchMain(_))));

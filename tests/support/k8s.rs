@@ -32,8 +32,9 @@ pub struct K8sServer {
 
 impl Drop for K8sServer {
     fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.kill();
+        // Closing a watchdog's stdin makes it stop its process and wait for it.
+        for p in self.procs.iter_mut().rev() {
+            drop(p.stdin.take());
             let _ = p.wait();
         }
     }
@@ -100,9 +101,8 @@ fn find_etcd() -> Result<PathBuf, String> {
 /// Decompress `crdserver.xz` once per content hash into the cargo target tmp dir.
 fn crdserver() -> Result<PathBuf, String> {
     let xz = test_dir().join("crdserver.xz");
-    let bytes = std::fs::read(&xz).map_err(|e| {
-        format!("cannot read {} ({e}); set VANE_K8S_TEST_DIR to the shared/k8s-test directory", xz.display())
-    })?;
+    let bytes = std::fs::read(&xz)
+        .map_err(|e| format!("cannot read {} ({e}); set VANE_K8S_TEST_DIR to the shared/k8s-test directory", xz.display()))?;
     let hash = hex::encode(&Sha256::digest(&bytes)[..8]);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("k8s-test");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -112,12 +112,8 @@ fn crdserver() -> Result<PathBuf, String> {
     }
     let tmp = dir.join(format!("crdserver-{hash}.{}.tmp", std::process::id()));
     let out = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let status = Command::new("xz")
-        .arg("-dc")
-        .arg(&xz)
-        .stdout(out)
-        .status()
-        .map_err(|e| format!("cannot run xz ({e}): {INSTALL}"))?;
+    let status =
+        Command::new("xz").arg("-dc").arg(&xz).stdout(out).status().map_err(|e| format!("cannot run xz ({e}): {INSTALL}"))?;
     if !status.success() {
         return Err(format!("xz -dc {} failed: {status}", xz.display()));
     }
@@ -182,7 +178,9 @@ impl K8sServer {
         server.procs.push(spawn_watched(&api_argv, &d.join("apiserver.log"))?);
         let client = server.client();
         let logs = |d: &Path| {
-            let tail = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n");
+            let tail = |f: &str| {
+                std::fs::read_to_string(d.join(f)).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n")
+            };
             format!("--- etcd.log (last lines, reversed)\n{}\n--- apiserver.log\n{}", tail("etcd.log"), tail("apiserver.log"))
         };
         let deadline = Instant::now() + Duration::from_secs(30);
