@@ -147,7 +147,8 @@ async fn istio_treats_a_failed_test_op_422_as_a_conflict() {
     assert_eq!(with_router(istio(), canary_policy(), script, async |r| r.set_weight(100).await).await, Ok(()));
 }
 
-#[tokio::test]
+/// (On a paused clock: the conflict backoff takes no real time.)
+#[tokio::test(start_paused = true)]
 async fn istio_gives_up_on_endless_conflicts_with_a_transient_error() {
     let mut script = vec![];
     for n in 0..CONFLICT_ATTEMPTS {

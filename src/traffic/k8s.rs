@@ -102,7 +102,7 @@ pub fn ingress() -> ApiResource {
 #[derive(Clone)]
 pub struct Obj {
     pub api: Api<DynamicObject>,
-    pub kind: &'static str,
+    pub kind: String,
     pub namespace: String,
     pub name: String,
 }
@@ -111,7 +111,7 @@ impl Obj {
     pub fn new(client: kube::Client, ar: &ApiResource, namespace: &str, name: &str) -> Obj {
         Obj {
             api: Api::namespaced_with(client, namespace, ar),
-            kind: leak_kind(&ar.kind),
+            kind: ar.kind.clone(),
             namespace: namespace.to_string(),
             name: name.to_string(),
         }
@@ -143,16 +143,6 @@ impl Obj {
             Ok(_) => Ok(()),
             Err(e) => Err(attempt(&self.describe(), e)),
         }
-    }
-}
-
-/// The kinds are a fixed handful of literals; map them back to `'static` for error messages.
-fn leak_kind(kind: &str) -> &'static str {
-    match kind {
-        "VirtualService" => "VirtualService",
-        "DestinationRule" => "DestinationRule",
-        "Ingress" => "Ingress",
-        _ => "object",
     }
 }
 
@@ -247,7 +237,7 @@ mod tests {
         assert_eq!(pointer_segment("a~b"), "a~0b");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn conflicts_are_retried_then_reported_as_transient() {
         let mut calls = 0;
         let r = retry_conflicts("VirtualService x/y", || {
@@ -259,7 +249,7 @@ mod tests {
         assert!(matches!(r, Err(RouterError::Transient(m)) if m.contains("still conflicting")));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_conflict_then_success_is_success() {
         let mut calls = 0;
         let r = retry_conflicts("x", || {

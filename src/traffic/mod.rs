@@ -110,3 +110,51 @@ impl RouterFactory for Routers {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn rollout(router: RouterSpec, strategy: Strategy) -> Rollout {
+        let mut req = fixtures::request("agent-service", "p");
+        req.router = router;
+        let mut policy = fixtures::policy("p", &[5, 100], std::time::Duration::from_secs(1), 1);
+        policy.strategy = strategy;
+        crate::rollout::machine::create("r".into(), &req, policy, "t", 0).0
+    }
+
+    #[test]
+    fn every_kind_builds_without_touching_the_cluster() {
+        let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), context: String::new() });
+        let istio =
+            RouterSpec::Istio { virtual_service: "vs".into(), route: None, stable_subset: "a".into(), canary_subset: "b".into() };
+        let ingress = |k: Option<&str>| RouterSpec::NginxIngress {
+            ingress: "main".into(),
+            canary_ingress: k.map(Into::into),
+            canary_service: Some("green".into()),
+            stable_service: Some("blue".into()),
+        };
+        let nginx = RouterSpec::Nginx {
+            config_file: "/tmp/x.conf".into(),
+            variable: "v".into(),
+            stable_upstream: "s".into(),
+            canary_upstream: "c".into(),
+            test: None,
+            reload: vec!["true".into()],
+        };
+        let exec = RouterSpec::Exec { command: vec!["true".into()] };
+        for (spec, strategy, kind) in [
+            (istio, Strategy::Canary, "istio"),
+            (ingress(Some("canary")), Strategy::Canary, "nginx-ingress"),
+            (ingress(None), Strategy::BlueGreen, "nginx-ingress"),
+            (nginx, Strategy::Canary, "nginx"),
+            (exec, Strategy::Canary, "exec"),
+        ] {
+            let r = routers.build(&rollout(spec, strategy)).map(|r| r.kind());
+            assert_eq!(r, Ok(kind));
+        }
+        let e = routers.build(&rollout(ingress(None), Strategy::Canary)).err();
+        assert!(e.is_some_and(|e| e.is_permanent() && e.to_string().contains("canaryIngress")));
+    }
+}
