@@ -149,9 +149,33 @@ async fn until(c: &Controller, id: &str, what: &str, f: impl Fn(&Rollout) -> boo
 #[tokio::test]
 async fn canary_5_25_50_100_succeeds_and_leaves_all_traffic_on_the_new_version() {
     let w = world("e2e-success", &["v1-0-0", "v1-1-0"], vec![canary("canary")]).await;
+    // Sample the live object while the rollout runs: every step stays for at least one interval.
+    let api = w.vs_api();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(i64, i64)> = vec![];
+            loop {
+                // Sample once more after `done`: the last write happened before the rollout finished.
+                let last = done.load(std::sync::atomic::Ordering::Relaxed);
+                let now = weights(&api).await;
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+                if last {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
     let id = w.start("canary").await;
     let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
     assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(sampler.await.unwrap(), vec![(100, 0), (95, 5), (75, 25), (50, 50), (0, 100)], "live weights, in order");
     assert_eq!(w.weights().await, (0, 100));
     let set: Vec<i64> =
         w.events(&id).iter().filter(|(k, _)| k == "weight-set").filter_map(|(_, d)| d["canary"].as_i64()).collect();
