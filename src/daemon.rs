@@ -47,7 +47,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let analyzer: Arc<dyn Analyzer> = Arc::new(TimeOnly);
     let env = Arc::new(Env {
         store,
-        routers: Arc::new(Routers::default()),
+        routers: Arc::new(Routers::new(&cfg.kubernetes)),
         analyzer,
         hooks: Arc::new(AlwaysOk),
         notifier: Arc::new(Silent),
