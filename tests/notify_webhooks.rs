@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use notify_env::*;
-use receiver::{Receiver, Request, free_addr};
+use receiver::{Receiver, Request, down};
 use sha2::Sha256;
 use vane::analysis::TimeOnly;
 use vane::notify::outbox::{Delivery, Outbox, Sink};
@@ -41,6 +41,13 @@ const GATED: &str = "name: gated\nstrategy: canary\nsteps: [20, 50, 100]\ninterv
 
 fn outbox(store: &Store, metrics: &Arc<Metrics>, url: String) -> Outbox {
     Outbox::open(store, vec![Sink::webhook(url, Some(SECRET.as_bytes().to_vec()))], metrics.clone(), fast()).unwrap()
+}
+
+/// The same configured receiver across a restart, wherever it listens now (the queue is keyed by the
+/// sink, normally its URL).
+fn restart_outbox(store: &Store, metrics: &Arc<Metrics>, url: String) -> Outbox {
+    let sink = Sink { key: "webhook receiver".into(), ..Sink::webhook(url, Some(SECRET.as_bytes().to_vec())) };
+    Outbox::open(store, vec![sink], metrics.clone(), fast()).unwrap()
 }
 
 fn controller(w: &World, notifier: Arc<dyn Notifier>) -> Controller {
@@ -192,6 +199,18 @@ impl Notifier for Lossy {
     }
 }
 
+/// Open the store the previous "daemon" used, once sled's background threads released its lock.
+async fn reopen(path: &std::path::Path) -> Store {
+    let start = std::time::Instant::now();
+    loop {
+        match Store::open(path) {
+            Ok(s) => return s,
+            Err(e) if start.elapsed() > WAIT => panic!("the first daemon's store does not reopen: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
@@ -203,27 +222,30 @@ fn pending_deliveries_survive_a_daemon_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let metrics = Arc::new(Metrics::new(Duration::from_secs(3600)));
+    let (addr, receiver_down) = down();
     let rt1 = runtime();
-    let (addr, expected, pending) = rt1.block_on(async {
-        let addr = free_addr().await; // nothing listens here: connection refused
+    let (expected, pending) = rt1.block_on(async {
         let store = Store::open(&path).unwrap();
-        let ob = outbox(&store, &metrics, format!("http://{addr}/hook"));
+        let ob = restart_outbox(&store, &metrics, format!("http://{addr}/hook"));
         ob.start();
         let w = World { dir: tempfile::tempdir().unwrap(), store: store.clone(), metrics: metrics.clone() };
         let c = controller(&w, Arc::new(ob.clone()));
         let r = start(&c, w.request("cart", "quick")).await;
         wait_phase(&c, &r.id, Phase::Succeeded, WAIT).await;
         let events = events(&c, &r.id);
-        (addr, expected_ids(&r, &events), ob.pending())
+        // The driver queues an event right after committing it: give the last ones a moment.
+        wait_pending(&ob, events.len()).await;
+        (expected_ids(&r, &events), ob.pending())
     });
     assert_eq!(pending, expected.len(), "everything is still queued while the receiver is down");
     drop(rt1);
+    drop(receiver_down);
 
     let rt2 = runtime();
     rt2.block_on(async {
-        let rx = Receiver::start_on(addr).await;
-        let store = Store::open(&path).expect("the first daemon's store is closed and reopens");
-        let ob = outbox(&store, &metrics, rx.url("/hook"));
+        let rx = Receiver::start().await;
+        let store = reopen(&path).await;
+        let ob = restart_outbox(&store, &metrics, rx.url("/hook"));
         assert_eq!(ob.pending(), expected.len());
         ob.start();
         let got = rx.wait_for("/hook", expected.len(), WAIT).await;
@@ -241,11 +263,11 @@ fn events_committed_but_never_queued_are_sent_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let metrics = Arc::new(Metrics::new(Duration::from_secs(3600)));
+    let (addr, receiver_down) = down();
     let rt1 = runtime();
-    let (addr, expected) = rt1.block_on(async {
-        let addr = free_addr().await;
+    let ids_ab = rt1.block_on(async {
         let store = Store::open(&path).unwrap();
-        let ob = outbox(&store, &metrics, format!("http://{addr}/hook")); // never started: a crash
+        let ob = restart_outbox(&store, &metrics, format!("http://{addr}/hook")); // never started: a crash
         let w = World { dir: tempfile::tempdir().unwrap(), store: store.clone(), metrics: metrics.clone() };
         // a: the first 2 events reach the queue, the rest are lost; b: none at all.
         let a_ctl = controller(&w, Arc::new(Lossy { inner: ob.clone(), allow: AtomicUsize::new(2) }));
@@ -255,24 +277,64 @@ fn events_committed_but_never_queued_are_sent_after_a_restart() {
         wait_phase(&a_ctl, &a.id, Phase::AwaitingApproval, WAIT).await;
         wait_phase(&b_ctl, &b.id, Phase::AwaitingApproval, WAIT).await;
         assert_eq!(ob.pending(), 2);
-        let mut all = expected_ids(&a, &events(&a_ctl, &a.id));
-        all.extend(expected_ids(&b, &events(&b_ctl, &b.id)));
-        (addr, all)
+        [a.id, b.id]
     });
     drop(rt1);
+    drop(receiver_down);
 
     let rt2 = runtime();
     rt2.block_on(async {
-        let rx = Receiver::start_on(addr).await;
-        let store = Store::open(&path).unwrap();
-        let ob = outbox(&store, &metrics, rx.url("/hook"));
-        assert_eq!(ob.pending(), expected.len(), "catch-up queued every committed event");
+        let rx = Receiver::start().await;
+        let store = reopen(&path).await;
+        // Every event the first daemon committed (analysis went on at the gate until it stopped).
+        let mut want: Vec<String> = Vec::new();
+        for id in &ids_ab {
+            let r = store.get(id).unwrap().unwrap();
+            want.extend(expected_ids(&r, &store.events(id, 0).unwrap()));
+        }
+        assert!(want.len() >= 12, "{want:?}");
+        let ob = restart_outbox(&store, &metrics, rx.url("/hook"));
+        assert_eq!(ob.pending(), want.len(), "catch-up queued every committed event");
         ob.start();
-        let got = rx.wait_for("/hook", expected.len(), WAIT).await;
-        let mut got_ids = ids(&got);
-        let mut want = expected.clone();
+        let got = rx.wait_for("/hook", want.len(), WAIT).await;
+        wait_pending(&ob, 0).await;
+        let mut got_ids = ids(&rx.requests("/hook"));
         got_ids.sort();
         want.sort();
         assert_eq!(got_ids, want, "each event exactly once");
+        assert!(got.iter().all(|q| signature_ok(q, SECRET)));
     });
+}
+
+#[tokio::test]
+async fn the_daemon_wiring_fans_out_to_every_configured_sink() {
+    use vane::config::{Config, Notifications, WebhookConfig};
+    let rx = Receiver::start().await;
+    let w = World::new();
+    let mut cfg = Config::default();
+    cfg.notifications = Notifications {
+        webhooks: vec![WebhookConfig { url: rx.url("/hook"), secret_env: "T_WEBHOOK_SECRET".into() }],
+        hook_secret_env: "T_HOOK_SECRET".into(),
+    };
+    // A webhook whose secret variable is unset is a configuration error, not an unsigned webhook.
+    let e = vane::notify::wire(&cfg, &w.store, &w.metrics, |_| None).err().expect("missing secret is an error");
+    assert!(e.to_string().contains("T_WEBHOOK_SECRET"), "{e}");
+
+    let slack_url = rx.url("/slack");
+    let env = move |v: &str| match v {
+        "T_WEBHOOK_SECRET" => Some(SECRET.to_string()),
+        "VANE_SLACK_WEBHOOK_URL" => Some(slack_url.clone()),
+        "VANE_SLACK_SIGNING_SECRET" => Some("signing".to_string()),
+        _ => None,
+    };
+    let wiring = vane::notify::wire(&cfg, &w.store, &w.metrics, env).unwrap();
+    assert!(wiring.slack.is_some(), "the signing secret enables the interactions endpoint");
+    let c = w.controller(vec![policy(CANARY)], Arc::new(TimeOnly), wiring.hooks, wiring.notifier);
+    let r = start(&c, w.request("cart", "quick")).await;
+    wait_phase(&c, &r.id, Phase::Succeeded, WAIT).await;
+    let n = events(&c, &r.id).len();
+    let hooks = rx.wait_for("/hook", n, WAIT).await;
+    assert!(hooks.iter().all(|q| signature_ok(q, SECRET)));
+    let slack = rx.wait_for("/slack", 5, WAIT).await; // started, 3 steps, succeeded
+    assert_eq!(slack.last().unwrap().json()["text"], "cart v2 succeeded");
 }

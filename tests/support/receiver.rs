@@ -128,8 +128,12 @@ impl Receiver {
     }
 }
 
-/// A port on 127.0.0.1 where nothing listens (yet): bound, then released.
-pub async fn free_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// A receiver that is down: the port is held (so no other test can take it) by a socket that never
+/// accepts, so requests to it get no answer. Drop it, then `Receiver::start_on(addr)` to bring the
+/// receiver up on the same address.
+pub struct Down(pub std::net::TcpListener);
+
+pub fn down() -> (SocketAddr, Down) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (l.local_addr().unwrap(), Down(l))
 }
