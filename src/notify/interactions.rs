@@ -180,10 +180,10 @@ impl SlackInteractions {
         let name = p.user.username.as_deref().or(p.user.name.as_deref()).map(clean_name).unwrap_or_default();
         let actor =
             if name.is_empty() { format!("slack:{}", p.user.id) } else { format!("slack:{} ({name})", p.user.id) };
+        if !is_ulid(id) {
+            return answer(StatusCode::NOT_FOUND, format!("rollout {id:?} not found"));
+        }
         let r = match controller.get(id) {
-            _ if !is_ulid(id) => {
-                return answer(StatusCode::NOT_FOUND, format!("rollout {id:?} not found"));
-            }
             Ok(r) => r,
             Err(e) => return error_answer(e),
         };
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn names_and_ids() {
-        assert_eq!(clean_name("  alice\n(admin) "), "alice\nadmin".replace('\n', ""));
+        assert_eq!(clean_name("  alice\n(admin) "), "aliceadmin");
         assert!(valid_user_id("U024BE7LH"));
         assert!(!valid_user_id("U0 24"));
         assert!(!valid_user_id(""));
