@@ -292,8 +292,9 @@ fn on_stage(r: &mut Rollout, op: u64, result: Result<(), StageFailure>, now: Mil
         return;
     }
     let retry = now + interval(r);
-    // Confirm-promotion runs while Progressing; the others before any traffic moves.
-    if r.phase != Phase::Pending {
+    // Confirm-promotion runs while Progressing (canary) or from Pending's Ready stage (blue/green's flip,
+    // a single-step canary); the others before any traffic moves.
+    if r.phase != Phase::Pending || r.stage == Stage::Ready {
         match result {
             Ok(()) => {
                 event(r, out, now, "hook", CONTROLLER, "confirm-promotion hooks passed".into(), json!({ "kind": "confirmPromotion" }));
