@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 
-use crate::analysis::{Analyzer, TimeOnly};
+use crate::analysis::{Analyzer, PromAnalyzer};
 use crate::api::{self, AppState, Auth};
 use crate::config::Config;
-use crate::notify::{AlwaysOk, Silent};
+use crate::notify::{AlwaysOk, HookRunner, Silent};
 use crate::rollout::controller::Controller;
 use crate::rollout::driver::{Env, SystemClock};
 use crate::store::Store;
@@ -44,12 +44,13 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     })?;
     let store = Store::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
     let metrics = Arc::new(Metrics::new(cfg.server.metrics_retention));
-    let analyzer: Arc<dyn Analyzer> = Arc::new(TimeOnly);
+    let hooks: Arc<dyn HookRunner> = Arc::new(AlwaysOk);
+    let analyzer: Arc<dyn Analyzer> = Arc::new(PromAnalyzer::from_config(&cfg.prometheus, hooks.clone(), metrics.clone())?);
     let env = Arc::new(Env {
         store,
         routers: Arc::new(Routers::default()),
         analyzer,
-        hooks: Arc::new(AlwaysOk),
+        hooks,
         notifier: Arc::new(Silent),
         metrics: metrics.clone(),
         clock: Arc::new(SystemClock),

@@ -200,6 +200,8 @@ impl PromAnalyzer {
                 results.push(sequential_result(m, r, canary, stats.as_ref(), &step_window));
             }
         }
+        let position = |name: &str| r.policy.metrics.iter().position(|m| m.name == name);
+        results.sort_by_key(|m| position(&m.name));
         MetricResults { results, regression }
     }
 
