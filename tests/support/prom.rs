@@ -129,6 +129,7 @@ pub struct Prometheus {
 impl Prometheus {
     /// Start scraping `targets` every second (`data` may hold backfilled blocks already).
     pub fn start(dir: &Path, targets: &[SocketAddr]) -> Prometheus {
+        vane::install_crypto_provider();
         let bin = tool("prometheus");
         let port = free_port();
         let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
