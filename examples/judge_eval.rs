@@ -236,7 +236,11 @@ fn evaluate(j: Judge, canary_error: f64, runs: usize, seed: u64) -> Row {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: u64| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let runs = arg("--runs", 2000) as usize;
     let seed = arg("--seed", 7);

@@ -178,7 +178,8 @@ async fn serve_request(State(app): State<Arc<App>>) -> Response {
 
 /// Listen, announce the address (stdout and `--port-file`), serve until Ctrl-C or SIGTERM.
 pub async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     if let Some(f) = &args.port_file {
         let tmp = f.with_extension("tmp");

@@ -94,7 +94,11 @@ async fn a_slow_prometheus_times_out_as_unreachable_and_is_counted() {
 #[tokio::test]
 async fn rejected_promql_carries_prometheus_message() {
     let fake = FakeProm::default();
-    fake.rule("sum(", 400, r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unclosed left parenthesis"}"#.into());
+    fake.rule(
+        "sum(",
+        400,
+        r#"{"status":"error","errorType":"bad_data","error":"1:5: parse error: unclosed left parenthesis"}"#.into(),
+    );
     let url = fake.serve().await;
     let client = PromClient::from_config(&prom_cfg(&url), |_| None, None).unwrap();
     let err = client.scalar("sum(up", NOW).await.unwrap_err();
@@ -114,7 +118,9 @@ impl HookRunner for Hooks {
             HookKind::Rollback => self.rollback_ok,
             _ => true,
         };
-        Box::pin(async move { HookOutcome { ok, message: format!("{kind:?} answered {}", if ok { 200 } else { 503 }) } })
+        Box::pin(
+            async move { HookOutcome { ok, message: format!("{kind:?} answered {}", if ok { 200 } else { 503 }) } },
+        )
     }
     fn preflight(&self, _: Preflight, _: &Rollout) -> BoxFut<'_, HookOutcome> {
         Box::pin(async { HookOutcome { ok: true, message: String::new() } })
@@ -154,9 +160,11 @@ fn threshold_policy() -> Policy {
 #[tokio::test]
 async fn threshold_judge_reports_values_bounds_and_verdict() {
     let fake = FakeProm::default();
-    fake.rule("increase(http_requests_total", 200, vector(600.0))
-        .rule(r#"code!~"5..""#, 200, vector(99.5))
-        .rule("histogram_quantile(0.95", 200, vector(612.0));
+    fake.rule("increase(http_requests_total", 200, vector(600.0)).rule(r#"code!~"5..""#, 200, vector(99.5)).rule(
+        "histogram_quantile(0.95",
+        200,
+        vector(612.0),
+    );
     let report = analyse(&fake, ok_hooks(), rollout(threshold_policy())).await;
     assert_eq!(report.verdict, Verdict::Fail, "{report:?}");
     let success = &report.metrics[0];
@@ -165,7 +173,11 @@ async fn threshold_judge_reports_values_bounds_and_verdict() {
     assert_eq!((p95.value, p95.max, p95.result), (Some(612.0), Some(500.0), MetricVerdict::Fail));
     assert!(report.summary.contains("p95: 612 > max 500"), "{}", report.summary);
     // The window is the interval (60s, above the 5s floor), for the canary version.
-    assert!(fake.queries().iter().any(|q| q.contains(r#"version="v1.1.0""#) && q.contains("[60s]")), "{:?}", fake.queries());
+    assert!(
+        fake.queries().iter().any(|q| q.contains(r#"version="v1.1.0""#) && q.contains("[60s]")),
+        "{:?}",
+        fake.queries()
+    );
 }
 
 #[tokio::test]
@@ -188,7 +200,13 @@ async fn several_series_or_rejected_promql_are_errors_never_a_pass() {
         .rule(r#"code!~"5..""#, 200, vector(100.0));
     let mut p = fixtures::policy("p", &[10, 100], Duration::from_secs(60), 3);
     p.on_no_data = OnNoData::Ignore;
-    let custom = |name: &str, q: &str| MetricSpec { name: name.into(), template: None, query: Some(q.into()), min: None, max: Some(Bound::Number(10.0)) };
+    let custom = |name: &str, q: &str| MetricSpec {
+        name: name.into(),
+        template: None,
+        query: Some(q.into()),
+        min: None,
+        max: Some(Bound::Number(10.0)),
+    };
     p.metrics = vec![
         spec("success", "success-rate", Some(99.0), None),
         custom("by-code", r#"sum by (code) (rate(http_requests_total{version="{{target}}"}[{{interval}}]))"#),
@@ -201,7 +219,11 @@ async fn several_series_or_rejected_promql_are_errors_never_a_pass() {
     assert!(report.metrics[1].message.as_deref().unwrap_or("").starts_with("2 series where one is expected"));
     assert_eq!(report.metrics[2].result, MetricVerdict::Error);
     assert!(report.summary.contains("unknown function broken"), "{}", report.summary);
-    assert!(fake.queries().iter().any(|q| q.contains(r#"version="v1.1.0""#) && q.contains("[60s]") && q.contains("by (code)")));
+    assert!(
+        fake.queries()
+            .iter()
+            .any(|q| q.contains(r#"version="v1.1.0""#) && q.contains("[60s]") && q.contains("by (code)"))
+    );
 }
 
 #[tokio::test]
@@ -220,7 +242,12 @@ async fn no_data_is_ignored_only_when_asked() {
 
 #[tokio::test]
 async fn rollout_hooks_fail_a_check_and_rollback_hooks_roll_back() {
-    let hook = HookSpec { name: None, url: "http://hooks/x".into(), timeout: Duration::from_secs(1), metadata: Default::default() };
+    let hook = HookSpec {
+        name: None,
+        url: "http://hooks/x".into(),
+        timeout: Duration::from_secs(1),
+        metadata: Default::default(),
+    };
     let mut p = fixtures::policy("p", &[10, 100], Duration::from_secs(60), 3);
     p.webhooks.rollout = vec![hook.clone()];
     p.webhooks.rollback = vec![hook];
@@ -239,7 +266,8 @@ async fn rollout_hooks_fail_a_check_and_rollback_hooks_roll_back() {
 #[tokio::test]
 async fn no_metrics_and_no_hooks_pass_on_time() {
     let fake = FakeProm::default();
-    let report = analyse(&fake, ok_hooks(), rollout(fixtures::policy("p", &[10, 100], Duration::from_secs(60), 3))).await;
+    let report =
+        analyse(&fake, ok_hooks(), rollout(fixtures::policy("p", &[10, 100], Duration::from_secs(60), 3))).await;
     assert_eq!(report.verdict, Verdict::Pass);
     assert!(report.metrics.is_empty());
 }

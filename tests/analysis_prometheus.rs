@@ -36,7 +36,13 @@ fn metric(name: &str, template: &str, min: Option<f64>, max: Option<Bound>) -> M
 }
 
 fn custom(name: &str, query: &str) -> MetricSpec {
-    MetricSpec { name: name.into(), template: None, query: Some(query.into()), min: None, max: Some(Bound::Number(1e9)) }
+    MetricSpec {
+        name: name.into(),
+        template: None,
+        query: Some(query.into()),
+        min: None,
+        max: Some(Bound::Number(1e9)),
+    }
 }
 
 fn ms(v: u64) -> Option<Bound> {
@@ -136,8 +142,14 @@ async fn slo_analysis_against_real_prometheus() {
         let mut p = slo_policy("broken");
         p.metrics = vec![
             metric("success", "success-rate", Some(99.0), None),
-            custom("unclosed", r#"sum(rate(http_requests_total{service="{{service}}",version="{{target}}"}[{{interval}}])"#),
-            custom("per-code", r#"rate(http_requests_total{service="{{service}}",version="{{target}}"}[{{interval}}])"#),
+            custom(
+                "unclosed",
+                r#"sum(rate(http_requests_total{service="{{service}}",version="{{target}}"}[{{interval}}])"#,
+            ),
+            custom(
+                "per-code",
+                r#"rate(http_requests_total{service="{{service}}",version="{{target}}"}[{{interval}}])"#,
+            ),
         ];
         p
     };
@@ -242,7 +254,12 @@ async fn slo_analysis_against_real_prometheus() {
         let (c, id) = (&c, id.clone());
         async move {
             wait_for("no-data analyses", Duration::from_secs(30), || {
-                let count = c.events(&id).unwrap().iter().filter(|e| e.kind == "analysis" && e.message.contains("no data")).count();
+                let count = c
+                    .events(&id)
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e.kind == "analysis" && e.message.contains("no data"))
+                    .count();
                 async move { (count >= n).then_some(()) }
             })
             .await
@@ -258,7 +275,11 @@ async fn slo_analysis_against_real_prometheus() {
     let last = r.last_analysis.expect("last analysis");
     assert_eq!(last.verdict, Verdict::NoData);
     assert!(last.summary.contains("prometheus unreachable"), "{}", last.summary);
-    let errors = metrics.encode().lines().find_map(|l| l.strip_prefix("vane_prometheus_query_errors_total ").map(str::to_string));
+    assert!(r.message.contains("last analysis no data — success: prometheus unreachable"), "{}", r.message);
+    let errors = metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix("vane_prometheus_query_errors_total ").map(str::to_string));
     assert!(errors.and_then(|e| e.parse::<f64>().ok()).is_some_and(|e| e >= 4.0), "failed queries are counted");
 }
 
@@ -271,7 +292,9 @@ async fn backfilled_history_gives_exact_values() {
     let start = end - 20 * 60;
     let mut om = String::from("# TYPE http_requests counter\n");
     // Every 15 s: canary v2 250 ok + 5 errors (1.96 %), stable v1 250 ok + 1 error (0.398 %).
-    for (version, code, per_step) in [("v2", "200", 250.0), ("v2", "500", 5.0), ("v1", "200", 250.0), ("v1", "500", 1.0)] {
+    for (version, code, per_step) in
+        [("v2", "200", 250.0), ("v2", "500", 5.0), ("v1", "200", 250.0), ("v1", "500", 1.0)]
+    {
         for (i, t) in (start..=end).step_by(15).enumerate() {
             let labels = format!(r#"namespace="shop",service="hist",version="{version}",code="{code}""#);
             om.push_str(&format!("http_requests_total{{{labels}}} {} {t}\n", per_step * i as f64));
@@ -316,7 +339,12 @@ async fn backfilled_history_gives_exact_values() {
     assert_eq!(report.verdict, Verdict::Fail, "success 98.04 % < 99 %, p95 203.5 ms > 200 ms");
 
     // The sequential judge over a 10-minute step: exact rates and an established regression.
-    let seq = a.analyse(AnalysisContext { rollout: rollout("hist", sequential_policy(Duration::from_secs(3600)), now - 600_000), now }).await;
+    let seq = a
+        .analyse(AnalysisContext {
+            rollout: rollout("hist", sequential_policy(Duration::from_secs(3600)), now - 600_000),
+            now,
+        })
+        .await;
     assert_eq!(seq.verdict, Verdict::Rollback, "{seq:#?}");
     let st = &get(&seq, "errors").stats;
     assert!((st["canaryErrorRate"].as_f64().unwrap() - 100.0 * 5.0 / 255.0).abs() < 1e-6, "{st}");

@@ -161,7 +161,9 @@ impl PromAnalyzer {
         // A task that panicked is reported rather than silently dropped.
         out.into_iter()
             .zip(specs)
-            .map(|(r, m)| r.unwrap_or_else(|| metric(m, None, MetricVerdict::Error, "query task failed".into(), Value::Null)))
+            .map(|(r, m)| {
+                r.unwrap_or_else(|| metric(m, None, MetricVerdict::Error, "query task failed".into(), Value::Null))
+            })
             .collect()
     }
 
@@ -177,14 +179,15 @@ impl PromAnalyzer {
         };
         let min = r.policy.min_requests as f64;
         if canary.requests < min.max(f64::MIN_POSITIVE) {
-            let reason = format!("{} canary requests this step < minRequests {}", fmt(canary.requests), min);
+            let reason = if canary.requests > 0.0 {
+                format!("{} canary requests this step < minRequests {}", fmt(canary.requests), min)
+            } else {
+                "no canary requests this step".to_string()
+            };
             return all_no_data(r, &reason, sequential_carry_stats(r));
         }
-        let (seq_specs, other): (Vec<&MetricSpec>, Vec<&MetricSpec>) = r
-            .policy
-            .metrics
-            .iter()
-            .partition(|m| m.template.as_deref().is_some_and(templates::is_error_template));
+        let (seq_specs, other): (Vec<&MetricSpec>, Vec<&MetricSpec>) =
+            r.policy.metrics.iter().partition(|m| m.template.as_deref().is_some_and(templates::is_error_template));
         let mut results = self.bounded(&other, &scope, &self.window(r.policy.interval), now).await;
         let mut regression = false;
         if !seq_specs.is_empty() {
@@ -270,12 +273,23 @@ fn metric(m: &MetricSpec, value: Option<f64>, result: MetricVerdict, message: St
 }
 
 fn all_no_data(r: &Rollout, reason: &str, stats: Value) -> MetricResults {
-    let results = r.policy.metrics.iter().map(|m| metric(m, None, MetricVerdict::NoData, reason.to_string(), stats.clone())).collect();
+    let results = r
+        .policy
+        .metrics
+        .iter()
+        .map(|m| metric(m, None, MetricVerdict::NoData, reason.to_string(), stats.clone()))
+        .collect();
     MetricResults { results, regression: false }
 }
 
 /// One query's answer judged against the metric's bounds.
-fn judge_answer(m: &MetricSpec, q: &str, a: Result<Scalar, QueryError>, min: Option<f64>, max: Option<f64>) -> MetricResult {
+fn judge_answer(
+    m: &MetricSpec,
+    q: &str,
+    a: Result<Scalar, QueryError>,
+    min: Option<f64>,
+    max: Option<f64>,
+) -> MetricResult {
     let stats = json!({ "judge": "threshold", "query": q });
     match a {
         Ok(Scalar::Value(v)) => {
@@ -286,7 +300,9 @@ fn judge_answer(m: &MetricSpec, q: &str, a: Result<Scalar, QueryError>, min: Opt
             };
             let msg = match verdict {
                 MetricVerdict::NoData => format!("no data: the query returned {v} (no requests in the window?)"),
-                MetricVerdict::Fail if min.is_some_and(|b| v < b) => format!("{} < min {}", fmt(v), fmt(min.unwrap_or_default())),
+                MetricVerdict::Fail if min.is_some_and(|b| v < b) => {
+                    format!("{} < min {}", fmt(v), fmt(min.unwrap_or_default()))
+                }
                 MetricVerdict::Fail => format!("{} > max {}", fmt(v), fmt(max.unwrap_or_default())),
                 _ => fmt(v),
             };
@@ -316,15 +332,17 @@ fn sequential_result(
     stats: Option<&judge::SequentialStats>,
     window: &str,
 ) -> MetricResult {
-    let as_metric = |error_pct: f64| if m.template.as_deref() == Some("success-rate") { 100.0 - error_pct } else { error_pct };
-    let value = Some(as_metric(canary.rate() * 100.0));
+    let as_metric =
+        |error_pct: f64| if m.template.as_deref() == Some("success-rate") { 100.0 - error_pct } else { error_pct };
+    let rate = as_metric(canary.rate() * 100.0);
+    let value = Some(rate);
     let Some(st) = stats else {
         // No concurrent stable traffic (e.g. blue/green after the flip): fall back to the bounds.
         let (min, max) = (m.min.map(|b| b.value()), m.max.map(|b| b.value()));
         let mut res = if min.is_none() && max.is_none() {
             metric(m, value, MetricVerdict::NoData, "no stable traffic to compare the canary with".into(), Value::Null)
         } else {
-            judge_answer(m, "", Ok(Scalar::Value(value.unwrap_or(f64::NAN))), min, max)
+            judge_answer(m, "", Ok(Scalar::Value(rate)), min, max)
         };
         res.stats = sequential_carry_stats(r);
         return res;
@@ -344,7 +362,11 @@ fn sequential_result(
         ),
         SequentialDecision::NotWorse => (
             MetricVerdict::Pass,
-            format!("canary shown not worse than stable + {} pp (e-value {})", fmt(st.tolerance_pp), e(st.not_worse_log_e)),
+            format!(
+                "canary shown not worse than stable + {} pp (e-value {})",
+                fmt(st.tolerance_pp),
+                e(st.not_worse_log_e)
+            ),
         ),
         SequentialDecision::NoHarm => (
             MetricVerdict::Pass,
@@ -374,7 +396,9 @@ fn sequential_result(
 /// read back from the persisted `lastAnalysis`.
 fn carry_state(r: &Rollout) -> (f64, f64) {
     let Some(last) = &r.last_analysis else { return (0.0, 0.0) };
-    let Some(st) = last.metrics.iter().map(|m| &m.stats).find(|s| s["judge"] == "sequential") else { return (0.0, 0.0) };
+    let Some(st) = last.metrics.iter().map(|m| &m.stats).find(|s| s["judge"] == "sequential") else {
+        return (0.0, 0.0);
+    };
     let num = |k: &str| st[k].as_f64().filter(|v| v.is_finite()).unwrap_or(0.0);
     let (carry, block) = (num("harmLogECarry"), num("harmLogE"));
     if st["stepStartedAt"].as_u64() == Some(r.step_started_at) { (carry, block) } else { (carry + block, 0.0) }
@@ -405,7 +429,11 @@ fn summary(verdict: Verdict, results: &[MetricResult]) -> String {
         }
         Verdict::Inconclusive => line(&[MetricVerdict::Inconclusive]),
         Verdict::Pass if results.is_empty() => vec!["no metrics: time-based".into()],
-        Verdict::Pass => vec![format!("{} of {} checks pass", results.iter().filter(|m| m.result == MetricVerdict::Pass).count(), results.len())],
+        Verdict::Pass => vec![format!(
+            "{} of {} checks pass",
+            results.iter().filter(|m| m.result == MetricVerdict::Pass).count(),
+            results.len()
+        )],
     };
     parts.join("; ")
 }

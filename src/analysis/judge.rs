@@ -32,7 +32,8 @@ pub fn combine(results: &[MetricVerdict], on_no_data: OnNoData) -> Verdict {
     if results.contains(&M::Error) {
         return Verdict::NoData;
     }
-    let judged: Vec<M> = results.iter().copied().filter(|r| !(on_no_data == OnNoData::Ignore && *r == M::NoData)).collect();
+    let judged: Vec<M> =
+        results.iter().copied().filter(|r| !(on_no_data == OnNoData::Ignore && *r == M::NoData)).collect();
     if judged.contains(&M::NoData) || (judged.is_empty() && !results.is_empty()) {
         return Verdict::NoData;
     }
@@ -169,7 +170,9 @@ pub fn sequential(cfg: &SequentialConfig, inp: &SequentialInput) -> SequentialSt
         (cfg.alpha, None)
     };
     let (r0, r1) = match bounds {
-        Some((lo, hi)) => (if lo > 0.0 { 1.0 + tau / lo } else { f64::INFINITY }, 1.0 + tau / hi.max(f64::MIN_POSITIVE)),
+        Some((lo, hi)) => {
+            (if lo > 0.0 { 1.0 + tau / lo } else { f64::INFINITY }, 1.0 + tau / hi.max(f64::MIN_POSITIVE))
+        }
         None => (1.0, 1.0),
     };
     let ll = CondLik::new(c.errors.max(0.0), s.errors.max(0.0), c.requests / s.requests);
@@ -373,7 +376,8 @@ mod tests {
         let st = sequential(&cfg(0.0), &input((3000.0, 15.0), (3000.0, 15.0)));
         assert_eq!(st.decision, SequentialDecision::Continue);
         assert!(st.harm_log_e < 0.0, "{st:?}");
-        let st = sequential(&cfg(0.0), &SequentialInput { at_max_duration: true, ..input((3000.0, 15.0), (3000.0, 15.0)) });
+        let st =
+            sequential(&cfg(0.0), &SequentialInput { at_max_duration: true, ..input((3000.0, 15.0), (3000.0, 15.0)) });
         assert_eq!(st.decision, SequentialDecision::NoHarm);
     }
 
@@ -401,7 +405,8 @@ mod tests {
 
     #[test]
     fn no_errors_anywhere_is_neutral_and_max_duration_passes() {
-        let st = sequential(&cfg(0.0), &SequentialInput { at_max_duration: true, ..input((100.0, 0.0), (1900.0, 0.0)) });
+        let st =
+            sequential(&cfg(0.0), &SequentialInput { at_max_duration: true, ..input((100.0, 0.0), (1900.0, 0.0)) });
         assert!(st.harm_log_e.abs() < 1e-9, "{st:?}");
         assert_eq!(st.decision, SequentialDecision::NoHarm);
         // Only canary errors, none on stable: a regression.

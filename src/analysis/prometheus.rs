@@ -109,7 +109,9 @@ impl PromClient {
         // Belt and braces: reqwest's own timeout covers the request, this one the whole exchange.
         let result = match tokio::time::timeout(self.timeout + Duration::from_millis(250), request).await {
             Ok(r) => r.map_err(classify),
-            Err(_) => Err(QueryError::Unreachable(format!("no answer within {}", humantime::format_duration(self.timeout)))),
+            Err(_) => {
+                Err(QueryError::Unreachable(format!("no answer within {}", humantime::format_duration(self.timeout))))
+            }
         };
         if let Some(m) = &self.metrics {
             m.prometheus_query_seconds.observe(started.elapsed().as_secs_f64());
@@ -127,7 +129,10 @@ impl PromClient {
     }
 }
 
-fn authorization(cfg: &config::Prometheus, env: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+fn authorization(
+    cfg: &config::Prometheus,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
     if !cfg.bearer_token_env.is_empty() {
         let token = env(&cfg.bearer_token_env)
             .ok_or_else(|| ConfigError::MissingEnv { key: "bearer_token_env", var: cfg.bearer_token_env.clone() })?;
@@ -196,7 +201,14 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("user:pass", "dXNlcjpwYXNz")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("user:pass", "dXNlcjpwYXNz"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }

@@ -70,7 +70,9 @@ impl Scope {
         let (ingress, split) = match &r.router {
             RouterSpec::NginxIngress { ingress, canary_service, stable_service, .. } => {
                 let split = match (r.policy.strategy, canary_service, stable_service) {
-                    (Strategy::BlueGreen, Some(c), Some(s)) => IngressSplit::Services { canary: c.clone(), stable: s.clone() },
+                    (Strategy::BlueGreen, Some(c), Some(s)) => {
+                        IngressSplit::Services { canary: c.clone(), stable: s.clone() }
+                    }
                     _ => IngressSplit::CanaryLabel,
                 };
                 (ingress.clone(), split)
@@ -262,11 +264,15 @@ mod tests {
         );
         assert_eq!(
             q("latency-p95"),
-            format!(r#"1000 * histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[60s])))"#)
+            format!(
+                r#"1000 * histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[60s])))"#
+            )
         );
         assert_eq!(
             q("latency-p99"),
-            format!(r#"1000 * histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[60s])))"#)
+            format!(
+                r#"1000 * histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[60s])))"#
+            )
         );
         assert_eq!(
             q("latency-mean"),
@@ -292,7 +298,9 @@ mod tests {
         // Istio's histogram is already in milliseconds: no scaling.
         assert_eq!(
             builtin("latency-p99", &s, Target::Stable, "1m").unwrap(),
-            format!(r#"histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{{sel}}}[1m])))"#)
+            format!(
+                r#"histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{{sel}}}[1m])))"#
+            )
         );
     }
 
@@ -323,7 +331,10 @@ mod tests {
             custom(q, &s, Target::Stable, "90s").unwrap(),
             r#"sum(rate(x{ns="shop",svc="cart",v="v1",c="v2",s="v1"}[90s]))"#
         );
-        assert_eq!(custom("x{a=\"{{nope}}\"}", &s, Target::Canary, "1s"), Err(TemplateError::UnknownVariable("nope".into())));
+        assert_eq!(
+            custom("x{a=\"{{nope}}\"}", &s, Target::Canary, "1s"),
+            Err(TemplateError::UnknownVariable("nope".into()))
+        );
         assert_eq!(custom("x{{", &s, Target::Canary, "1s"), Err(TemplateError::Unclosed));
         assert!(matches!(builtin("latency-p50", &s, Target::Canary, "1s"), Err(TemplateError::UnknownTemplate(_))));
     }

@@ -173,7 +173,12 @@ impl Prometheus {
 
     /// Evaluate an instant query now; the first value, if any.
     pub async fn value(&self, q: &str) -> Option<f64> {
-        let res = reqwest::Client::new().post(format!("{}/api/v1/query", self.url)).form(&[("query", q)]).send().await.ok()?;
+        let res = reqwest::Client::new()
+            .post(format!("{}/api/v1/query", self.url))
+            .form(&[("query", q)])
+            .send()
+            .await
+            .ok()?;
         let v: serde_json::Value = res.json().await.ok()?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
@@ -208,7 +213,12 @@ pub fn backfill(dir: &Path, openmetrics: &str) {
         .arg(&data)
         .output()
         .unwrap_or_else(|e| panic!("promtool does not run ({e}); {INSTALL}"));
-    assert!(out.status.success(), "promtool backfill failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool backfill failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What the fake Prometheus saw of one query.
@@ -230,7 +240,9 @@ pub struct FakeProm {
 }
 
 pub fn vector(value: f64) -> String {
-    format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1.0,"{value}"]}}]}}}}"#)
+    format!(
+        r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1.0,"{value}"]}}]}}}}"#
+    )
 }
 
 pub fn empty() -> String {
@@ -250,7 +262,11 @@ impl FakeProm {
     pub async fn serve(&self) -> String {
         use axum::extract::{Form, State};
         use axum::http::HeaderMap;
-        async fn query(State(f): State<FakeProm>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> axum::response::Response {
+        async fn query(
+            State(f): State<FakeProm>,
+            headers: HeaderMap,
+            Form(form): Form<HashMap<String, String>>,
+        ) -> axum::response::Response {
             use axum::response::IntoResponse;
             {
                 let mut n = f.in_flight.lock().unwrap();
