@@ -140,10 +140,19 @@ pub struct WebhookConfig {
     pub secret_env: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Notifications {
     pub webhooks: Vec<WebhookConfig>,
+    /// Environment variable whose value signs the policies' lifecycle hook requests
+    /// (`X-Vane-Signature`); unset → hooks are sent unsigned.
+    pub hook_secret_env: String,
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        Notifications { webhooks: vec![], hook_secret_env: "VANE_HOOK_SECRET".into() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +173,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("kubernetes", &["kubeconfig", "context"]),
     ("slack", &["signing_secret_env", "webhook_url_env"]),
-    ("notifications", &["webhooks"]),
+    ("notifications", &["webhooks", "hook_secret_env"]),
 ];
 
 impl Config {

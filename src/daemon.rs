@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use crate::analysis::{Analyzer, PromAnalyzer};
 use crate::api::{self, AppState, Auth};
 use crate::config::Config;
-use crate::notify::{AlwaysOk, HookRunner, Silent};
 use crate::rollout::controller::Controller;
 use crate::rollout::driver::{Env, SystemClock};
 use crate::store::Store;
@@ -44,14 +43,15 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     })?;
     let store = Store::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
     let metrics = Arc::new(Metrics::new(cfg.server.metrics_retention));
-    let hooks: Arc<dyn HookRunner> = Arc::new(AlwaysOk);
-    let analyzer: Arc<dyn Analyzer> = Arc::new(PromAnalyzer::from_config(&cfg.prometheus, hooks.clone(), metrics.clone())?);
+    let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
+    let analyzer: Arc<dyn Analyzer> =
+        Arc::new(PromAnalyzer::from_config(&cfg.prometheus, notify.hooks.clone(), metrics.clone())?);
     let env = Arc::new(Env {
         store,
-        routers: Arc::new(Routers::default()),
+        routers: Arc::new(Routers::new(&cfg.kubernetes)),
         analyzer,
-        hooks,
-        notifier: Arc::new(Silent),
+        hooks: notify.hooks,
+        notifier: notify.notifier,
         metrics: metrics.clone(),
         clock: Arc::new(SystemClock),
     });
@@ -60,7 +60,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let resumed = controller.resume_all()?;
     tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");
     let ready = Arc::new(AtomicBool::new(true));
-    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: None };
+    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: notify.slack };
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -6,6 +6,8 @@
 //! shows an effect whose decision is missing, and event seqs are gap-free.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -46,9 +48,20 @@ pub struct ListFilter {
     pub limit: usize,
 }
 
+/// Group commit: one flush at a time covers every transaction written before it started. (Many
+/// concurrent `flush_async` calls can deadlock sled 0.34's I/O pool, and serialising them also
+/// turns N flushes into one under load.)
+#[derive(Default)]
+struct Flusher {
+    written: AtomicU64,
+    flushed: AtomicU64,
+    lock: tokio::sync::Mutex<()>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    flusher: Arc<Flusher>,
     rollouts: sled::Tree,
     events: sled::Tree,
     active: sled::Tree,
@@ -93,6 +106,7 @@ impl Store {
             events: db.open_tree("events")?,
             active: db.open_tree("active")?,
             idem: db.open_tree("idempotency")?,
+            flusher: Arc::default(),
             db,
         })
     }
@@ -137,7 +151,7 @@ impl Store {
         match res {
             Ok(Some(existing)) => Ok(Created::Existing(Box::new(existing))),
             Ok(None) => {
-                self.db.flush_async().await?;
+                self.durable().await?;
                 *r = staged;
                 Ok(Created::New(events))
             }
@@ -169,7 +183,7 @@ impl Store {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => e.into(),
             })?;
-        self.db.flush_async().await?;
+        self.durable().await?;
         *r = staged;
         Ok(events)
     }
@@ -224,8 +238,20 @@ impl Store {
         &self.db
     }
 
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+    /// Wait until everything written so far is on disk.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let f = &self.flusher;
+        let ticket = f.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let _guard = f.lock.lock().await;
+        if f.flushed.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let upto = f.written.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Corrupt { key: "flush".into(), error: e.to_string() })??;
+        f.flushed.store(upto, Ordering::SeqCst);
         Ok(())
     }
 

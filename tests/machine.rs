@@ -286,7 +286,7 @@ proptest! {
                     w.verdict = [Verdict::Pass, Verdict::Fail, Verdict::NoData, Verdict::Inconclusive, Verdict::Pass][v as usize];
                     Ok(())
                 }
-                Act::Drift(x) => w.feed(Input::Observed { weight: Some(x) }),
+                Act::Drift(x) => w.feed(Input::Observed { weight: Ok(Some(x)) }),
             };
             if res.is_err() {
                 prop_assert_eq!(&w.r, &before, "a rejected command changed the rollout");
@@ -313,4 +313,16 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_router_that_cannot_be_read_back_is_surfaced_at_once() {
+    let mut w = World::new(canary(&[50, 100]));
+    w.run_until(|r| r.applied_weight == Some(50), 5);
+    let gone = RouterError::Permanent("VirtualService prod/svc not found".into());
+    w.feed(Input::Observed { weight: Err(gone.clone()) }).unwrap();
+    assert!(w.r.message.contains("not found"), "{}", w.r.message);
+    assert_eq!(w.events.last().map(String::as_str), Some("router-error"));
+    w.feed(Input::Observed { weight: Err(gone) }).unwrap();
+    assert_eq!(w.events.iter().filter(|e| *e == "router-error").count(), 2, "1st and 2nd (powers of two) only");
 }

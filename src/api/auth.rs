@@ -120,6 +120,6 @@ mod tests {
         assert_eq!(a.check(Some("Bearer viewer-token-0123456789")).unwrap().name, "graf");
         assert_eq!(a.check(Some("Bearer nope")).unwrap_err().status, 401);
         assert_eq!(a.check(None).unwrap_err().status, 401);
-        assert!(Auth::from_config(&cfg, |_| None).err().map(|e| e.to_string()).unwrap_or_default().contains("T1"));
+        assert!(Auth::from_config(&cfg, |_| None).err().is_some_and(|e| e.to_string().contains("T1")));
     }
 }

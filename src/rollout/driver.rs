@@ -260,7 +260,7 @@ impl Driver {
             }
             Effect::Observe => {
                 self.tasks.spawn(async move {
-                    let weight = router.observe().await.ok().flatten();
+                    let weight = router.observe().await;
                     Input::Observed { weight }
                 });
             }

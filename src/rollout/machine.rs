@@ -47,8 +47,8 @@ pub enum Input {
     Tick,
     /// After a daemon restart: in-flight work was lost; `observed` is the router's live weight.
     Recover { observed: Option<u8> },
-    /// The router's live weight, read back during a tick (drift detection).
-    Observed { weight: Option<u8> },
+    /// The router's live weight, read back during a tick (drift detection), or why it could not be read.
+    Observed { weight: Result<Option<u8>, RouterError> },
     RouterDone { op: u64, result: Result<(), RouterError> },
     /// A pre-traffic stage (validate, confirm-rollout, pre-rollout, preflight, confirm-promotion) ended.
     StageDone { op: u64, result: Result<(), StageFailure> },
@@ -123,6 +123,7 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         next_analysis_at: Some(now),
         flipped_at: None,
         router_failures: 0,
+        observe_failures: 0,
         router_retry_at: None,
         busy: vec![],
         next_op: 1,
@@ -177,7 +178,24 @@ pub fn step(r: &mut Rollout, input: Input, now: Millis) -> Result<Output, Comman
     Ok(out)
 }
 
-fn on_observed(r: &mut Rollout, weight: Option<u8>, now: Millis, out: &mut Output) {
+fn on_observed(r: &mut Rollout, weight: Result<Option<u8>, RouterError>, now: Millis, out: &mut Output) {
+    let weight = match weight {
+        Ok(w) => {
+            r.observe_failures = 0;
+            w
+        }
+        Err(e) => {
+            // Surface it now (e.g. the VirtualService was deleted while waiting at a gate) instead of
+            // at the next weight change.
+            r.observe_failures += 1;
+            r.message = format!("cannot read the router back: {e}");
+            if r.observe_failures.is_power_of_two() {
+                let m = r.message.clone();
+                event(r, out, now, "router-error", CONTROLLER, m, json!({ "error": e.to_string(), "attempt": r.observe_failures }));
+            }
+            return;
+        }
+    };
     let Some(live) = weight else { return };
     let settled = r.applied_weight == Some(r.canary_weight) && router_busy(r).is_none();
     if !settled || live == r.canary_weight || r.phase == Phase::Pending {
@@ -274,8 +292,9 @@ fn on_stage(r: &mut Rollout, op: u64, result: Result<(), StageFailure>, now: Mil
         return;
     }
     let retry = now + interval(r);
-    // Confirm-promotion runs while Progressing; the others before any traffic moves.
-    if r.phase != Phase::Pending {
+    // Confirm-promotion runs while Progressing (canary) or from Pending's Ready stage (blue/green's flip,
+    // a single-step canary); the others before any traffic moves.
+    if r.phase != Phase::Pending || r.stage == Stage::Ready {
         match result {
             Ok(()) => {
                 event(r, out, now, "hook", CONTROLLER, "confirm-promotion hooks passed".into(), json!({ "kind": "confirmPromotion" }));

@@ -142,6 +142,9 @@ pub struct Rollout {
     /// Blue/green: when the flip was confirmed by the router.
     pub flipped_at: Option<Millis>,
     pub router_failures: u32,
+    /// Consecutive failed read-backs (drift checks).
+    #[serde(default)]
+    pub observe_failures: u32,
     pub router_retry_at: Option<Millis>,
     pub busy: Vec<Busy>,
     pub next_op: u64,

@@ -4,11 +4,18 @@
 //! after a crash or a timeout. Routers hold no rollout logic.
 
 pub mod exec;
+pub mod istio;
+pub mod k8s;
+pub mod nginx;
+pub mod nginx_ingress;
 
 use std::sync::Arc;
 
 use crate::BoxFut;
+use crate::config;
+use crate::policy::Strategy;
 use crate::rollout::{Rollout, RouterSpec};
+use k8s::KubeAccess;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RouterError {
@@ -43,24 +50,111 @@ pub trait RouterFactory: Send + Sync + 'static {
     fn build(&self, rollout: &Rollout) -> Result<Arc<dyn Router>, RouterError>;
 }
 
-/// The factory the daemon uses: `exec` here; other kinds are added by their modules.
-#[derive(Default)]
+/// The factory the daemon uses: every router kind of SPEC §4. The Kubernetes client is created on
+/// first use of an `istio` or `nginx-ingress` router (from the `[kubernetes]` config), so a daemon
+/// that only drives NGINX or exec routers needs no cluster access at all.
 pub struct Routers {
-    pub extra: Vec<Arc<dyn RouterFactory>>,
+    kube: Arc<KubeAccess>,
+}
+
+impl Default for Routers {
+    fn default() -> Self {
+        Routers::new(&config::Kubernetes::default())
+    }
+}
+
+impl Routers {
+    pub fn new(kubernetes: &config::Kubernetes) -> Self {
+        Routers { kube: Arc::new(KubeAccess::new(kubernetes.clone())) }
+    }
+
+    /// Routers talking to the cluster through this client (tests, embedding).
+    pub fn with_kube_client(client: kube::Client) -> Self {
+        Routers { kube: Arc::new(KubeAccess::with_client(client)) }
+    }
 }
 
 impl RouterFactory for Routers {
-    fn build(&self, rollout: &Rollout) -> Result<Arc<dyn Router>, RouterError> {
-        match &rollout.router {
-            RouterSpec::Exec { command } => Ok(Arc::new(exec::ExecRouter::new(command.clone(), rollout))),
-            other => {
-                for f in &self.extra {
-                    if let Ok(r) = f.build(rollout) {
-                        return Ok(r);
+    fn build(&self, r: &Rollout) -> Result<Arc<dyn Router>, RouterError> {
+        let ns = &r.namespace;
+        Ok(match &r.router {
+            RouterSpec::Exec { command } => Arc::new(exec::ExecRouter::new(command.clone(), r)),
+            RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => Arc::new(istio::IstioRouter::new(
+                self.kube.clone(),
+                ns,
+                virtual_service,
+                route.as_deref(),
+                stable_subset,
+                canary_subset,
+            )),
+            RouterSpec::NginxIngress { ingress, canary_ingress, canary_service, stable_service } => {
+                let mode = match (r.policy.strategy, canary_ingress) {
+                    (Strategy::Canary, Some(k)) => nginx_ingress::Mode::Canary { canary_ingress: k.clone() },
+                    (Strategy::Canary, None) => {
+                        return Err(RouterError::Permanent("nginx-ingress canary needs router.canaryIngress".into()));
                     }
-                }
-                Err(RouterError::Permanent(format!("router kind {:?} is not available in this build", other.kind())))
+                    (Strategy::BlueGreen, _) => nginx_ingress::Mode::BlueGreen,
+                };
+                Arc::new(nginx_ingress::NginxIngressRouter::new(
+                    self.kube.clone(),
+                    ns,
+                    ingress,
+                    mode,
+                    stable_service.as_deref(),
+                    canary_service.as_deref(),
+                ))
             }
+            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => Arc::new(
+                nginx::NginxRouter::new(config_file, variable, stable_upstream, canary_upstream, test.clone(), reload.clone()),
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn rollout(router: RouterSpec, strategy: Strategy) -> Rollout {
+        let mut req = fixtures::request("agent-service", "p");
+        req.router = router;
+        let mut policy = fixtures::policy("p", &[5, 100], std::time::Duration::from_secs(1), 1);
+        policy.strategy = strategy;
+        crate::rollout::machine::create("r".into(), &req, policy, "t", 0).0
+    }
+
+    #[test]
+    fn every_kind_builds_without_touching_the_cluster() {
+        let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), context: String::new() });
+        let istio =
+            RouterSpec::Istio { virtual_service: "vs".into(), route: None, stable_subset: "a".into(), canary_subset: "b".into() };
+        let ingress = |k: Option<&str>| RouterSpec::NginxIngress {
+            ingress: "main".into(),
+            canary_ingress: k.map(Into::into),
+            canary_service: Some("green".into()),
+            stable_service: Some("blue".into()),
+        };
+        let nginx = RouterSpec::Nginx {
+            config_file: "/tmp/x.conf".into(),
+            variable: "v".into(),
+            stable_upstream: "s".into(),
+            canary_upstream: "c".into(),
+            test: None,
+            reload: vec!["true".into()],
+        };
+        let exec = RouterSpec::Exec { command: vec!["true".into()] };
+        for (spec, strategy, kind) in [
+            (istio, Strategy::Canary, "istio"),
+            (ingress(Some("canary")), Strategy::Canary, "nginx-ingress"),
+            (ingress(None), Strategy::BlueGreen, "nginx-ingress"),
+            (nginx, Strategy::Canary, "nginx"),
+            (exec, Strategy::Canary, "exec"),
+        ] {
+            let r = routers.build(&rollout(spec, strategy)).map(|r| r.kind());
+            assert_eq!(r, Ok(kind));
         }
+        let e = routers.build(&rollout(ingress(None), Strategy::Canary)).err();
+        assert!(e.is_some_and(|e| e.is_permanent() && e.to_string().contains("canaryIngress")));
     }
 }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run every test: unit, property, API, driver, crash, real Prometheus / NGINX / Kubernetes API server,
+# plus the deployment manifests and dashboards. Installs the Debian packages the tests need when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v xz >/dev/null || missing+=(xz-utils)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+export PATH="$PATH:/usr/sbin"
+
+cargo test --all-targets --no-fail-fast
+bash scripts/validate-deploy.sh

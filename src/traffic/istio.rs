@@ -1,0 +1,325 @@
+//! `istio` router: the two weights of one HTTP route of a VirtualService (SPEC §4).
+//!
+//! The route is the one named `route`, else the first whose destinations are exactly the stable and
+//! canary subsets; every other route (e.g. the deployment standard's `canary: "true"` header route
+//! above the weighted one) and every other field is left untouched: the write is a JSON patch of the
+//! two `weight` members only, guarded by the resourceVersion that was read.
+
+use std::sync::Arc;
+
+use kube::api::DynamicObject;
+use serde_json::{Value, json};
+
+use super::k8s::{self, Attempt, KubeAccess, Obj};
+use super::{Router, RouterError};
+use crate::BoxFut;
+
+pub struct IstioRouter {
+    kube: Arc<KubeAccess>,
+    namespace: String,
+    virtual_service: String,
+    route: Option<String>,
+    stable_subset: String,
+    canary_subset: String,
+}
+
+/// Where the two weights live in `spec.http`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedRoute {
+    pub http_index: usize,
+    pub stable_index: usize,
+    pub canary_index: usize,
+    pub stable_weight: Option<i64>,
+    pub canary_weight: Option<i64>,
+    /// `destination.host` of the stable and canary destinations.
+    pub stable_host: String,
+    pub canary_host: String,
+}
+
+impl WeightedRoute {
+    /// The live canary weight, when the object says it unambiguously.
+    pub fn canary(&self) -> Option<u8> {
+        let w = match (self.canary_weight, self.stable_weight) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 100 - s,
+            (None, None) => return None,
+        };
+        u8::try_from(w).ok().filter(|w| *w <= 100)
+    }
+}
+
+fn subset_of(dest: &Value) -> Option<&str> {
+    dest.pointer("/destination/subset").and_then(Value::as_str)
+}
+
+/// Find the weighted route in a VirtualService spec.
+pub fn locate(spec: &Value, route: Option<&str>, stable: &str, canary: &str) -> Result<WeightedRoute, String> {
+    let http = spec.get("http").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let names: Vec<&str> = http.iter().filter_map(|r| r.get("name").and_then(Value::as_str)).collect();
+    let index = match route {
+        Some(name) => http.iter().position(|r| r.get("name").and_then(Value::as_str) == Some(name)).ok_or_else(|| {
+            format!(
+                "has no http route named {name:?} (named routes: {})",
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )
+        })?,
+        None => http
+            .iter()
+            .position(|r| {
+                let dests = r.get("route").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                let mut subsets: Vec<_> = dests.iter().map(subset_of).collect();
+                subsets.sort();
+                let mut want = vec![Some(stable), Some(canary)];
+                want.sort();
+                subsets == want
+            })
+            .ok_or_else(|| {
+                format!(
+                    "has no http route whose two destinations are subsets {stable:?} and {canary:?}; \
+                     add one or name the route with router.route"
+                )
+            })?,
+    };
+    let dests = http[index].get("route").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let find = |subset: &str| dests.iter().position(|d| subset_of(d) == Some(subset));
+    let label = http[index].get("name").and_then(Value::as_str).map_or(format!("#{index}"), |n| format!("{n:?}"));
+    let (Some(s), Some(c), 2) = (find(stable), find(canary), dests.len()) else {
+        return Err(format!("route {label} must have exactly two destinations: subsets {stable:?} and {canary:?}"));
+    };
+    let weight = |i: usize| dests[i].get("weight").and_then(Value::as_i64);
+    let host = |i: usize| dests[i].pointer("/destination/host").and_then(Value::as_str).unwrap_or_default().to_string();
+    Ok(WeightedRoute {
+        http_index: index,
+        stable_index: s,
+        canary_index: c,
+        stable_weight: weight(s),
+        canary_weight: weight(c),
+        stable_host: host(s),
+        canary_host: host(c),
+    })
+}
+
+/// The JSON-patch ops that set the weights (`add` sets a member whether or not it exists).
+pub fn weight_ops(r: &WeightedRoute, canary: u8) -> Vec<Value> {
+    let base = format!("/spec/http/{}/route", r.http_index);
+    vec![
+        json!({ "op": "add", "path": format!("{base}/{}/weight", r.stable_index), "value": 100 - canary as i64 }),
+        json!({ "op": "add", "path": format!("{base}/{}/weight", r.canary_index), "value": canary as i64 }),
+    ]
+}
+
+/// Istio's reading of a host name: short names are relative to the object's namespace.
+pub fn fqdn(host: &str, namespace: &str) -> String {
+    let h = host.trim_end_matches('.');
+    match h.matches('.').count() {
+        0 => format!("{h}.{namespace}.svc.cluster.local"),
+        1 => format!("{h}.svc.cluster.local"),
+        _ if h.ends_with(".svc") => format!("{h}.cluster.local"),
+        _ => h.to_string(),
+    }
+}
+
+/// Check that `subset` of `host` is defined by a DestinationRule among `rules` (all in `namespace`).
+pub fn check_subset(rules: &[DynamicObject], namespace: &str, host: &str, subset: &str) -> Result<(), String> {
+    let want = fqdn(host, namespace);
+    let matching: Vec<&DynamicObject> = rules
+        .iter()
+        .filter(|dr| dr.data.pointer("/spec/host").and_then(Value::as_str).is_some_and(|h| fqdn(h, namespace) == want))
+        .collect();
+    if matching.is_empty() {
+        return Err(format!(
+            "no DestinationRule in namespace {namespace} for host {host:?}: subset {subset:?} is not defined, \
+             so Istio would fail requests routed to it"
+        ));
+    }
+    let mut defined = vec![];
+    for dr in &matching {
+        let subsets = dr.data.pointer("/spec/subsets").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        defined.extend(subsets.iter().filter_map(|s| s.get("name").and_then(Value::as_str)));
+    }
+    if defined.contains(&subset) {
+        return Ok(());
+    }
+    let names: Vec<String> = matching.iter().map(|d| d.metadata.name.clone().unwrap_or_default()).collect();
+    Err(format!(
+        "DestinationRule {} (host {host:?}) has no subset {subset:?} (defined: {}); add it before rolling out",
+        names.join(", "),
+        if defined.is_empty() { "none".into() } else { defined.join(", ") }
+    ))
+}
+
+impl IstioRouter {
+    pub fn new(
+        kube: Arc<KubeAccess>,
+        namespace: &str,
+        virtual_service: &str,
+        route: Option<&str>,
+        stable_subset: &str,
+        canary_subset: &str,
+    ) -> Self {
+        IstioRouter {
+            kube,
+            namespace: namespace.into(),
+            virtual_service: virtual_service.into(),
+            route: route.map(Into::into),
+            stable_subset: stable_subset.into(),
+            canary_subset: canary_subset.into(),
+        }
+    }
+
+    async fn vs(&self) -> Result<Obj, RouterError> {
+        Ok(Obj::new(self.kube.client().await?, &k8s::virtual_service(), &self.namespace, &self.virtual_service))
+    }
+
+    fn locate(&self, vs: &Obj, o: &DynamicObject) -> Result<WeightedRoute, RouterError> {
+        let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+        locate(&spec, self.route.as_deref(), &self.stable_subset, &self.canary_subset)
+            .map_err(|e| RouterError::Permanent(format!("{} {e}", vs.describe())))
+    }
+
+    /// One read-decide-write round.
+    async fn try_set(&self, vs: &Obj, canary: u8) -> Result<(), Attempt> {
+        let o = vs.get().await?;
+        let r = self.locate(vs, &o)?;
+        if r.canary_weight == Some(canary as i64) && r.stable_weight == Some(100 - canary as i64) {
+            return Ok(());
+        }
+        vs.patch_guarded(&k8s::resource_version(&o)?, weight_ops(&r, canary)).await
+    }
+}
+
+impl Router for IstioRouter {
+    fn kind(&self) -> &'static str {
+        "istio"
+    }
+
+    fn validate(&self) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(k8s::bounded("istio validate", async move {
+            let vs = self.vs().await?;
+            let r = self.locate(&vs, &vs.get().await?)?;
+            let client = self.kube.client().await?;
+            let drs: kube::Api<DynamicObject> = kube::Api::namespaced_with(client, &self.namespace, &k8s::destination_rule());
+            let rules = drs
+                .list(&Default::default())
+                .await
+                .map_err(|e| k8s::classify(&format!("DestinationRules in {}", self.namespace), e))?;
+            for (host, subset) in [(&r.stable_host, &self.stable_subset), (&r.canary_host, &self.canary_subset)] {
+                check_subset(&rules.items, &self.namespace, host, subset).map_err(RouterError::Permanent)?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn set_weight(&self, canary: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(k8s::bounded("istio set weight", async move {
+            let vs = self.vs().await?;
+            k8s::retry_conflicts(&vs.describe(), || self.try_set(&vs, canary)).await
+        }))
+    }
+
+    fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>> {
+        Box::pin(k8s::bounded("istio observe", async move {
+            let vs = self.vs().await?;
+            Ok(self.locate(&vs, &vs.get().await?)?.canary())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The deployment standard's VirtualService: header route first, weighted route second.
+    fn standard() -> Value {
+        json!({
+            "hosts": ["agent-service"],
+            "http": [
+                { "match": [{ "headers": { "canary": { "exact": "true" } } }],
+                  "route": [{ "destination": { "host": "agent-service", "subset": "v1-1-0" } }] },
+                { "route": [
+                    { "destination": { "host": "agent-service", "subset": "v1-0-0" }, "weight": 95 },
+                    { "destination": { "host": "agent-service", "subset": "v1-1-0" }, "weight": 5 } ] }
+            ]
+        })
+    }
+
+    #[test]
+    fn finds_the_weighted_route_not_the_header_route() {
+        let r = locate(&standard(), None, "v1-0-0", "v1-1-0").unwrap();
+        assert_eq!((r.http_index, r.stable_index, r.canary_index), (1, 0, 1));
+        assert_eq!(r.canary(), Some(5));
+        assert_eq!(r.stable_host, "agent-service");
+    }
+
+    #[test]
+    fn finds_a_named_route_and_reports_unknown_names() {
+        let mut spec = standard();
+        spec["http"][1]["name"] = json!("primary");
+        assert_eq!(locate(&spec, Some("primary"), "v1-0-0", "v1-1-0").unwrap().http_index, 1);
+        let e = locate(&spec, Some("main"), "v1-0-0", "v1-1-0").unwrap_err();
+        assert!(e.contains("\"main\"") && e.contains("primary"), "{e}");
+    }
+
+    #[test]
+    fn a_named_route_without_both_subsets_is_refused() {
+        let mut spec = standard();
+        spec["http"][0]["name"] = json!("canary-header");
+        let e = locate(&spec, Some("canary-header"), "v1-0-0", "v1-1-0").unwrap_err();
+        assert!(e.contains("\"v1-0-0\""), "{e}");
+    }
+
+    #[test]
+    fn no_matching_route_is_an_error_naming_the_subsets() {
+        let e = locate(&standard(), None, "v1-0-0", "v2-0-0").unwrap_err();
+        assert!(e.contains("v2-0-0"), "{e}");
+        assert!(locate(&json!({}), None, "a", "b").is_err());
+    }
+
+    #[test]
+    fn weight_ops_touch_only_the_two_weights() {
+        let r = locate(&standard(), None, "v1-0-0", "v1-1-0").unwrap();
+        assert_eq!(
+            weight_ops(&r, 25),
+            vec![
+                json!({ "op": "add", "path": "/spec/http/1/route/0/weight", "value": 75 }),
+                json!({ "op": "add", "path": "/spec/http/1/route/1/weight", "value": 25 }),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_weights_read_as_unknown_or_derived() {
+        let mut spec = standard();
+        spec["http"][1]["route"][1].as_object_mut().unwrap().remove("weight");
+        assert_eq!(locate(&spec, None, "v1-0-0", "v1-1-0").unwrap().canary(), Some(5));
+        spec["http"][1]["route"][0].as_object_mut().unwrap().remove("weight");
+        assert_eq!(locate(&spec, None, "v1-0-0", "v1-1-0").unwrap().canary(), None);
+    }
+
+    #[test]
+    fn hosts_compare_as_istio_reads_them() {
+        assert_eq!(fqdn("agent-service", "prod"), "agent-service.prod.svc.cluster.local");
+        assert_eq!(fqdn("agent-service.prod", "x"), "agent-service.prod.svc.cluster.local");
+        assert_eq!(fqdn("agent-service.prod.svc", "x"), "agent-service.prod.svc.cluster.local");
+        assert_eq!(fqdn("agent-service.prod.svc.cluster.local", "x"), "agent-service.prod.svc.cluster.local");
+    }
+
+    fn dr(name: &str, host: &str, subsets: &[&str]) -> DynamicObject {
+        let subsets: Vec<Value> = subsets.iter().map(|s| json!({ "name": s, "labels": { "version": s } })).collect();
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+            "metadata": { "name": name }, "spec": { "host": host, "subsets": subsets }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn subsets_are_checked_in_the_rule_of_the_same_host() {
+        let rules = [dr("agent-service", "agent-service.prod.svc.cluster.local", &["v1-0-0"]), dr("other", "other", &["v1-1-0"])];
+        assert!(check_subset(&rules, "prod", "agent-service", "v1-0-0").is_ok());
+        let e = check_subset(&rules, "prod", "agent-service", "v1-1-0").unwrap_err();
+        assert!(e.contains("has no subset \"v1-1-0\"") && e.contains("v1-0-0"), "{e}");
+        let e = check_subset(&rules, "prod", "payments", "v1").unwrap_err();
+        assert!(e.contains("no DestinationRule"), "{e}");
+    }
+}

@@ -1,0 +1,268 @@
+//! `nginx` router: standalone NGINX on VMs or bare metal (SPEC §4).
+//!
+//! vane owns one small file holding a `split_clients` block that maps each request to the stable or
+//! the canary upstream; the user's server block includes it and does `proxy_pass http://$variable;`.
+//! A change is: write the file atomically (temp file in the same directory, fsync, rename), run the
+//! `test` command if given — restoring the previous file if it fails, so a broken config never waits
+//! for the next reload — then run `reload` (NGINX reloads gracefully: in-flight requests finish).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::{Router, RouterError};
+use crate::BoxFut;
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct NginxRouter {
+    config_file: PathBuf,
+    variable: String,
+    stable_upstream: String,
+    canary_upstream: String,
+    test: Option<Vec<String>>,
+    reload: Vec<String>,
+}
+
+/// The file for `canary` percent (hashing `$request_id`, i.e. per request, not sticky).
+pub fn split_file(variable: &str, stable: &str, canary: &str, weight: u8) -> String {
+    let weight = weight.min(100);
+    let body = match weight {
+        0 => format!("    * {stable};\n"),
+        100 => format!("    * {canary};\n"),
+        w => format!("    {w}% {canary};\n    * {stable};\n"),
+    };
+    format!(
+        "# Written by vane: {weight}% of requests to {canary}, {}% to {stable}. Do not edit: vane rewrites it.\n\
+         split_clients \"${{request_id}}\" ${variable} {{\n{body}}}\n",
+        100 - weight
+    )
+}
+
+/// Read the canary weight back from a file vane wrote.
+pub fn parse_weight(text: &str, stable: &str, canary: &str) -> Option<u8> {
+    let start = text.find("split_clients")? + "split_clients".len();
+    // Skip the hashed string: `"${request_id}"` has braces of its own.
+    let mut rest = text[start..].trim_start();
+    if let Some(quoted) = rest.strip_prefix('"') {
+        rest = &quoted[quoted.find('"')? + 1..];
+    }
+    let open = rest.find('{')? + 1;
+    let body = &rest[open..open + rest[open..].find('}')?];
+    let mut weight: Option<u8> = None;
+    for entry in body.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut parts = entry.split_whitespace();
+        let (Some(share), Some(target), None) = (parts.next(), parts.next(), parts.next()) else {
+            return None;
+        };
+        match (share, target) {
+            ("*", t) if t == canary => return Some(100 - weight.unwrap_or(0)),
+            ("*", t) if t == stable => return Some(weight.unwrap_or(0)),
+            (p, t) if t == canary => {
+                let share = p.strip_suffix('%')?.parse::<f64>().ok().filter(|v| (0.0..=100.0).contains(v))?;
+                weight = weight.unwrap_or(0).checked_add(share.round() as u8).filter(|w| *w <= 100).map(Some)?;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn find_program(name: &str) -> bool {
+    if name.contains('/') {
+        return Path::new(name).is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+}
+
+async fn run(what: &str, argv: &[String]) -> Result<(), RouterError> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err(RouterError::Permanent(format!("{what}: empty command")));
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| RouterError::Transient(format!("{what} ({prog}) timed out after {COMMAND_TIMEOUT:?}")))?
+        .map_err(|e| RouterError::Transient(format!("cannot run {what} ({prog}): {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
+    let tail: String = text.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+    Err(RouterError::Transient(format!("{what} ({prog}) exited with {}: {tail}", out.status)))
+}
+
+/// Replace `path` with `bytes` atomically: readers see the old or the new file, never half of one.
+async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.vane-{}.tmp", std::process::id()));
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        f.write_all(bytes).await?;
+        f.sync_all().await?;
+        drop(f);
+        tokio::fs::rename(&tmp, path).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+impl NginxRouter {
+    pub fn new(
+        config_file: &str,
+        variable: &str,
+        stable_upstream: &str,
+        canary_upstream: &str,
+        test: Option<Vec<String>>,
+        reload: Vec<String>,
+    ) -> Self {
+        NginxRouter {
+            config_file: config_file.into(),
+            variable: variable.into(),
+            stable_upstream: stable_upstream.into(),
+            canary_upstream: canary_upstream.into(),
+            test,
+            reload,
+        }
+    }
+
+    fn file_error(&self, doing: &str, e: std::io::Error) -> RouterError {
+        let msg = format!("cannot {doing} {}: {e}", self.config_file.display());
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound => RouterError::Permanent(msg),
+            _ => RouterError::Transient(msg),
+        }
+    }
+
+    async fn read_previous(&self) -> Result<Option<Vec<u8>>, RouterError> {
+        match tokio::fs::read(&self.config_file).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.file_error("read", e)),
+        }
+    }
+
+    async fn restore(&self, previous: Option<Vec<u8>>) -> Result<(), std::io::Error> {
+        match previous {
+            Some(b) => write_atomically(&self.config_file, &b).await,
+            None => tokio::fs::remove_file(&self.config_file).await,
+        }
+    }
+}
+
+impl Router for NginxRouter {
+    fn kind(&self) -> &'static str {
+        "nginx"
+    }
+
+    fn validate(&self) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(async move {
+            let dir = self.config_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(RouterError::Permanent(format!(
+                    "the directory of configFile {} does not exist",
+                    self.config_file.display()
+                )));
+            }
+            for (what, argv) in [("reload", Some(&self.reload)), ("test", self.test.as_ref())] {
+                if let Some(prog) = argv.and_then(|a| a.first())
+                    && !find_program(prog)
+                {
+                    return Err(RouterError::Permanent(format!("{what} command {prog:?} not found")));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn set_weight(&self, canary: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(async move {
+            let text = split_file(&self.variable, &self.stable_upstream, &self.canary_upstream, canary);
+            let previous = self.read_previous().await?;
+            write_atomically(&self.config_file, text.as_bytes()).await.map_err(|e| self.file_error("write", e))?;
+            if let Some(test) = &self.test
+                && let Err(e) = run("config test", test).await
+            {
+                let restored = match self.restore(previous).await {
+                    Ok(()) => "previous file restored".to_string(),
+                    Err(r) => format!("restoring the previous file failed too: {r}"),
+                };
+                return Err(RouterError::Transient(format!("{e}; {restored}, NGINX not reloaded")));
+            }
+            // Written and tested: a failed reload is retried by the machine, the file stays.
+            run("reload", &self.reload).await
+        })
+    }
+
+    fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>> {
+        Box::pin(async move {
+            Ok(self
+                .read_previous()
+                .await?
+                .and_then(|b| parse_weight(&String::from_utf8_lossy(&b), &self.stable_upstream, &self.canary_upstream)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_file_has_the_spec_shape() {
+        assert_eq!(
+            split_file("vane_upstream", "stable", "canary", 25),
+            "# Written by vane: 25% of requests to canary, 75% to stable. Do not edit: vane rewrites it.\n\
+             split_clients \"${request_id}\" $vane_upstream {\n    25% canary;\n    * stable;\n}\n"
+        );
+        assert!(split_file("v", "s", "c", 0).contains("{\n    * s;\n}"));
+        assert!(split_file("v", "s", "c", 100).contains("{\n    * c;\n}"));
+    }
+
+    #[test]
+    fn the_weight_reads_back_for_every_value() {
+        for w in 0..=100 {
+            assert_eq!(parse_weight(&split_file("v", "stable_up", "canary_up", w), "stable_up", "canary_up"), Some(w));
+        }
+        assert_eq!(parse_weight("", "s", "c"), None);
+        assert_eq!(parse_weight("split_clients \"$x\" $v { 10% other; * s; }", "s", "c"), None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_test_restores_the_previous_file_and_skips_the_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("split.conf");
+        let marker = dir.path().join("reloaded");
+        let reload = vec!["touch".into(), marker.display().to_string()];
+        let ok = NginxRouter::new(file.to_str().unwrap(), "v", "s", "c", Some(vec!["true".into()]), reload.clone());
+        ok.set_weight(5).await.unwrap();
+        assert!(marker.exists());
+        std::fs::remove_file(&marker).unwrap();
+        let failing = NginxRouter::new(file.to_str().unwrap(), "v", "s", "c", Some(vec!["false".into()]), reload);
+        let e = failing.set_weight(25).await.unwrap_err();
+        assert!(!e.is_permanent() && e.to_string().contains("previous file restored"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), split_file("v", "s", "c", 5));
+        assert!(!marker.exists(), "reload must not run after a failed test");
+        assert_eq!(failing.observe().await.unwrap(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn validate_refuses_a_missing_directory_or_command() {
+        let r = NginxRouter::new("/nonexistent/dir/split.conf", "v", "s", "c", None, vec!["true".into()]);
+        assert!(r.validate().await.unwrap_err().is_permanent());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("split.conf");
+        let r = NginxRouter::new(f.to_str().unwrap(), "v", "s", "c", None, vec!["no-such-nginx-binary".into()]);
+        let e = r.validate().await.unwrap_err();
+        assert!(e.is_permanent() && e.to_string().contains("no-such-nginx-binary"), "{e}");
+    }
+}

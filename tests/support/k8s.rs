@@ -1,0 +1,258 @@
+//! A real Kubernetes API server for tests: Debian's etcd plus the CRD-only apiserver from
+//! `../shared/k8s-test` (see its README), with the VirtualService, DestinationRule and Ingress CRDs
+//! applied and Established.
+//!
+//! One server per test binary, started on first use and shared by its tests (each test works in its
+//! own namespace name; custom objects need no Namespace object on this server). Every process is
+//! started behind a watchdog shell that kills it when the test binary exits, however it exits, so no
+//! etcd or apiserver outlives the run even though the shared server lives in a static.
+//!
+//! The server directory: `$VANE_K8S_TEST_DIR`, else `$CARGO_MANIFEST_DIR/../shared/k8s-test`.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+const INSTALL: &str = "apt-get install -y --no-install-recommends etcd-server xz-utils";
+
+/// A running etcd + apiserver. Dropping it kills both (the shared one is killed by its watchdogs).
+pub struct K8sServer {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    procs: Vec<Child>,
+}
+
+impl Drop for K8sServer {
+    fn drop(&mut self) {
+        // Closing a watchdog's stdin makes it stop its process and wait for it.
+        for p in self.procs.iter_mut().rev() {
+            drop(p.stdin.take());
+            let _ = p.wait();
+        }
+    }
+}
+
+impl K8sServer {
+    /// A client for this server (insecure TLS: the server's certificate is self-signed).
+    pub fn client(&self) -> kube::Client {
+        client_for(&self.url)
+    }
+}
+
+pub fn client_for(url: &str) -> kube::Client {
+    vane::install_crypto_provider();
+    let mut cfg = kube::Config::new(url.parse().expect("server url"));
+    cfg.accept_invalid_certs = true;
+    cfg.read_timeout = Some(Duration::from_secs(30));
+    kube::Client::try_from(cfg).expect("kube client for the test apiserver")
+}
+
+static SHARED: OnceCell<K8sServer> = OnceCell::const_new();
+
+/// A client of the server shared by this test binary (started on first call).
+pub async fn shared_client() -> kube::Client {
+    let s = SHARED.get_or_init(|| async { K8sServer::start().await.unwrap_or_else(|e| panic!("{e}")) }).await;
+    s.client()
+}
+
+/// The URL of the shared server (for a test that builds its own client or kubeconfig).
+pub async fn shared_url() -> String {
+    shared_client().await;
+    SHARED.get().map(|s| s.url.clone()).unwrap_or_default()
+}
+
+/// A fresh namespace name for one test.
+pub fn namespace(test: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let clean: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    format!("{}-{}-{n}", clean.trim_matches('-'), std::process::id())
+}
+
+fn test_dir() -> PathBuf {
+    match std::env::var_os("VANE_K8S_TEST_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/k8s-test"),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn find_etcd() -> Result<PathBuf, String> {
+    for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if Path::new(p).exists() {
+            return Ok(p.into());
+        }
+    }
+    Err(format!("etcd is not installed; the Kubernetes integration tests need it: {INSTALL}"))
+}
+
+/// Decompress `crdserver.xz` once per content hash into the cargo target tmp dir.
+fn crdserver() -> Result<PathBuf, String> {
+    let xz = test_dir().join("crdserver.xz");
+    let bytes = std::fs::read(&xz)
+        .map_err(|e| format!("cannot read {} ({e}); set VANE_K8S_TEST_DIR to the shared/k8s-test directory", xz.display()))?;
+    let hash = hex::encode(&Sha256::digest(&bytes)[..8]);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("k8s-test");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let bin = dir.join(format!("crdserver-{hash}"));
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let tmp = dir.join(format!("crdserver-{hash}.{}.tmp", std::process::id()));
+    let out = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let status =
+        Command::new("xz").arg("-dc").arg(&xz).stdout(out).status().map_err(|e| format!("cannot run xz ({e}): {INSTALL}"))?;
+    if !status.success() {
+        return Err(format!("xz -dc {} failed: {status}", xz.display()));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &bin).map_err(|e| e.to_string())?;
+    Ok(bin)
+}
+
+/// Start `argv` behind a watchdog: a shell that kills it when our end of its stdin closes, i.e.
+/// when this process exits (also on a panic abort or SIGKILL).
+fn spawn_watched(argv: &[String], log: &Path) -> Result<Child, String> {
+    let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    let script = r#""$@" </dev/null & c=$!; trap 'kill $c 2>/dev/null; exit 0' TERM; read _ ; kill $c 2>/dev/null; wait $c"#;
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(argv)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", argv[0]))
+}
+
+impl K8sServer {
+    /// Start etcd and the apiserver on free ports, apply the CRDs, wait until they are Established.
+    pub async fn start() -> Result<K8sServer, String> {
+        let etcd = find_etcd()?;
+        let crdserver = crdserver()?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (ep, pp, ap) = (free_port(), free_port(), free_port());
+        let d = dir.path();
+        let s = |p: &Path| p.display().to_string();
+        let etcd_argv = vec![
+            s(&etcd),
+            "--data-dir".into(),
+            s(&d.join("etcd")),
+            "--listen-client-urls".into(),
+            format!("http://127.0.0.1:{ep}"),
+            "--advertise-client-urls".into(),
+            format!("http://127.0.0.1:{ep}"),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{pp}"),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{pp}"),
+            "--initial-cluster".into(),
+            format!("default=http://127.0.0.1:{pp}"),
+            "--unsafe-no-fsync".into(),
+        ];
+        let mut server = K8sServer { url: format!("https://127.0.0.1:{ap}"), dir, procs: vec![] };
+        let d = server.dir.path().to_path_buf();
+        server.procs.push(spawn_watched(&etcd_argv, &d.join("etcd.log"))?);
+        let api_argv = vec![
+            s(&crdserver),
+            format!("--etcd-servers=http://127.0.0.1:{ep}"),
+            format!("--secure-port={ap}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--cert-dir={}", s(&d.join("certs"))),
+        ];
+        server.procs.push(spawn_watched(&api_argv, &d.join("apiserver.log"))?);
+        let client = server.client();
+        let logs = |d: &Path| {
+            let tail = |f: &str| {
+                std::fs::read_to_string(d.join(f)).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n")
+            };
+            format!("--- etcd.log (last lines, reversed)\n{}\n--- apiserver.log\n{}", tail("etcd.log"), tail("apiserver.log"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+            if crds.list(&ListParams::default().limit(1)).await.is_ok() {
+                break;
+            }
+            for p in &mut server.procs {
+                if let Ok(Some(st)) = p.try_wait() {
+                    return Err(format!("test apiserver or etcd exited ({st}):\n{}", logs(&d)));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("test apiserver not ready after 30s:\n{}", logs(&d)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        apply_crds(&client).await?;
+        let _ = std::io::stderr().flush();
+        Ok(server)
+    }
+}
+
+async fn apply_crds(client: &kube::Client) -> Result<(), String> {
+    let path = test_dir().join("crds.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = vec![];
+    let mut resources = vec![];
+    for doc in yaml_serde::Deserializer::from_str(&text) {
+        let crd: CustomResourceDefinition =
+            serde::Deserialize::deserialize(doc).map_err(|e| format!("{}: {e}", path.display()))?;
+        names.push(crd.metadata.name.clone().unwrap_or_default());
+        for v in crd.spec.versions.iter().filter(|v| v.served) {
+            let gvk = GroupVersionKind::gvk(&crd.spec.group, &v.name, &crd.spec.names.kind);
+            resources.push(ApiResource::from_gvk_with_plural(&gvk, &crd.spec.names.plural));
+        }
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(format!("creating CRD: {e}")),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for name in names {
+        loop {
+            let crd = api.get(&name).await.map_err(|e| format!("reading CRD {name}: {e}"))?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("CRD {name} not Established after 20s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Established is set a moment before the new endpoints answer: wait until each one lists.
+    for ar in resources {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+        while let Err(e) = api.list(&ListParams::default().limit(1)).await {
+            if Instant::now() > deadline {
+                return Err(format!("{}/{} not served after 20s: {e}", ar.api_version, ar.plural));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
