@@ -37,6 +37,8 @@ pub enum Cmd {
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// A demo HTTP service with a configurable error rate and latency, exporting request metrics.
+    DemoApp(crate::demo_app::DemoAppArgs),
 }
 
 #[derive(Args)]

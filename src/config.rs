@@ -92,6 +92,9 @@ pub struct Prometheus {
     pub basic_auth_user: String,
     pub basic_auth_password_env: String,
     pub headers: BTreeMap<String, String>,
+    /// Analysis windows shorter than this are widened (a rate needs at least two scrapes in range).
+    #[serde(with = "humantime_serde")]
+    pub min_window: Duration,
 }
 
 impl Default for Prometheus {
@@ -104,6 +107,7 @@ impl Default for Prometheus {
             basic_auth_user: String::new(),
             basic_auth_password_env: String::new(),
             headers: BTreeMap::new(),
+            min_window: crate::analysis::DEFAULT_MIN_WINDOW,
         }
     }
 }
@@ -165,7 +169,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("policies", &["dir"]),
     (
         "prometheus",
-        &["url", "timeout", "max_concurrent_queries", "bearer_token_env", "basic_auth_user", "basic_auth_password_env", "headers"],
+        &["url", "timeout", "max_concurrent_queries", "bearer_token_env", "basic_auth_user", "basic_auth_password_env", "headers", "min_window"],
     ),
     ("kubernetes", &["kubeconfig", "context"]),
     ("slack", &["signing_secret_env", "webhook_url_env"]),

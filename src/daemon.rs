@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 
-use crate::analysis::{Analyzer, TimeOnly};
+use crate::analysis::{Analyzer, PromAnalyzer};
 use crate::api::{self, AppState, Auth};
 use crate::config::Config;
 use crate::rollout::controller::Controller;
@@ -43,8 +43,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     })?;
     let store = Store::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
     let metrics = Arc::new(Metrics::new(cfg.server.metrics_retention));
-    let analyzer: Arc<dyn Analyzer> = Arc::new(TimeOnly);
     let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
+    let analyzer: Arc<dyn Analyzer> =
+        Arc::new(PromAnalyzer::from_config(&cfg.prometheus, notify.hooks.clone(), metrics.clone())?);
     let env = Arc::new(Env {
         store,
         routers: Arc::new(Routers::new(&cfg.kubernetes)),

@@ -21,6 +21,13 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Cmd::Policy(PolicyCmd::Check { paths }) => vane::cli::policy_check(paths),
+        Cmd::DemoApp(args) => match vane::demo_app::run(args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vane demo-app: {e:#}");
+                2
+            }
+        },
     };
     std::process::ExitCode::from(code as u8)
 }

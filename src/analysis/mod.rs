@@ -2,7 +2,16 @@
 //!
 //! The driver knows nothing about Prometheus or statistics: it hands an [`AnalysisContext`] to an
 //! [`Analyzer`] and feeds the [`AnalysisReport`] to the machine. A policy without metrics is analysed by
-//! [`TimeOnly`], which passes every interval (time-based progression).
+//! [`TimeOnly`], which passes every interval (time-based progression); the daemon uses
+//! [`PromAnalyzer`] (Prometheus queries from [`templates`], verdicts from [`judge`]), which also
+//! passes on time alone when a policy has neither metrics nor hooks.
+
+mod analyzer;
+pub mod judge;
+pub mod prometheus;
+pub mod templates;
+
+pub use analyzer::{DEFAULT_MIN_WINDOW, PromAnalyzer};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

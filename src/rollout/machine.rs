@@ -377,7 +377,8 @@ fn on_analysis(r: &mut Rollout, op: u64, report: AnalysisReport, now: Millis, ou
         {
             advance(r, now, out, CONTROLLER, false)
         }
-        _ => r.message = progress_message(r, name),
+        // The summary says why (no data, an ambiguous query, an open sequential test).
+        _ => r.message = progress_message(r, &format!("{name}{}{summary}", if summary.is_empty() { "" } else { " — " })),
     }
 }
 
