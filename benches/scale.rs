@@ -28,7 +28,8 @@ fn peak_rss_mib() -> f64 {
 fn main() {
     // `cargo test --benches` runs this with --bench absent: keep that run tiny.
     let bench = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("VANE_SCALE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(if bench { 10_000 } else { 50 });
+    let n: usize =
+        std::env::var("VANE_SCALE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(if bench { 10_000 } else { 50 });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let routers = Arc::new(FakeRouters::default());

@@ -89,9 +89,17 @@ pub enum RolloutCmd {
         limit: Option<u32>,
     },
     /// Show one rollout (JSON).
-    Get { id: String, #[command(flatten)] client: Client },
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: Client,
+    },
     /// Show a rollout's history.
-    Events { id: String, #[command(flatten)] client: Client },
+    Events {
+        id: String,
+        #[command(flatten)]
+        client: Client,
+    },
     /// Follow a rollout; exits 0 when it Succeeded, 1 on any other end.
     Watch {
         id: String,
@@ -102,11 +110,31 @@ pub enum RolloutCmd {
         every: Duration,
     },
     /// Pass the current gate/step (or --full: straight to 100 %).
-    Promote { id: String, #[arg(long)] full: bool, #[command(flatten)] client: Client },
-    Pause { id: String, #[command(flatten)] client: Client },
-    Resume { id: String, #[command(flatten)] client: Client },
+    Promote {
+        id: String,
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        client: Client,
+    },
+    Pause {
+        id: String,
+        #[command(flatten)]
+        client: Client,
+    },
+    Resume {
+        id: String,
+        #[command(flatten)]
+        client: Client,
+    },
     /// Roll back now.
-    Abort { id: String, #[arg(long)] reason: Option<String>, #[command(flatten)] client: Client },
+    Abort {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: Client,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,7 +156,13 @@ impl Api {
         Ok(Api { http, base: c.url.trim_end_matches('/').to_string(), token: c.token.clone() })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>, headers: &[(&str, String)]) -> anyhow::Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -139,7 +173,10 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req.send().await.with_context(|| format!("cannot reach vane at {} (is `vane serve` running? set VANE_URL)", self.base))?;
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach vane at {} (is `vane serve` running? set VANE_URL)", self.base))?;
         let status = res.status();
         let text = res.text().await?;
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -156,12 +193,28 @@ impl Api {
 pub async fn run(cmd: RolloutCmd) -> anyhow::Result<i32> {
     use reqwest::Method;
     match cmd {
-        RolloutCmd::Start { client, file, service, namespace, new_version, stable_version, policy, router, idempotency_key } => {
+        RolloutCmd::Start {
+            client,
+            file,
+            service,
+            namespace,
+            new_version,
+            stable_version,
+            policy,
+            router,
+            idempotency_key,
+        } => {
             let mut body = match file {
                 Some(f) => read_body(&f)?,
                 None => serde_json::json!({}),
             };
-            for (k, v) in [("service", service), ("namespace", namespace), ("version", new_version), ("stableVersion", stable_version), ("policy", policy)] {
+            for (k, v) in [
+                ("service", service),
+                ("namespace", namespace),
+                ("version", new_version),
+                ("stableVersion", stable_version),
+                ("policy", policy),
+            ] {
                 if let Some(v) = v {
                     body[k] = Value::String(v);
                 }
@@ -175,14 +228,22 @@ pub async fn run(cmd: RolloutCmd) -> anyhow::Result<i32> {
         }
         RolloutCmd::List { client, service, namespace, phase, limit } => {
             let mut q = vec![];
-            for (k, v) in [("service", service), ("namespace", namespace), ("phase", phase), ("limit", limit.map(|l| l.to_string()))] {
+            for (k, v) in [
+                ("service", service),
+                ("namespace", namespace),
+                ("phase", phase),
+                ("limit", limit.map(|l| l.to_string())),
+            ] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", urlencode(&v)));
                 }
             }
             let path = format!("/api/v1/rollouts{}{}", if q.is_empty() { "" } else { "?" }, q.join("&"));
             let r = Api::new(&client)?.call(Method::GET, &path, None, &[]).await?;
-            println!("{:<26}  {:<28}  {:<14}  {:<17}  {:>6}  MESSAGE", "ID", "NAMESPACE/SERVICE", "VERSION", "PHASE", "WEIGHT");
+            println!(
+                "{:<26}  {:<28}  {:<14}  {:<17}  {:>6}  MESSAGE",
+                "ID", "NAMESPACE/SERVICE", "VERSION", "PHASE", "WEIGHT"
+            );
             for i in r["items"].as_array().into_iter().flatten() {
                 println!(
                     "{:<26}  {:<28}  {:<14}  {:<17}  {:>5}%  {}",
@@ -196,13 +257,24 @@ pub async fn run(cmd: RolloutCmd) -> anyhow::Result<i32> {
             }
         }
         RolloutCmd::Get { id, client } => {
-            let r = Api::new(&client)?.call(Method::GET, &format!("/api/v1/rollouts/{}", urlencode(&id)), None, &[]).await?;
+            let r = Api::new(&client)?
+                .call(Method::GET, &format!("/api/v1/rollouts/{}", urlencode(&id)), None, &[])
+                .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
         RolloutCmd::Events { id, client } => {
-            let r = Api::new(&client)?.call(Method::GET, &format!("/api/v1/rollouts/{}/events", urlencode(&id)), None, &[]).await?;
+            let r = Api::new(&client)?
+                .call(Method::GET, &format!("/api/v1/rollouts/{}/events", urlencode(&id)), None, &[])
+                .await?;
             for e in r["items"].as_array().into_iter().flatten() {
-                println!("{:>4}  {}  {:<14} {:<12} {}", e["seq"], s(&e["at"]), s(&e["type"]), s(&e["actor"]), s(&e["message"]));
+                println!(
+                    "{:>4}  {}  {:<14} {:<12} {}",
+                    e["seq"],
+                    s(&e["at"]),
+                    s(&e["type"]),
+                    s(&e["actor"]),
+                    s(&e["message"])
+                );
             }
         }
         RolloutCmd::Watch { id, client, every } => return watch(&Api::new(&client)?, &id, every).await,

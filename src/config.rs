@@ -128,7 +128,10 @@ pub struct Slack {
 
 impl Default for Slack {
     fn default() -> Self {
-        Slack { signing_secret_env: "VANE_SLACK_SIGNING_SECRET".into(), webhook_url_env: "VANE_SLACK_WEBHOOK_URL".into() }
+        Slack {
+            signing_secret_env: "VANE_SLACK_SIGNING_SECRET".into(),
+            webhook_url_env: "VANE_SLACK_WEBHOOK_URL".into(),
+        }
     }
 }
 
@@ -169,7 +172,16 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("policies", &["dir"]),
     (
         "prometheus",
-        &["url", "timeout", "max_concurrent_queries", "bearer_token_env", "basic_auth_user", "basic_auth_password_env", "headers", "min_window"],
+        &[
+            "url",
+            "timeout",
+            "max_concurrent_queries",
+            "bearer_token_env",
+            "basic_auth_user",
+            "basic_auth_password_env",
+            "headers",
+            "min_window",
+        ],
     ),
     ("kubernetes", &["kubeconfig", "context"]),
     ("slack", &["signing_secret_env", "webhook_url_env"]),

@@ -30,7 +30,8 @@ pub fn check_listen(addr: &SocketAddr, auth: &Auth) -> anyhow::Result<()> {
 pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     crate::install_crypto_provider();
     let cfg = Config::load(config_path, std::env::vars())?;
-    let addr: SocketAddr = cfg.server.listen.parse().with_context(|| format!("server.listen {:?}", cfg.server.listen))?;
+    let addr: SocketAddr =
+        cfg.server.listen.parse().with_context(|| format!("server.listen {:?}", cfg.server.listen))?;
     let auth = Auth::from_config(&cfg.server.tokens, |v| std::env::var(v).ok())?;
     check_listen(&addr, &auth)?;
     if auth.is_open() {

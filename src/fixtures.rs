@@ -39,7 +39,12 @@ pub fn policy(name: &str, steps: &[u8], interval: Duration, threshold: u32) -> P
 }
 
 pub fn blue_green(name: &str, interval: Duration, post_flip: Duration) -> Policy {
-    Policy { strategy: Strategy::BlueGreen, steps: vec![], post_flip: Some(post_flip), ..policy(name, &[100], interval, 2) }
+    Policy {
+        strategy: Strategy::BlueGreen,
+        steps: vec![],
+        post_flip: Some(post_flip),
+        ..policy(name, &[100], interval, 2)
+    }
 }
 
 pub fn request(service: &str, policy: &str) -> CreateRequest {
@@ -160,7 +165,8 @@ impl Analyzer for ScriptedAnalyzer {
     fn analyse(&self, ctx: AnalysisContext) -> BoxFut<'_, AnalysisReport> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let scripted = self.script.lock().ok().and_then(|mut s| s.get_mut(&ctx.rollout.service).and_then(|q| q.pop_front()));
+            let scripted =
+                self.script.lock().ok().and_then(|mut s| s.get_mut(&ctx.rollout.service).and_then(|q| q.pop_front()));
             let verdict = scripted.unwrap_or_else(|| self.default.lock().map(|d| *d).unwrap_or(Verdict::Pass));
             let (value, result) = match verdict {
                 Verdict::Pass => (Some(99.9), MetricVerdict::Pass),

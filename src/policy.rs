@@ -323,8 +323,7 @@ pub const BUILTIN_TEMPLATES: &[&str] =
     &["success-rate", "error-rate", "latency-p95", "latency-p99", "latency-mean", "request-count"];
 
 /// Variables a custom `query:` may use.
-pub const QUERY_VARIABLES: &[&str] =
-    &["namespace", "service", "version", "stable_version", "interval", "target"];
+pub const QUERY_VARIABLES: &[&str] = &["namespace", "service", "version", "stable_version", "interval", "target"];
 
 impl Policy {
     /// Apply a create request's overrides (validated afterwards like any policy).
@@ -657,8 +656,10 @@ mod tests {
 
     #[test]
     fn gates_must_sit_on_a_step() {
-        let e = p("name: x\nstrategy: canary\nsteps: [5, 100]\ngates:\n  - at: 50\n    approval: manual\n    timeout: 1h\n")
-            .unwrap_err();
+        let e = p(
+            "name: x\nstrategy: canary\nsteps: [5, 100]\ngates:\n  - at: 50\n    approval: manual\n    timeout: 1h\n",
+        )
+        .unwrap_err();
         assert!(e.message.contains("gates[0].at"), "{e}");
         assert_eq!(e.line, 5);
     }

@@ -113,7 +113,12 @@ impl Store {
 
     /// Insert a new rollout (one active per namespace/service) with its first events, or return the
     /// rollout an earlier request with the same Idempotency-Key created.
-    pub async fn create(&self, r: &mut Rollout, events: Vec<Event>, idem: Option<(&str, &str)>) -> Result<Created, StoreError> {
+    pub async fn create(
+        &self,
+        r: &mut Rollout,
+        events: Vec<Event>,
+        idem: Option<(&str, &str)>,
+    ) -> Result<Created, StoreError> {
         let mut staged = r.clone();
         let mut events = events;
         number(&mut staged, &mut events);
@@ -219,7 +224,10 @@ impl Store {
             match self.rollouts.get(&id)? {
                 Some(v) => out.push(from_json::<Rollout>(&k, &v)?),
                 None => {
-                    return Err(StoreError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), error: "dangling".into() });
+                    return Err(StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        error: "dangling".into(),
+                    });
                 }
             }
         }
@@ -230,7 +238,10 @@ impl Store {
     pub fn events(&self, id: &str, after: u64) -> Result<Vec<Event>, StoreError> {
         let start = event_key(id, after.saturating_add(1));
         let end = event_key(id, u64::MAX);
-        self.events.range(start..=end).map(|kv| kv.map_err(StoreError::from).and_then(|(k, v)| from_json(&k, &v))).collect()
+        self.events
+            .range(start..=end)
+            .map(|kv| kv.map_err(StoreError::from).and_then(|(k, v)| from_json(&k, &v)))
+            .collect()
     }
 
     /// The sled database, for adapters that keep their own durable queues (e.g. webhook deliveries).

@@ -126,16 +126,32 @@ impl Metrics {
         registry.register("info", "vane build information", info);
         registry.register("rollout_weight", "Decided canary weight in percent", m.weight.clone());
         registry.register("rollout_phase", "1 for the rollout's current phase", m.phase.clone());
-        registry.register("rollout_failed_checks", "Failed analysis checks of the current rollout", m.failed_checks.clone());
+        registry.register(
+            "rollout_failed_checks",
+            "Failed analysis checks of the current rollout",
+            m.failed_checks.clone(),
+        );
         registry.register("analysis_value", "Last analysed value of a metric", m.analysis_value.clone());
         registry.register("analysis_threshold", "Bound a metric is judged against", m.analysis_threshold.clone());
         registry.register("analysis_checks", "Analysis results per metric", m.analysis_checks.clone());
         registry.register("rollouts", "Finished rollouts by result", m.rollouts.clone());
-        registry.register("rollout_duration_seconds", "Rollout duration from create to finish", m.rollout_duration.clone());
-        registry.register("rollback_seconds", "From the rollback decision to traffic restored", m.rollback_seconds.clone());
+        registry.register(
+            "rollout_duration_seconds",
+            "Rollout duration from create to finish",
+            m.rollout_duration.clone(),
+        );
+        registry.register(
+            "rollback_seconds",
+            "From the rollback decision to traffic restored",
+            m.rollback_seconds.clone(),
+        );
         registry.register("router_requests", "Router calls by result", m.router_requests.clone());
         registry.register("prometheus_query_seconds", "Prometheus query latency", m.prometheus_query_seconds.clone());
-        registry.register("prometheus_query_errors", "Prometheus queries that failed", m.prometheus_query_errors.clone());
+        registry.register(
+            "prometheus_query_errors",
+            "Prometheus queries that failed",
+            m.prometheus_query_errors.clone(),
+        );
         registry.register("webhook_deliveries", "Outbound webhook and Slack deliveries", m.webhook_deliveries.clone());
         Metrics { registry, ..m }
     }
@@ -154,7 +170,8 @@ impl Metrics {
         self.weight.get_or_create(&svc).set(r.canary_weight as i64);
         self.failed_checks.get_or_create(&svc).set(r.failed_checks as i64);
         for p in Phase::ALL {
-            let l = PhaseLabels { namespace: r.namespace.clone(), service: r.service.clone(), phase: p.as_str().into() };
+            let l =
+                PhaseLabels { namespace: r.namespace.clone(), service: r.service.clone(), phase: p.as_str().into() };
             self.phase.get_or_create(&l).set((p == r.phase) as i64);
         }
         if finished_now {
@@ -184,11 +201,21 @@ impl Metrics {
             }
             for (bound, v) in [("min", m.min), ("max", m.max)] {
                 if let Some(v) = v {
-                    let b = BoundLabels { namespace: l.namespace.clone(), service: l.service.clone(), metric: l.metric.clone(), bound: bound.into() };
+                    let b = BoundLabels {
+                        namespace: l.namespace.clone(),
+                        service: l.service.clone(),
+                        metric: l.metric.clone(),
+                        bound: bound.into(),
+                    };
                     self.analysis_threshold.get_or_create(&b).set(v);
                 }
             }
-            let c = CheckLabels { namespace: l.namespace, service: l.service, metric: l.metric, result: m.result.as_str().into() };
+            let c = CheckLabels {
+                namespace: l.namespace,
+                service: l.service,
+                metric: l.metric,
+                result: m.result.as_str().into(),
+            };
             self.analysis_checks.get_or_create(&c).inc();
         }
     }
@@ -206,13 +233,18 @@ impl Metrics {
     /// Drop the per-service series of rollouts that finished longer than the retention ago.
     pub fn sweep(&self) {
         let Ok(mut f) = self.finished.lock() else { return };
-        let expired: Vec<_> = f.iter().filter(|(_, (t, _))| t.elapsed() >= self.retention).map(|(k, _)| k.clone()).collect();
+        let expired: Vec<_> =
+            f.iter().filter(|(_, (t, _))| t.elapsed() >= self.retention).map(|(k, _)| k.clone()).collect();
         for svc in expired {
             let Some((_, names)) = f.remove(&svc) else { continue };
             self.weight.remove(&svc);
             self.failed_checks.remove(&svc);
             for p in Phase::ALL {
-                self.phase.remove(&PhaseLabels { namespace: svc.namespace.clone(), service: svc.service.clone(), phase: p.as_str().into() });
+                self.phase.remove(&PhaseLabels {
+                    namespace: svc.namespace.clone(),
+                    service: svc.service.clone(),
+                    phase: p.as_str().into(),
+                });
             }
             for metric in names {
                 let l = MetricLabels { namespace: svc.namespace.clone(), service: svc.service.clone(), metric };

@@ -112,7 +112,12 @@ async fn auth_roles_on_every_mutating_route() {
         assert_eq!(s, StatusCode::FORBIDDEN, "{m} {p} as viewer: {v}");
         assert_eq!(err_code(&v), "forbidden");
     }
-    for p in ["/api/v1/rollouts".to_string(), format!("/api/v1/rollouts/{id}"), format!("/api/v1/rollouts/{id}/events"), "/api/v1/policies".into()] {
+    for p in [
+        "/api/v1/rollouts".to_string(),
+        format!("/api/v1/rollouts/{id}"),
+        format!("/api/v1/rollouts/{id}/events"),
+        "/api/v1/policies".into(),
+    ] {
         assert_eq!(api.req("GET", &p, None, None).await.0, StatusCode::UNAUTHORIZED, "GET {p} anonymous");
         assert_eq!(api.req("GET", &p, Some(VIEW), None).await.0, StatusCode::OK, "GET {p} as viewer");
     }
@@ -157,7 +162,12 @@ async fn bad_input_gets_4xx_with_the_field() {
     let (s, v) = api.raw("/api/v1/rollouts", OP, big).await;
     assert_eq!((s, err_code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
 
-    for p in ["/api/v1/rollouts/nope", "/api/v1/rollouts/..%2F..%2Fetc%2Fpasswd", "/api/v1/rollouts/01JD0000000000000000000000", "/nowhere"] {
+    for p in [
+        "/api/v1/rollouts/nope",
+        "/api/v1/rollouts/..%2F..%2Fetc%2Fpasswd",
+        "/api/v1/rollouts/01JD0000000000000000000000",
+        "/nowhere",
+    ] {
         let (s, v) = api.req("GET", p, Some(VIEW), None).await;
         assert_eq!((s, err_code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{p}");
     }
@@ -178,11 +188,14 @@ async fn conflicts_are_409() {
     assert!(v["error"]["message"].as_str().unwrap().contains(&id));
     let (s, v) = api.req("POST", &format!("/api/v1/rollouts/{id}/resume"), Some(OP), None).await;
     assert_eq!((s, err_code(&v)), (StatusCode::CONFLICT, "invalid_phase"), "{v}");
-    let (s, v) = api.req("POST", &format!("/api/v1/rollouts/{id}/abort"), Some(OP), Some(json!({"reason": "smoke failed"}))).await;
+    let (s, v) = api
+        .req("POST", &format!("/api/v1/rollouts/{id}/abort"), Some(OP), Some(json!({"reason": "smoke failed"})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // Once finished: the service is free again, and control calls are 409.
     api.wait_phase(&id, "Aborted").await;
-    let (s, _) = api.req("POST", &format!("/api/v1/rollouts/{id}/promote"), Some(OP), Some(json!({"full": true}))).await;
+    let (s, _) =
+        api.req("POST", &format!("/api/v1/rollouts/{id}/promote"), Some(OP), Some(json!({"full": true}))).await;
     assert_eq!(s, StatusCode::CONFLICT);
     api.create("cart").await;
 }
@@ -191,7 +204,12 @@ async fn conflicts_are_409() {
 async fn idempotency_key_replays_the_same_rollout() {
     let api = serve().await;
     let post = |key: &'static str, b: Value| {
-        let r = api.http.post(format!("{}/api/v1/rollouts", api.base)).bearer_auth(OP).header("Idempotency-Key", key).json(&b);
+        let r = api
+            .http
+            .post(format!("{}/api/v1/rollouts", api.base))
+            .bearer_auth(OP)
+            .header("Idempotency-Key", key)
+            .json(&b);
         async move {
             let res = r.send().await.unwrap();
             (res.status(), res.json::<Value>().await.unwrap())
@@ -250,13 +268,25 @@ async fn health_metrics_and_openapi() {
     assert_eq!(s, StatusCode::OK);
     let m = m.as_str().unwrap();
     assert!(m.contains("vane_info{version=\""), "{m}");
-    assert!(m.contains("vane_rollout_phase{namespace=\"ai-workflow-prod\",service=\"cart\",phase=\"Pending\"}")
-        || m.contains("vane_rollout_phase{namespace=\"ai-workflow-prod\",service=\"cart\",phase=\"Progressing\"} 1"), "{m}");
+    assert!(
+        m.contains("vane_rollout_phase{namespace=\"ai-workflow-prod\",service=\"cart\",phase=\"Pending\"}")
+            || m.contains(
+                "vane_rollout_phase{namespace=\"ai-workflow-prod\",service=\"cart\",phase=\"Progressing\"} 1"
+            ),
+        "{m}"
+    );
     assert!(m.contains("vane_rollout_weight{namespace=\"ai-workflow-prod\",service=\"cart\"}"), "{m}");
     let (s, doc) = api.req("GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for p in ["/api/v1/rollouts", "/api/v1/rollouts/{id}", "/api/v1/rollouts/{id}/promote", "/api/v1/rollouts/{id}/abort", "/api/v1/policies", "/api/v1/slack/interactions"] {
+    for p in [
+        "/api/v1/rollouts",
+        "/api/v1/rollouts/{id}",
+        "/api/v1/rollouts/{id}/promote",
+        "/api/v1/rollouts/{id}/abort",
+        "/api/v1/policies",
+        "/api/v1/slack/interactions",
+    ] {
         assert!(doc["paths"][p].is_object(), "{p} missing from OpenAPI");
     }
     assert!(doc["components"]["schemas"]["RolloutView"].is_object());

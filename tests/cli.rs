@@ -9,7 +9,12 @@ use std::process::Command;
 use support::daemon::{Daemon, free_port};
 
 fn vane(d: &Daemon, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vane")).args(args).env("VANE_URL", &d.url).env_remove("VANE_TOKEN").output().expect("vane runs")
+    Command::new(env!("CARGO_BIN_EXE_vane"))
+        .args(args)
+        .env("VANE_URL", &d.url)
+        .env_remove("VANE_TOKEN")
+        .output()
+        .expect("vane runs")
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -56,7 +61,22 @@ fn aborted_rollout_watch_exits_non_zero_and_errors_are_readable() {
     let (_dir, d) = setup();
     let out = vane(
         &d,
-        &["rollout", "start", "--service", "cart", "--namespace", "shop", "--version", "v2", "--stable-version", "v1", "--policy", "quick", "--router", r#"{"kind":"exec","command":["true"]}"#],
+        &[
+            "rollout",
+            "start",
+            "--service",
+            "cart",
+            "--namespace",
+            "shop",
+            "--version",
+            "v2",
+            "--stable-version",
+            "v1",
+            "--policy",
+            "quick",
+            "--router",
+            r#"{"kind":"exec","command":["true"]}"#,
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();

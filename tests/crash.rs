@@ -25,7 +25,11 @@ fn twenty_rollouts_survive_ten_sigkills() {
     )
     .unwrap();
     let script = root.join("route.sh");
-    std::fs::write(&script, format!("#!/bin/sh\necho \"$VANE_CANARY_WEIGHT\" >> {}/calls/$VANE_SERVICE\n", root.display())).unwrap();
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$VANE_CANARY_WEIGHT\" >> {}/calls/$VANE_SERVICE\n", root.display()),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
 
@@ -55,7 +59,10 @@ fn twenty_rollouts_survive_ten_sigkills() {
     let all = loop {
         let list: Value = http.get(format!("{}/api/v1/rollouts?limit=100", d.url)).send().unwrap().json().unwrap();
         let items = list["items"].as_array().unwrap().clone();
-        if items.iter().all(|r| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&r["phase"].as_str().unwrap())) {
+        if items
+            .iter()
+            .all(|r| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&r["phase"].as_str().unwrap()))
+        {
             break items;
         }
         assert!(Instant::now() < deadline, "rollouts did not finish: {list}");
@@ -65,7 +72,8 @@ fn twenty_rollouts_survive_ten_sigkills() {
     for r in &all {
         let service = r["service"].as_str().unwrap();
         assert_eq!(r["phase"], "Succeeded", "{service}: {r}");
-        let events: Value = http.get(format!("{}/api/v1/rollouts/{}/events", d.url, ids[service])).send().unwrap().json().unwrap();
+        let events: Value =
+            http.get(format!("{}/api/v1/rollouts/{}/events", d.url, ids[service])).send().unwrap().json().unwrap();
         let seqs: Vec<u64> = events["items"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{service}: gap-free, monotonic events");
         let calls = std::fs::read_to_string(root.join("calls").join(service)).unwrap();

@@ -43,7 +43,12 @@ impl Harness {
             if f(&r) {
                 return r;
             }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?} {}", r.phase, r.message);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:?} {}",
+                r.phase,
+                r.message
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -36,7 +36,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            proptest::collection::btree_map("[a-zA-Z]{1,12}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map("[a-zA-Z]{1,12}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -44,9 +45,17 @@ fn json_value() -> impl Strategy<Value = Value> {
 /// A valid body with some fields removed or replaced (at the top level or inside router/overrides).
 fn mutated() -> impl Strategy<Value = Value> {
     let paths = prop_oneof![
-        Just(vec!["service"]), Just(vec!["namespace"]), Just(vec!["version"]), Just(vec!["stableVersion"]),
-        Just(vec!["policy"]), Just(vec!["router"]), Just(vec!["router", "kind"]), Just(vec!["router", "virtualService"]),
-        Just(vec!["overrides", "steps"]), Just(vec!["overrides", "interval"]), Just(vec!["overrides", "threshold"]),
+        Just(vec!["service"]),
+        Just(vec!["namespace"]),
+        Just(vec!["version"]),
+        Just(vec!["stableVersion"]),
+        Just(vec!["policy"]),
+        Just(vec!["router"]),
+        Just(vec!["router", "kind"]),
+        Just(vec!["router", "virtualService"]),
+        Just(vec!["overrides", "steps"]),
+        Just(vec!["overrides", "interval"]),
+        Just(vec!["overrides", "threshold"]),
         Just(vec!["extra"]),
     ];
     proptest::collection::vec((paths, proptest::option::of(json_value())), 1..4).prop_map(|edits| {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use vane::analysis::{AnalysisReport, Verdict};
 use vane::fixtures;
-use vane::policy::{Gate, Approval, OnNoData, Policy};
+use vane::policy::{Approval, Gate, OnNoData, Policy};
 use vane::rollout::machine::{self, Command, Effect, Input, StageFailure};
 use vane::rollout::{Phase, Rollout};
 use vane::traffic::RouterError;
@@ -38,7 +38,12 @@ impl World {
         for eff in out.effects {
             let next = match eff {
                 Effect::SetWeight { op, canary } => {
-                    let result = if self.router_ok { self.weights.push(canary); Ok(()) } else { Err(RouterError::Transient("down".into())) };
+                    let result = if self.router_ok {
+                        self.weights.push(canary);
+                        Ok(())
+                    } else {
+                        Err(RouterError::Transient("down".into()))
+                    };
                     Input::RouterDone { op, result }
                 }
                 Effect::Validate { op } | Effect::Preflight { op } => Input::StageDone { op, result: Ok(()) },
@@ -46,7 +51,12 @@ impl World {
                 Effect::CallHooks { op: None, .. } | Effect::Observe => continue,
                 Effect::Analyse { op } => Input::Analysis {
                     op,
-                    report: AnalysisReport { at: self.now, verdict: self.verdict, metrics: vec![], summary: String::new() },
+                    report: AnalysisReport {
+                        at: self.now,
+                        verdict: self.verdict,
+                        metrics: vec![],
+                        summary: String::new(),
+                    },
                 },
             };
             self.feed(next)?;

@@ -182,7 +182,10 @@ async fn canary_5_25_50_100_succeeds_and_leaves_all_traffic_on_the_new_version()
     assert_eq!(set, vec![5, 25, 50, 100]);
     let vs = w.vs_api().get("agent-service").await.unwrap();
     assert_eq!(vs.data["spec"]["http"][0], vs_object()["spec"]["http"][0], "the header route is untouched");
-    assert!(w.metrics.encode().contains(r#"vane_router_requests_total{router="istio",result="ok"} 5"#), "validate + 4 shifts");
+    assert!(
+        w.metrics.encode().contains(r#"vane_router_requests_total{router="istio",result="ok"} 5"#),
+        "validate + 4 shifts"
+    );
 }
 
 #[tokio::test]

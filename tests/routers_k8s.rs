@@ -183,7 +183,10 @@ async fn istio_virtual_service_deleted_mid_rollout_is_a_clear_error() {
     api.delete("agent-service", &DeleteParams::default()).await.unwrap();
     let e = router.set_weight(25).await.unwrap_err();
     assert!(e.is_permanent(), "{e}");
-    assert_eq!(e.to_string(), format!("VirtualService {ns}/agent-service not found (deleted, or wrong name/namespace?)"));
+    assert_eq!(
+        e.to_string(),
+        format!("VirtualService {ns}/agent-service not found (deleted, or wrong name/namespace?)")
+    );
     assert!(router.observe().await.unwrap_err().to_string().contains("not found"));
 }
 
@@ -231,7 +234,11 @@ async fn istio_conflicting_writer_is_retried_and_both_writes_survive() {
     let vs = read(&client, &ns, &virtual_service(), "agent-service").await;
     assert_eq!(vs.data["spec"], expected_spec(75, 25));
     let labels = vs.metadata.labels.unwrap_or_default();
-    assert_eq!(labels.get("edited-by").map(String::as_str), Some("someone-else-1"), "the other writer's change is kept");
+    assert_eq!(
+        labels.get("edited-by").map(String::as_str),
+        Some("someone-else-1"),
+        "the other writer's change is kept"
+    );
     assert_eq!(labels.get("app").map(String::as_str), Some("agent-service"));
 }
 
@@ -257,7 +264,11 @@ async fn istio_free_running_concurrent_writer_never_loses_an_update() {
 }
 
 fn backend(o: &DynamicObject) -> String {
-    o.data.pointer("/spec/rules/0/http/paths/0/backend/service/name").and_then(Value::as_str).unwrap_or_default().to_string()
+    o.data
+        .pointer("/spec/rules/0/http/paths/0/backend/service/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn ann(o: &DynamicObject, k: &str) -> Option<String> {

@@ -34,7 +34,14 @@ fn get(path: &str, status: u16, reply: Value) -> Exchange {
 }
 
 fn patch(path: &str, body: Value, status: u16, reply: Value) -> Exchange {
-    Exchange { method: "PATCH", path: format!("{path}?"), content_type: Some(JSON_PATCH), body: Some(body), status, reply }
+    Exchange {
+        method: "PATCH",
+        path: format!("{path}?"),
+        content_type: Some(JSON_PATCH),
+        body: Some(body),
+        status,
+        reply,
+    }
 }
 
 fn status(code: u16, reason: &str) -> Value {
@@ -48,8 +55,10 @@ fn mock(script: Vec<Exchange>) -> (kube::Client, JoinHandle<()>) {
     let task = tokio::spawn(async move {
         let mut handle = std::pin::pin!(handle);
         for (i, ex) in script.into_iter().enumerate() {
-            let (req, send) =
-                handle.next_request().await.unwrap_or_else(|| panic!("request #{i} ({} {}) never came", ex.method, ex.path));
+            let (req, send) = handle
+                .next_request()
+                .await
+                .unwrap_or_else(|| panic!("request #{i} ({} {}) never came", ex.method, ex.path));
             assert_eq!(req.method().as_str(), ex.method, "request #{i}");
             let uri = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
             assert_eq!(uri, ex.path, "request #{i} path");
@@ -62,7 +71,8 @@ fn mock(script: Vec<Exchange>) -> (kube::Client, JoinHandle<()>) {
                 let got: Value = serde_json::from_slice(&bytes).expect("request body is JSON");
                 assert_eq!(got, want, "request #{i} body");
             }
-            let resp = Response::builder().status(ex.status).body(Body::from(serde_json::to_vec(&ex.reply).unwrap())).unwrap();
+            let resp =
+                Response::builder().status(ex.status).body(Body::from(serde_json::to_vec(&ex.reply).unwrap())).unwrap();
             send.send_response(resp);
         }
         assert!(handle.next_request().await.is_none(), "an unexpected extra request was sent");
@@ -71,7 +81,12 @@ fn mock(script: Vec<Exchange>) -> (kube::Client, JoinHandle<()>) {
 }
 
 /// Run `f` with a router built from `spec`, then check the mock saw exactly its script.
-async fn with_router<T>(spec: RouterSpec, policy: Policy, script: Vec<Exchange>, f: impl AsyncFnOnce(&dyn Router) -> T) -> T {
+async fn with_router<T>(
+    spec: RouterSpec,
+    policy: Policy,
+    script: Vec<Exchange>,
+    f: impl AsyncFnOnce(&dyn Router) -> T,
+) -> T {
     let (client, task) = mock(script);
     let mut req = fixtures::request("agent-service", &policy.name);
     req.router = spec;
@@ -120,7 +135,8 @@ fn weight_patch(rv: &str, stable: i64, canary: i64) -> Value {
 
 #[tokio::test]
 async fn istio_sets_both_weights_in_one_guarded_json_patch() {
-    let script = vec![get(VS_PATH, 200, vs("100", 95, 5)), patch(VS_PATH, weight_patch("100", 75, 25), 200, vs("101", 75, 25))];
+    let script =
+        vec![get(VS_PATH, 200, vs("100", 95, 5)), patch(VS_PATH, weight_patch("100", 75, 25), 200, vs("101", 75, 25))];
     let r = with_router(istio(), canary_policy(), script, async |r| r.set_weight(25).await).await;
     assert_eq!(r, Ok(()));
 }
@@ -204,7 +220,8 @@ fn dr_list(subsets: &[&str]) -> Value {
 
 #[tokio::test]
 async fn istio_validate_lists_destination_rules_and_accepts_both_subsets() {
-    let script = vec![get(VS_PATH, 200, vs("1", 100, 0)), get(&format!("{DR_LIST}?"), 200, dr_list(&["v1-0-0", "v1-1-0"]))];
+    let script =
+        vec![get(VS_PATH, 200, vs("1", 100, 0)), get(&format!("{DR_LIST}?"), 200, dr_list(&["v1-0-0", "v1-1-0"]))];
     assert_eq!(with_router(istio(), canary_policy(), script, async |r| r.validate().await).await, Ok(()));
 }
 

@@ -112,7 +112,10 @@ async fn a_failing_config_test_restores_the_previous_file_and_traffic_keeps_flow
     let workers = n.workers();
     let e = bad.set_weight(50).await.unwrap_err();
     assert!(!e.is_permanent(), "{e}");
-    assert!(e.to_string().contains("duplicate \"host\" variable") && e.to_string().contains("previous file restored"), "{e}");
+    assert!(
+        e.to_string().contains("duplicate \"host\" variable") && e.to_string().contains("previous file restored"),
+        "{e}"
+    );
     assert_eq!(std::fs::read_to_string(n.split_file()).unwrap(), before, "previous file restored byte for byte");
     assert_eq!(n.workers(), workers, "no reload happened");
     let t = load(&client(), &n.url(), PER_STEP, 4).await;

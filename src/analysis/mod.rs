@@ -104,7 +104,12 @@ pub struct TimeOnly;
 impl Analyzer for TimeOnly {
     fn analyse(&self, ctx: AnalysisContext) -> BoxFut<'_, AnalysisReport> {
         Box::pin(async move {
-            AnalysisReport { at: ctx.now, verdict: Verdict::Pass, metrics: vec![], summary: "no metrics: time-based".into() }
+            AnalysisReport {
+                at: ctx.now,
+                verdict: Verdict::Pass,
+                metrics: vec![],
+                summary: "no metrics: time-based".into(),
+            }
         })
     }
 }

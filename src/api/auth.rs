@@ -113,7 +113,12 @@ mod tests {
     fn tokens_and_roles() {
         let cfg = vec![
             TokenConfig { name: "ci".into(), token_env: Some("T1".into()), token: None, role: Role::Operator },
-            TokenConfig { name: "graf".into(), token_env: None, token: Some("viewer-token-0123456789".into()), role: Role::Viewer },
+            TokenConfig {
+                name: "graf".into(),
+                token_env: None,
+                token: Some("viewer-token-0123456789".into()),
+                role: Role::Viewer,
+            },
         ];
         let a = Auth::from_config(&cfg, |v| (v == "T1").then(|| "operator-token-0123456789".to_string())).unwrap();
         assert_eq!(a.check(Some("Bearer operator-token-0123456789")).unwrap().role, Role::Operator);

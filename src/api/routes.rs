@@ -49,7 +49,10 @@ pub struct ListQuery {
 }
 
 /// Parse a JSON body; syntax errors are 400, well-formed JSON of the wrong shape is 422 with the field.
-fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>, optional: bool) -> Result<Option<T>, ApiError> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    optional: bool,
+) -> Result<Option<T>, ApiError> {
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -135,7 +138,9 @@ pub async fn list_rollouts(
 ) -> Result<Json<Items<RolloutView>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let phase = match q.phase.as_deref().filter(|p| !p.is_empty()) {
-        Some(p) => Some(Phase::parse(p).ok_or_else(|| ApiError::bad_request(format!("unknown phase {p:?}")).field("phase"))?),
+        Some(p) => {
+            Some(Phase::parse(p).ok_or_else(|| ApiError::bad_request(format!("unknown phase {p:?}")).field("phase"))?)
+        }
         None => None,
     };
     let limit = match q.limit.as_deref() {
@@ -146,7 +151,12 @@ pub async fn list_rollouts(
             .ok_or_else(|| ApiError::bad_request("limit must be 1..1000").field("limit"))?,
         None => 100,
     };
-    let f = ListFilter { service: q.service.filter(|s| !s.is_empty()), namespace: q.namespace.filter(|s| !s.is_empty()), phase, limit };
+    let f = ListFilter {
+        service: q.service.filter(|s| !s.is_empty()),
+        namespace: q.namespace.filter(|s| !s.is_empty()),
+        phase,
+        limit,
+    };
     let items = s.controller.list(&f)?.iter().map(RolloutView::from).collect();
     Ok(Json(Items { items }))
 }
@@ -155,7 +165,11 @@ pub async fn list_rollouts(
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts", params(("id" = String, Path)),
     responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_rollout(State(s): State<AppState>, _viewer: Viewer, Path(id): Path<String>) -> Result<Json<RolloutView>, ApiError> {
+pub async fn get_rollout(
+    State(s): State<AppState>,
+    _viewer: Viewer,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutView>, ApiError> {
     check_id(&id)?;
     Ok(Json(RolloutView::from(&s.controller.get(&id)?)))
 }
@@ -164,7 +178,11 @@ pub async fn get_rollout(State(s): State<AppState>, _viewer: Viewer, Path(id): P
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}/events", tag = "rollouts", params(("id" = String, Path)),
     responses((status = 200, body = Items<Event>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn rollout_events(State(s): State<AppState>, _viewer: Viewer, Path(id): Path<String>) -> Result<Json<Items<Event>>, ApiError> {
+pub async fn rollout_events(
+    State(s): State<AppState>,
+    _viewer: Viewer,
+    Path(id): Path<String>,
+) -> Result<Json<Items<Event>>, ApiError> {
     check_id(&id)?;
     Ok(Json(Items { items: s.controller.events(&id)? }))
 }
@@ -195,7 +213,11 @@ pub async fn promote(
     responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn pause(State(s): State<AppState>, Operator(c): Operator, Path(id): Path<String>) -> Result<Json<RolloutView>, ApiError> {
+pub async fn pause(
+    State(s): State<AppState>,
+    Operator(c): Operator,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutView>, ApiError> {
     command(&s, &id, Command::Pause, &c.name).await
 }
 
@@ -204,7 +226,11 @@ pub async fn pause(State(s): State<AppState>, Operator(c): Operator, Path(id): P
     responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn resume(State(s): State<AppState>, Operator(c): Operator, Path(id): Path<String>) -> Result<Json<RolloutView>, ApiError> {
+pub async fn resume(
+    State(s): State<AppState>,
+    Operator(c): Operator,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutView>, ApiError> {
     command(&s, &id, Command::Resume, &c.name).await
 }
 
@@ -238,7 +264,11 @@ pub async fn list_policies(State(s): State<AppState>, _viewer: Viewer) -> Json<I
 #[utoipa::path(post, path = "/api/v1/slack/interactions", tag = "slack",
     request_body(content = String, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "handled"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn slack_interactions(State(s): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn slack_interactions(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
     let Some(h) = s.slack.clone() else {
         return Err(ApiError::not_found("Slack is not configured (set the signing secret)"));
@@ -256,14 +286,19 @@ pub async fn live() -> &'static str {
 /// Readiness: store open, policies loaded, rollouts resumed.
 #[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200), (status = 503)))]
 pub async fn ready(State(s): State<AppState>) -> Response {
-    if s.is_ready() { (StatusCode::OK, "ready").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response() }
+    if s.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
 }
 
 /// Prometheus exposition of the daemon's metrics.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let body = s.metrics.encode();
-    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
 }
 
 pub async fn not_found() -> ApiError {

@@ -218,7 +218,8 @@ impl Driver {
                 self.tasks.spawn(async move {
                     let result = router.validate().await;
                     env.metrics.router_call(router.kind(), result.is_ok());
-                    let result = result.map_err(|e| StageFailure { permanent: e.is_permanent(), message: e.to_string() });
+                    let result =
+                        result.map_err(|e| StageFailure { permanent: e.is_permanent(), message: e.to_string() });
                     Input::StageDone { op, result }
                 });
             }
@@ -229,7 +230,8 @@ impl Driver {
                     Some(op) => {
                         self.tasks.spawn(async move {
                             let o = fut.await;
-                            let result = if o.ok { Ok(()) } else { Err(StageFailure { message: o.message, permanent: false }) };
+                            let result =
+                                if o.ok { Ok(()) } else { Err(StageFailure { message: o.message, permanent: false }) };
                             Input::StageDone { op, result }
                         });
                     }

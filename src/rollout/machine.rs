@@ -46,14 +46,30 @@ pub enum Input {
     /// Time passed; deadlines and due work are checked.
     Tick,
     /// After a daemon restart: in-flight work was lost; `observed` is the router's live weight.
-    Recover { observed: Option<u8> },
+    Recover {
+        observed: Option<u8>,
+    },
     /// The router's live weight, read back during a tick (drift detection), or why it could not be read.
-    Observed { weight: Result<Option<u8>, RouterError> },
-    RouterDone { op: u64, result: Result<(), RouterError> },
+    Observed {
+        weight: Result<Option<u8>, RouterError>,
+    },
+    RouterDone {
+        op: u64,
+        result: Result<(), RouterError>,
+    },
     /// A pre-traffic stage (validate, confirm-rollout, pre-rollout, preflight, confirm-promotion) ended.
-    StageDone { op: u64, result: Result<(), StageFailure> },
-    Analysis { op: u64, report: AnalysisReport },
-    Command { command: Command, actor: String },
+    StageDone {
+        op: u64,
+        result: Result<(), StageFailure>,
+    },
+    Analysis {
+        op: u64,
+        report: AnalysisReport,
+    },
+    Command {
+        command: Command,
+        actor: String,
+    },
 }
 
 /// Why a stage did not pass.
@@ -66,12 +82,24 @@ pub struct StageFailure {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    SetWeight { op: u64, canary: u8 },
-    Validate { op: u64 },
+    SetWeight {
+        op: u64,
+        canary: u8,
+    },
+    Validate {
+        op: u64,
+    },
     /// Call the policy's hooks of this kind. `op: None` = fire and forget (post-rollout).
-    CallHooks { op: Option<u64>, kind: HookKind },
-    Preflight { op: u64 },
-    Analyse { op: u64 },
+    CallHooks {
+        op: Option<u64>,
+        kind: HookKind,
+    },
+    Preflight {
+        op: u64,
+    },
+    Analyse {
+        op: u64,
+    },
     /// Read the live weight back (drift detection); answered with `Input::Observed`.
     Observe,
 }
@@ -191,7 +219,15 @@ fn on_observed(r: &mut Rollout, weight: Result<Option<u8>, RouterError>, now: Mi
             r.message = format!("cannot read the router back: {e}");
             if r.observe_failures.is_power_of_two() {
                 let m = r.message.clone();
-                event(r, out, now, "router-error", CONTROLLER, m, json!({ "error": e.to_string(), "attempt": r.observe_failures }));
+                event(
+                    r,
+                    out,
+                    now,
+                    "router-error",
+                    CONTROLLER,
+                    m,
+                    json!({ "error": e.to_string(), "attempt": r.observe_failures }),
+                );
             }
             return;
         }
@@ -207,14 +243,16 @@ fn on_observed(r: &mut Rollout, weight: Result<Option<u8>, RouterError>, now: Mi
     if r.policy.on_drift == OnDrift::Pause && matches!(r.phase, Phase::Progressing | Phase::AwaitingApproval) {
         r.paused_from = Some(r.phase);
         r.phase = Phase::Paused;
-        r.message = format!("paused: the router was edited by hand ({live}% canary seen); re-applied {}%", r.canary_weight);
+        r.message =
+            format!("paused: the router was edited by hand ({live}% canary seen); re-applied {}%", r.canary_weight);
         let m = r.message.clone();
         event(r, out, now, "paused", CONTROLLER, m, serde_json::Value::Null);
     }
 }
 
 fn on_router(r: &mut Rollout, op: u64, result: Result<(), RouterError>, now: Millis, out: &mut Output) {
-    let Some(Busy::Router { weight, .. }) = take_busy(r, |b| matches!(b, Busy::Router { op: o, .. } if *o == op)) else {
+    let Some(Busy::Router { weight, .. }) = take_busy(r, |b| matches!(b, Busy::Router { op: o, .. } if *o == op))
+    else {
         return;
     };
     match result {
@@ -223,7 +261,11 @@ fn on_router(r: &mut Rollout, op: u64, result: Result<(), RouterError>, now: Mil
             let recovered = r.router_failures > 0;
             r.router_failures = 0;
             r.router_retry_at = None;
-            let msg = format!("traffic: {weight}% canary, {}% stable{}", 100 - weight, if recovered { " (router recovered)" } else { "" });
+            let msg = format!(
+                "traffic: {weight}% canary, {}% stable{}",
+                100 - weight,
+                if recovered { " (router recovered)" } else { "" }
+            );
             event(r, out, now, "weight-set", CONTROLLER, msg, json!({ "canary": weight, "stable": 100 - weight }));
             if weight == r.canary_weight {
                 on_weight_applied(r, now, out);
@@ -242,11 +284,23 @@ fn on_router(r: &mut Rollout, op: u64, result: Result<(), RouterError>, now: Mil
             r.message = format!(
                 "router error (attempt {n}): {e}; retrying in {}{}",
                 humantime::format_duration(Duration::from_millis(backoff)),
-                if r.phase == Phase::RollingBack { " — rollback NOT complete, traffic may still reach the canary" } else { "" }
+                if r.phase == Phase::RollingBack {
+                    " — rollback NOT complete, traffic may still reach the canary"
+                } else {
+                    ""
+                }
             );
             if n.is_power_of_two() {
                 let m = r.message.clone();
-                event(r, out, now, "router-error", CONTROLLER, m, json!({ "attempt": n, "error": e.to_string(), "wanted": weight }));
+                event(
+                    r,
+                    out,
+                    now,
+                    "router-error",
+                    CONTROLLER,
+                    m,
+                    json!({ "attempt": n, "error": e.to_string(), "wanted": weight }),
+                );
             }
         }
     }
@@ -297,7 +351,15 @@ fn on_stage(r: &mut Rollout, op: u64, result: Result<(), StageFailure>, now: Mil
     if r.phase != Phase::Pending || r.stage == Stage::Ready {
         match result {
             Ok(()) => {
-                event(r, out, now, "hook", CONTROLLER, "confirm-promotion hooks passed".into(), json!({ "kind": "confirmPromotion" }));
+                event(
+                    r,
+                    out,
+                    now,
+                    "hook",
+                    CONTROLLER,
+                    "confirm-promotion hooks passed".into(),
+                    json!({ "kind": "confirmPromotion" }),
+                );
                 advance(r, now, out, CONTROLLER, true);
             }
             Err(f) => {
@@ -327,7 +389,8 @@ fn on_stage(r: &mut Rollout, op: u64, result: Result<(), StageFailure>, now: Mil
         }
         (_, Err(f)) => {
             r.failed_checks += 1;
-            let msg = format!("{} failed ({}/{}): {}", stage_name(stage), r.failed_checks, r.policy.threshold, f.message);
+            let msg =
+                format!("{} failed ({}/{}): {}", stage_name(stage), r.failed_checks, r.policy.threshold, f.message);
             event(r, out, now, "hook", CONTROLLER, msg.clone(), json!({ "stage": stage_name(stage), "ok": false }));
             if r.failed_checks >= r.policy.threshold {
                 start_rollback(r, now, out, RollbackKind::Controller, CONTROLLER, msg);
@@ -378,11 +441,19 @@ fn on_analysis(r: &mut Rollout, op: u64, report: AnalysisReport, now: Millis, ou
             advance(r, now, out, CONTROLLER, false)
         }
         // The summary says why (no data, an ambiguous query, an open sequential test).
-        _ => r.message = progress_message(r, &format!("{name}{}{summary}", if summary.is_empty() { "" } else { " — " })),
+        _ => {
+            r.message = progress_message(r, &format!("{name}{}{summary}", if summary.is_empty() { "" } else { " — " }))
+        }
     }
 }
 
-fn on_command(r: &mut Rollout, command: Command, actor: &str, now: Millis, out: &mut Output) -> Result<(), CommandError> {
+fn on_command(
+    r: &mut Rollout,
+    command: Command,
+    actor: &str,
+    now: Millis,
+    out: &mut Output,
+) -> Result<(), CommandError> {
     use Phase::*;
     let action = command.name();
     let deny = |hint: &'static str| Err(CommandError::NotAllowed { action, phase: r.phase, hint });
@@ -392,7 +463,15 @@ fn on_command(r: &mut Rollout, command: Command, actor: &str, now: Millis, out: 
             if !matches!(r.phase, Pending | Progressing | Paused | AwaitingApproval) {
                 return deny("");
             }
-            event(r, out, now, "promoted", actor, format!("promoted straight to 100% by {actor}"), json!({ "full": true }));
+            event(
+                r,
+                out,
+                now,
+                "promoted",
+                actor,
+                format!("promoted straight to 100% by {actor}"),
+                json!({ "full": true }),
+            );
             r.paused_from = None;
             r.gate_deadline = None;
             r.busy.retain(|b| matches!(b, Busy::Router { .. }));
@@ -610,7 +689,14 @@ fn start_rollback(r: &mut Rollout, now: Millis, out: &mut Output, kind: Rollback
 }
 
 fn fail(r: &mut Rollout, now: Millis, out: &mut Output, message: String) {
-    finish(r, Phase::Failed, now, out, "failed", format!("{message} — no traffic was moved; fix it and start a new rollout"));
+    finish(
+        r,
+        Phase::Failed,
+        now,
+        out,
+        "failed",
+        format!("{message} — no traffic was moved; fix it and start a new rollout"),
+    );
 }
 
 fn finish(r: &mut Rollout, phase: Phase, now: Millis, out: &mut Output, kind: &str, message: String) {
@@ -667,12 +753,22 @@ fn progress_message(r: &Rollout, last: &str) -> String {
         (_, Phase::AwaitingApproval) => {
             format!("awaiting approval at {}% canary; last analysis {last}; {checks}", r.canary_weight)
         }
-        (Strategy::BlueGreen, _) if r.flipped_at.is_some() => format!("post-flip window: last analysis {last}; {checks}"),
+        (Strategy::BlueGreen, _) if r.flipped_at.is_some() => {
+            format!("post-flip window: last analysis {last}; {checks}")
+        }
         _ => format!("step {}/{n}: {}% canary; last analysis {last}; {checks}", r.step_index + 1, r.canary_weight),
     }
 }
 
-fn event(r: &mut Rollout, out: &mut Output, now: Millis, kind: &str, actor: &str, message: String, details: serde_json::Value) {
+fn event(
+    r: &mut Rollout,
+    out: &mut Output,
+    now: Millis,
+    kind: &str,
+    actor: &str,
+    message: String,
+    details: serde_json::Value,
+) {
     out.events.push(Event {
         seq: 0,
         at: now,

@@ -53,7 +53,9 @@ pub enum RouterSpec {
         test: Option<Vec<String>>,
         reload: Vec<String>,
     },
-    Exec { command: Vec<String> },
+    Exec {
+        command: Vec<String>,
+    },
 }
 
 impl RouterSpec {

@@ -59,7 +59,8 @@ impl Router for ExecRouter {
                 Ok(())
             } else {
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                let tail: String = stderr.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: String =
+                    stderr.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
                 Err(RouterError::Transient(format!("{} exited with {}: {tail}", self.argv[0], out.status)))
             }
         })

@@ -57,12 +57,14 @@ pub fn locate(spec: &Value, route: Option<&str>, stable: &str, canary: &str) -> 
     let http = spec.get("http").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let names: Vec<&str> = http.iter().filter_map(|r| r.get("name").and_then(Value::as_str)).collect();
     let index = match route {
-        Some(name) => http.iter().position(|r| r.get("name").and_then(Value::as_str) == Some(name)).ok_or_else(|| {
-            format!(
-                "has no http route named {name:?} (named routes: {})",
-                if names.is_empty() { "none".into() } else { names.join(", ") }
-            )
-        })?,
+        Some(name) => {
+            http.iter().position(|r| r.get("name").and_then(Value::as_str) == Some(name)).ok_or_else(|| {
+                format!(
+                    "has no http route named {name:?} (named routes: {})",
+                    if names.is_empty() { "none".into() } else { names.join(", ") }
+                )
+            })?
+        }
         None => http
             .iter()
             .position(|r| {
@@ -198,7 +200,8 @@ impl Router for IstioRouter {
             let vs = self.vs().await?;
             let r = self.locate(&vs, &vs.get().await?)?;
             let client = self.kube.client().await?;
-            let drs: kube::Api<DynamicObject> = kube::Api::namespaced_with(client, &self.namespace, &k8s::destination_rule());
+            let drs: kube::Api<DynamicObject> =
+                kube::Api::namespaced_with(client, &self.namespace, &k8s::destination_rule());
             let rules = drs
                 .list(&Default::default())
                 .await
@@ -315,7 +318,10 @@ mod tests {
 
     #[test]
     fn subsets_are_checked_in_the_rule_of_the_same_host() {
-        let rules = [dr("agent-service", "agent-service.prod.svc.cluster.local", &["v1-0-0"]), dr("other", "other", &["v1-1-0"])];
+        let rules = [
+            dr("agent-service", "agent-service.prod.svc.cluster.local", &["v1-0-0"]),
+            dr("other", "other", &["v1-1-0"]),
+        ];
         assert!(check_subset(&rules, "prod", "agent-service", "v1-0-0").is_ok());
         let e = check_subset(&rules, "prod", "agent-service", "v1-1-0").unwrap_err();
         assert!(e.contains("has no subset \"v1-1-0\"") && e.contains("v1-0-0"), "{e}");

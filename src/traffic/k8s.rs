@@ -66,8 +66,10 @@ impl KubeAccess {
                  [kubernetes] kubeconfig/context, $KUBECONFIG or ~/.kube/config)"
             ))
         };
-        let opts =
-            kube::config::KubeConfigOptions { context: (!s.context.is_empty()).then(|| s.context.clone()), ..Default::default() };
+        let opts = kube::config::KubeConfigOptions {
+            context: (!s.context.is_empty()).then(|| s.context.clone()),
+            ..Default::default()
+        };
         if !s.kubeconfig.is_empty() {
             let kc = kube::config::Kubeconfig::read_from(&s.kubeconfig)
                 .map_err(|e| no_access(format!("kubeconfig {}: {e}", s.kubeconfig)))?;
@@ -135,10 +137,9 @@ impl Obj {
     pub async fn patch_guarded(&self, resource_version: &str, ops: Vec<Value>) -> Result<(), Attempt> {
         let mut all = vec![json!({ "op": "test", "path": "/metadata/resourceVersion", "value": resource_version })];
         all.extend(ops);
-        let patch: Patch<()> = Patch::Json(
-            serde_json::from_value(Value::Array(all))
-                .map_err(|e| Attempt::Failed(RouterError::Permanent(format!("internal error building a JSON patch: {e}"))))?,
-        );
+        let patch: Patch<()> = Patch::Json(serde_json::from_value(Value::Array(all)).map_err(|e| {
+            Attempt::Failed(RouterError::Permanent(format!("internal error building a JSON patch: {e}")))
+        })?);
         match self.api.patch(&self.name, &PatchParams::default(), &patch).await {
             Ok(_) => Ok(()),
             Err(e) => Err(attempt(&self.describe(), e)),
@@ -212,9 +213,9 @@ where
 
 /// Bound a whole router call in time; a timeout is transient.
 pub async fn bounded<T>(what: &str, fut: impl Future<Output = Result<T, RouterError>>) -> Result<T, RouterError> {
-    tokio::time::timeout(CALL_TIMEOUT, fut)
-        .await
-        .map_err(|_| RouterError::Transient(format!("{what}: no answer from the Kubernetes API within {CALL_TIMEOUT:?}")))?
+    tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| {
+        RouterError::Transient(format!("{what}: no answer from the Kubernetes API within {CALL_TIMEOUT:?}"))
+    })?
 }
 
 /// RFC 6901 escaping of one JSON-pointer segment.
@@ -224,7 +225,10 @@ pub fn pointer_segment(s: &str) -> String {
 
 /// The object's resourceVersion (every object read from the API server has one).
 pub fn resource_version(o: &DynamicObject) -> Result<String, RouterError> {
-    o.metadata.resource_version.clone().ok_or_else(|| RouterError::Transient("object read without a resourceVersion".into()))
+    o.metadata
+        .resource_version
+        .clone()
+        .ok_or_else(|| RouterError::Transient("object read without a resourceVersion".into()))
 }
 
 #[cfg(test)]
@@ -233,7 +237,10 @@ mod tests {
 
     #[test]
     fn pointer_segments_are_escaped() {
-        assert_eq!(pointer_segment("nginx.ingress.kubernetes.io/canary-weight"), "nginx.ingress.kubernetes.io~1canary-weight");
+        assert_eq!(
+            pointer_segment("nginx.ingress.kubernetes.io/canary-weight"),
+            "nginx.ingress.kubernetes.io~1canary-weight"
+        );
         assert_eq!(pointer_segment("a~b"), "a~0b");
     }
 
@@ -274,7 +281,10 @@ mod tests {
 
     #[tokio::test]
     async fn missing_kubeconfig_is_a_clear_permanent_error() {
-        let k = KubeAccess::new(config::Kubernetes { kubeconfig: "/nonexistent/kubeconfig".into(), context: String::new() });
+        let k = KubeAccess::new(config::Kubernetes {
+            kubeconfig: "/nonexistent/kubeconfig".into(),
+            context: String::new(),
+        });
         let e = k.client().await.err().map(|e| (e.is_permanent(), e.to_string()));
         let (permanent, msg) = e.unwrap_or_default();
         assert!(permanent && msg.contains("no Kubernetes access") && msg.contains("/nonexistent/kubeconfig"), "{msg}");

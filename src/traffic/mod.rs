@@ -79,14 +79,16 @@ impl RouterFactory for Routers {
         let ns = &r.namespace;
         Ok(match &r.router {
             RouterSpec::Exec { command } => Arc::new(exec::ExecRouter::new(command.clone(), r)),
-            RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => Arc::new(istio::IstioRouter::new(
-                self.kube.clone(),
-                ns,
-                virtual_service,
-                route.as_deref(),
-                stable_subset,
-                canary_subset,
-            )),
+            RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => {
+                Arc::new(istio::IstioRouter::new(
+                    self.kube.clone(),
+                    ns,
+                    virtual_service,
+                    route.as_deref(),
+                    stable_subset,
+                    canary_subset,
+                ))
+            }
             RouterSpec::NginxIngress { ingress, canary_ingress, canary_service, stable_service } => {
                 let mode = match (r.policy.strategy, canary_ingress) {
                     (Strategy::Canary, Some(k)) => nginx_ingress::Mode::Canary { canary_ingress: k.clone() },
@@ -104,9 +106,16 @@ impl RouterFactory for Routers {
                     canary_service.as_deref(),
                 ))
             }
-            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => Arc::new(
-                nginx::NginxRouter::new(config_file, variable, stable_upstream, canary_upstream, test.clone(), reload.clone()),
-            ),
+            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => {
+                Arc::new(nginx::NginxRouter::new(
+                    config_file,
+                    variable,
+                    stable_upstream,
+                    canary_upstream,
+                    test.clone(),
+                    reload.clone(),
+                ))
+            }
         })
     }
 }
@@ -127,8 +136,12 @@ mod tests {
     #[test]
     fn every_kind_builds_without_touching_the_cluster() {
         let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), context: String::new() });
-        let istio =
-            RouterSpec::Istio { virtual_service: "vs".into(), route: None, stable_subset: "a".into(), canary_subset: "b".into() };
+        let istio = RouterSpec::Istio {
+            virtual_service: "vs".into(),
+            route: None,
+            stable_subset: "a".into(),
+            canary_subset: "b".into(),
+        };
         let ingress = |k: Option<&str>| RouterSpec::NginxIngress {
             ingress: "main".into(),
             canary_ingress: k.map(Into::into),

@@ -124,7 +124,13 @@ pub fn annotation_ops(o: &DynamicObject, wanted: &[(&str, String)]) -> Vec<Value
 
 /// The canary Ingress, cloned from the main one: same hosts, paths, class and annotations (minus
 /// kubectl's last-applied and any canary ones), backends `stable` → `canary`.
-pub fn canary_clone(main: &DynamicObject, name: &str, stable: &str, canary: &str, weight: u8) -> Result<DynamicObject, String> {
+pub fn canary_clone(
+    main: &DynamicObject,
+    name: &str,
+    stable: &str,
+    canary: &str,
+    weight: u8,
+) -> Result<DynamicObject, String> {
     let mut spec = main.data.get("spec").cloned().unwrap_or_else(|| json!({}));
     for (path, n) in backends(main) {
         if n == stable
@@ -139,12 +145,15 @@ pub fn canary_clone(main: &DynamicObject, name: &str, stable: &str, canary: &str
         .iter()
         .flatten()
         .filter(|(k, _)| k.as_str() != "kubectl.kubernetes.io/last-applied-configuration" && !k.starts_with(CANARY))
-        .map(|(k, v)| (k.clone(), json!(rewrite_vhost(v, stable, canary).filter(|_| k == UPSTREAM_VHOST).unwrap_or(v.clone()))))
+        .map(|(k, v)| {
+            (k.clone(), json!(rewrite_vhost(v, stable, canary).filter(|_| k == UPSTREAM_VHOST).unwrap_or(v.clone())))
+        })
         .collect();
     annotations.insert(CANARY.into(), json!("true"));
     annotations.insert(CANARY_WEIGHT.into(), json!(weight.to_string()));
     annotations.insert(STABLE_SERVICE.into(), json!(stable));
-    let mut labels: Map<String, Value> = main.metadata.labels.iter().flatten().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let mut labels: Map<String, Value> =
+        main.metadata.labels.iter().flatten().map(|(k, v)| (k.clone(), json!(v))).collect();
     labels.insert("app.kubernetes.io/managed-by".into(), json!("vane"));
     serde_json::from_value(json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -192,7 +201,9 @@ pub fn resolve(
                 ([one], _) => one.clone(),
                 ([], Some(recorded)) => recorded.to_string(),
                 ([], None) => {
-                    return Err(format!("Ingress {main_name} has no backend service other than {c}; set router.stableService"));
+                    return Err(format!(
+                        "Ingress {main_name} has no backend service other than {c}; set router.stableService"
+                    ));
                 }
                 (many, _) => {
                     return Err(format!(
@@ -232,8 +243,10 @@ fn next_canary_step(
     let Some(k) = k else {
         return Ok(Next::Create(Box::new(canary_clone(main, name, s, c, k_weight)?)));
     };
-    let mut ops =
-        annotation_ops(k, &[(CANARY, "true".into()), (CANARY_WEIGHT, k_weight.to_string()), (STABLE_SERVICE, s.to_string())]);
+    let mut ops = annotation_ops(
+        k,
+        &[(CANARY, "true".into()), (CANARY_WEIGHT, k_weight.to_string()), (STABLE_SERVICE, s.to_string())],
+    );
     for (path, n) in backends(k) {
         if n != c {
             ops.push(json!({ "op": "replace", "path": path, "value": c }));
@@ -292,7 +305,12 @@ impl NginxIngressRouter {
         Ok((main, canary))
     }
 
-    fn resolve(&self, main: &DynamicObject, k: Option<&DynamicObject>, kobj: &Obj) -> Result<(String, String), RouterError> {
+    fn resolve(
+        &self,
+        main: &DynamicObject,
+        k: Option<&DynamicObject>,
+        kobj: &Obj,
+    ) -> Result<(String, String), RouterError> {
         resolve(main, k, self.stable_service.as_deref(), self.canary_service.as_deref(), &self.ingress, &kobj.name)
             .map_err(RouterError::Permanent)
     }
@@ -492,7 +510,9 @@ mod tests {
         let promoted = main_ingress("green");
         assert_eq!(observe_canary(&promoted, Some(&k), "blue", "green"), Some(100));
         // 3. the canary weight returns to 0
-        let Ok(Next::PatchCanary(ops)) = next_canary_step(&promoted, Some(&k), "blue", "green", "k", 100) else { panic!() };
+        let Ok(Next::PatchCanary(ops)) = next_canary_step(&promoted, Some(&k), "blue", "green", "k", 100) else {
+            panic!()
+        };
         assert_eq!(ops[0]["value"], json!("0"));
         k.metadata.annotations.as_mut().unwrap().insert(CANARY_WEIGHT.into(), "0".into());
         assert!(matches!(next_canary_step(&promoted, Some(&k), "blue", "green", "k", 100), Ok(Next::Done)));

@@ -23,7 +23,13 @@ impl Daemon {
     /// `dir` holds `policies/`; the store goes to `dir/data`, logs to `dir/daemon.log`.
     pub fn start(dir: &Path, port: u16, env: &[(&str, &str)]) -> Daemon {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = Daemon { child: spawn(dir, port, &env), url: format!("http://127.0.0.1:{port}"), port, dir: dir.into(), env };
+        let mut d = Daemon {
+            child: spawn(dir, port, &env),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            dir: dir.into(),
+            env,
+        };
         d.wait_ready();
         d
     }

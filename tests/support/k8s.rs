@@ -74,7 +74,8 @@ pub fn namespace(test: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let clean: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let clean: String =
+        test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     format!("{}-{}-{n}", clean.trim_matches('-'), std::process::id())
 }
 
@@ -101,8 +102,9 @@ fn find_etcd() -> Result<PathBuf, String> {
 /// Decompress `crdserver.xz` once per content hash into the cargo target tmp dir.
 fn crdserver() -> Result<PathBuf, String> {
     let xz = test_dir().join("crdserver.xz");
-    let bytes = std::fs::read(&xz)
-        .map_err(|e| format!("cannot read {} ({e}); set VANE_K8S_TEST_DIR to the shared/k8s-test directory", xz.display()))?;
+    let bytes = std::fs::read(&xz).map_err(|e| {
+        format!("cannot read {} ({e}); set VANE_K8S_TEST_DIR to the shared/k8s-test directory", xz.display())
+    })?;
     let hash = hex::encode(&Sha256::digest(&bytes)[..8]);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("k8s-test");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -112,8 +114,12 @@ fn crdserver() -> Result<PathBuf, String> {
     }
     let tmp = dir.join(format!("crdserver-{hash}.{}.tmp", std::process::id()));
     let out = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let status =
-        Command::new("xz").arg("-dc").arg(&xz).stdout(out).status().map_err(|e| format!("cannot run xz ({e}): {INSTALL}"))?;
+    let status = Command::new("xz")
+        .arg("-dc")
+        .arg(&xz)
+        .stdout(out)
+        .status()
+        .map_err(|e| format!("cannot run xz ({e}): {INSTALL}"))?;
     if !status.success() {
         return Err(format!("xz -dc {} failed: {status}", xz.display()));
     }
@@ -127,7 +133,8 @@ fn crdserver() -> Result<PathBuf, String> {
 /// when this process exits (also on a panic abort or SIGKILL).
 fn spawn_watched(argv: &[String], log: &Path) -> Result<Child, String> {
     let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
-    let script = r#""$@" </dev/null & c=$!; trap 'kill $c 2>/dev/null; exit 0' TERM; read _ ; kill $c 2>/dev/null; wait $c"#;
+    let script =
+        r#""$@" </dev/null & c=$!; trap 'kill $c 2>/dev/null; exit 0' TERM; read _ ; kill $c 2>/dev/null; wait $c"#;
     Command::new("sh")
         .arg("-c")
         .arg(script)
@@ -179,9 +186,19 @@ impl K8sServer {
         let client = server.client();
         let logs = |d: &Path| {
             let tail = |f: &str| {
-                std::fs::read_to_string(d.join(f)).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n")
+                std::fs::read_to_string(d.join(f))
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             };
-            format!("--- etcd.log (last lines, reversed)\n{}\n--- apiserver.log\n{}", tail("etcd.log"), tail("apiserver.log"))
+            format!(
+                "--- etcd.log (last lines, reversed)\n{}\n--- apiserver.log\n{}",
+                tail("etcd.log"),
+                tail("apiserver.log")
+            )
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -113,7 +113,8 @@ http {{
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
         std::fs::write(dir.path().join("split.conf"), initial_split).expect("write split.conf");
-        let script = r#""$@" </dev/null & c=$!; trap 'kill $c 2>/dev/null; exit 0' TERM; read _ ; kill $c 2>/dev/null; wait $c"#;
+        let script =
+            r#""$@" </dev/null & c=$!; trap 'kill $c 2>/dev/null; exit 0' TERM; read _ ; kill $c 2>/dev/null; wait $c"#;
         let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
         let child = Command::new("sh")
             .args(["-c", script, "sh"])
@@ -174,7 +175,11 @@ http {{
             if !now.is_empty() && now.iter().all(|p| !old.contains(p)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "nginx reload did not complete (workers {old:?} → {now:?}):\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "nginx reload did not complete (workers {old:?} → {now:?}):\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
