@@ -40,8 +40,14 @@ fn main() {
         let env = fixtures::env(dir.path(), routers.clone(), analyzer.clone());
         let c = Controller::new(env, vec![policy]);
         let t = Instant::now();
+        let mut creates = tokio::task::JoinSet::new();
         for i in 0..n {
-            c.create(fixtures::request(&format!("svc-{i}"), "scale"), "bench", None).await.expect("create");
+            let c = c.clone();
+            creates
+                .spawn(async move { c.create(fixtures::request(&format!("svc-{i}"), "scale"), "bench", None).await });
+        }
+        while let Some(res) = creates.join_next().await {
+            res.expect("task").expect("create");
         }
         let created = t.elapsed();
         while c.running() > 0 {
@@ -51,9 +57,32 @@ fn main() {
     });
     let cpu = cpu_seconds();
     println!("rollouts            {n}");
-    println!("create (sequential) {:.2?} ({:.0}/s)", created, n as f64 / created.as_secs_f64());
+    println!("create (concurrent) {:.2?} ({:.0}/s)", created, n as f64 / created.as_secs_f64());
     println!("all succeeded in    {done:.2?} (3 analysis intervals of {interval:?} each)");
     println!("analysis ticks      {ticks}");
     println!("CPU total           {cpu:.2} s; per rollout-tick {:.1} µs", cpu * 1e6 / ticks.max(1) as f64);
     println!("peak RSS            {:.1} MiB", peak_rss_mib());
+    commit_latency(&rt, if bench { 2000 } else { 20 });
+}
+
+/// One transition + event, committed and flushed, one after another: p50 / p99.
+fn commit_latency(rt: &tokio::runtime::Runtime, n: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = vane::store::Store::open(dir.path()).expect("store");
+    let p = fixtures::policy("p", &[5, 100], Duration::from_secs(60), 5);
+    let (mut r, out) = vane::rollout::machine::create("01BENCH".into(), &fixtures::request("s", "p"), p, "b", 0);
+    let mut lat: Vec<Duration> = rt.block_on(async {
+        store.create(&mut r, out.events.clone(), None).await.expect("create");
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            r.updated_at += 1;
+            let t = Instant::now();
+            store.commit(&mut r, out.events.clone()).await.expect("commit");
+            lat.push(t.elapsed());
+        }
+        lat
+    });
+    lat.sort();
+    let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
+    println!("commit+flush        p50 {:.2?}  p99 {:.2?}  ({n} sequential)", q(0.5), q(0.99));
 }

@@ -100,7 +100,8 @@ fn number(r: &mut Rollout, events: &mut [Event]) {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()?;
+        // A bounded page cache: sled's default (1 GiB) would let RSS grow with the history.
+        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(64 << 20).open()?;
         Ok(Store {
             rollouts: db.open_tree("rollouts")?,
             events: db.open_tree("events")?,
