@@ -217,18 +217,8 @@ fn on_observed(r: &mut Rollout, weight: Result<Option<u8>, RouterError>, now: Mi
             // at the next weight change.
             r.observe_failures += 1;
             r.message = format!("cannot read the router back: {e}");
-            if r.observe_failures.is_power_of_two() {
-                let m = r.message.clone();
-                event(
-                    r,
-                    out,
-                    now,
-                    "router-error",
-                    CONTROLLER,
-                    m,
-                    json!({ "error": e.to_string(), "attempt": r.observe_failures }),
-                );
-            }
+            let n = r.observe_failures;
+            router_error_event(r, out, now, n, json!({ "error": e.to_string(), "attempt": n }));
             return;
         }
     };
@@ -290,19 +280,17 @@ fn on_router(r: &mut Rollout, op: u64, result: Result<(), RouterError>, now: Mil
                     ""
                 }
             );
-            if n.is_power_of_two() {
-                let m = r.message.clone();
-                event(
-                    r,
-                    out,
-                    now,
-                    "router-error",
-                    CONTROLLER,
-                    m,
-                    json!({ "attempt": n, "error": e.to_string(), "wanted": weight }),
-                );
-            }
+            router_error_event(r, out, now, n, json!({ "attempt": n, "error": e.to_string(), "wanted": weight }));
         }
+    }
+}
+
+/// A router error as an event, on the 1st, 2nd, 4th, 8th... consecutive failure: visible without
+/// flooding the history of a rollback that retries for hours. The message always shows the latest.
+fn router_error_event(r: &mut Rollout, out: &mut Output, now: Millis, attempt: u32, details: serde_json::Value) {
+    if attempt.is_power_of_two() {
+        let m = r.message.clone();
+        event(r, out, now, "router-error", CONTROLLER, m, details);
     }
 }
 
