@@ -99,7 +99,7 @@ fn prom_env(url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// 1. Prometheus is SIGKILLed while the canary is at 50 %: every analysis while it is down is "no
+/// Scenario 1: Prometheus is SIGKILLed while the canary is at 50 %: every analysis while it is down is "no
 /// data", the weight stays at 50 % (in vane and in NGINX); restarted on the same port and data, the
 /// rollout promotes and succeeds.
 async fn prometheus_killed(dir: std::path::PathBuf) -> String {
@@ -163,7 +163,7 @@ async fn prometheus_killed(dir: std::path::PathBuf) -> String {
     )
 }
 
-/// 2. The daemon is SIGKILLed three times at random moments while NGINX moves through 10 → 50 → 100 %.
+/// Scenario 2: the daemon is SIGKILLed three times at random moments while NGINX moves through 10 → 50 → 100 %.
 async fn daemon_killed(dir: std::path::PathBuf, site: Site, prom_url: String) -> String {
     let flag = dir.join("never");
     let log = dir.join("reloads.log");
@@ -218,7 +218,7 @@ async fn daemon_killed(dir: std::path::PathBuf, site: Site, prom_url: String) ->
     )
 }
 
-/// 3. Someone broke nginx.conf while the canary waits at a 10 % gate: promoting makes vane write 50 %,
+/// Scenario 3: someone broke nginx.conf while the canary waits at a 10 % gate: promoting makes vane write 50 %,
 /// `nginx -t` fails, vane restores the file and does not reload. Traffic stays at 10 %, no request
 /// fails, the error is in the message, the events and `vane_router_requests_total`. Fixed, it goes on.
 async fn nginx_test_failing(dir: std::path::PathBuf) -> String {
@@ -273,7 +273,7 @@ async fn nginx_test_failing(dir: std::path::PathBuf) -> String {
     )
 }
 
-/// 4. v2 answers 20 % errors at 50 %; the reload command fails ("unreachable") from the moment 50 % is
+/// Scenario 4: v2 answers 20 % errors at 50 %; the reload command fails ("unreachable") from the moment 50 % is
 /// live. The analysis rolls back; the rollout stays RollingBack, saying the rollback is not complete,
 /// and NGINX really still sends traffic to v2; once the router is back: RolledBack, all traffic on v1.
 async fn router_down_during_rollback(dir: std::path::PathBuf, site: Site, prom_url: String) -> String {
@@ -321,7 +321,7 @@ async fn router_down_during_rollback(dir: std::path::PathBuf, site: Site, prom_u
     )
 }
 
-/// 5. The webhook receiver is down for a whole rollout and the daemon is SIGKILLed; once the receiver
+/// Scenario 5: the webhook receiver is down for a whole rollout and the daemon is SIGKILLed; once the receiver
 /// is up every event arrives, with ids matching the events history and valid signatures.
 async fn webhook_receiver_down(dir: std::path::PathBuf) -> String {
     let site = Site::start(&dir, "hooks", 0.0).await;

@@ -163,7 +163,7 @@ fn init_logging(file: &Path) {
 struct Stack {
     load: LoadGen,
     daemon_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    daemon: tokio::task::JoinHandle<anyhow::Result<()>>,
+    daemon: DaemonTask,
     api: String,
     http: reqwest::Client,
     prom: Prometheus,
@@ -267,14 +267,42 @@ async fn start_stack(args: &DemoArgs, dir: &Path, nginx_bin: &Path, prom_bin: &P
     cfg.prometheus.timeout = Duration::from_secs(2);
     // Two scrapes at least; the analysis window is the policy's interval.
     cfg.prometheus.min_window = Duration::from_secs(2);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(crate::daemon::run(cfg, async move {
-        let _ = rx.await;
-    }));
     let http = load::client();
     let api = format!("http://{api}");
+    let (tx, daemon) = start_daemon(cfg, &http, &api).await?;
+    println!(
+        "  vane API       {api} (policy {POLICY}: 10 → 50 → 100 %, analysis every {}, rollback after {THRESHOLD} failed checks; SLOs success rate ≥ 99 %, p95 ≤ 500 ms)",
+        humantime::format_duration(args.interval)
+    );
+    let load = LoadGen::start(nginx.url(), args.rps);
+    println!("  load           {} requests/s through NGINX", args.rps);
+    Ok(Stack {
+        load,
+        daemon_stop: Some(tx),
+        daemon,
+        api,
+        http,
+        prom,
+        nginx,
+        apps: vec![v1, v2, v3],
+        exe,
+        rps: args.rps,
+    })
+}
+
+type DaemonTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// The daemon in this process (a task of the demo's runtime), stopped when the sender fires or drops.
+async fn start_daemon(
+    cfg: Config,
+    http: &reqwest::Client,
+    api: &str,
+) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, DaemonTask)> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut daemon = tokio::spawn(crate::daemon::run(cfg, async move {
+        let _ = rx.await;
+    }));
     let ready = format!("{api}/health/ready");
-    let mut daemon = daemon;
     let up = procs::wait_for("vane's API to be ready", Duration::from_secs(20), || {
         let finished = daemon.is_finished();
         let req = http.get(&ready).send();
@@ -295,24 +323,7 @@ async fn start_stack(args: &DemoArgs, dir: &Path, nginx_bin: &Path, prom_bin: &P
         bail!("vane's daemon did not start: {why}");
     }
     up?;
-    println!(
-        "  vane API       {api} (policy {POLICY}: 10 → 50 → 100 %, analysis every {}, rollback after {THRESHOLD} failed checks; SLOs success rate ≥ 99 %, p95 ≤ 500 ms)",
-        humantime::format_duration(args.interval)
-    );
-    let load = LoadGen::start(nginx.url(), args.rps);
-    println!("  load           {} requests/s through NGINX", args.rps);
-    Ok(Stack {
-        load,
-        daemon_stop: Some(tx),
-        daemon,
-        api,
-        http,
-        prom,
-        nginx,
-        apps: vec![v1, v2, v3],
-        exe,
-        rps: args.rps,
-    })
+    Ok((tx, daemon))
 }
 
 async fn scenario(args: &DemoArgs, dir: &Path, nginx_bin: &Path, prom_bin: &Path) -> anyhow::Result<(Stack, Summary)> {
@@ -401,27 +412,34 @@ async fn run_rollout(
     ))
 }
 
-/// Print one line per change (phase, weight, analysis) until the rollout ends; the final rollout.
+/// Print each new event of the rollout as it happens, and every 2 s the split NGINX really serves,
+/// until the rollout ends; returns the final rollout.
 async fn follow(stack: &Stack, id: &str, started: Instant) -> anyhow::Result<Value> {
-    let mut last_key = String::new();
+    let mut shown = 0;
+    let mut created = None;
     let mut printed = Instant::now();
     let limit = Duration::from_secs(600);
     loop {
         let r = stack.call(reqwest::Method::GET, &format!("/api/v1/rollouts/{id}"), None).await?;
-        let phase = r["phase"].as_str().unwrap_or_default().to_string();
-        let key = format!("{phase}|{}|{}|{}", r["canaryWeight"], r["lastAnalysis"]["at"], r["failedChecks"]);
-        let measured = stack.load.window(Duration::from_secs(2));
-        if key != last_key {
-            println!("{}", report::progress_line(started.elapsed(), &r, &measured));
-            last_key = key;
-            printed = Instant::now();
-        } else if printed.elapsed() >= Duration::from_secs(2) {
-            // Between changes, the measured split as NGINX converges on the new weights.
-            println!("{}", report::traffic_line(started.elapsed(), &r, &measured));
+        let events = stack.call(reqwest::Method::GET, &format!("/api/v1/rollouts/{id}/events"), None).await?;
+        for e in events["items"].as_array().into_iter().flatten() {
+            let seq = e["seq"].as_u64().unwrap_or(0);
+            if seq <= shown {
+                continue;
+            }
+            shown = seq;
+            let at = report::millis(&e["at"]).unwrap_or(0);
+            let since = at.saturating_sub(*created.get_or_insert(at));
+            println!("{}", report::event_line(Duration::from_millis(since), e));
+        }
+        let phase = r["phase"].as_str().unwrap_or_default();
+        let done = matches!(phase, "Succeeded" | "RolledBack" | "Aborted" | "Failed");
+        if done || printed.elapsed() >= Duration::from_secs(2) {
+            let measured = stack.load.window(Duration::from_secs(2));
+            println!("{}", report::traffic_line(started.elapsed(), &measured));
             printed = Instant::now();
         }
-        if matches!(phase.as_str(), "Succeeded" | "RolledBack" | "Aborted" | "Failed") {
-            println!("   {}", r["message"].as_str().unwrap_or_default());
+        if done {
             return Ok(r);
         }
         if started.elapsed() > limit {

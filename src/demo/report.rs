@@ -72,7 +72,7 @@ pub struct RolloutSummary {
     pub all_traffic_on_expected: bool,
 }
 
-fn millis(at: &Value) -> Option<u64> {
+pub fn millis(at: &Value) -> Option<u64> {
     let t = humantime::parse_rfc3339(at.as_str()?).ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
 }
@@ -132,48 +132,51 @@ pub fn summarise(
 
 fn metric_value(m: &Value) -> String {
     let name = m["name"].as_str().unwrap_or_default();
+    let bound = match (m["min"].as_f64(), m["max"].as_f64()) {
+        (Some(min), _) => format!(" (min {min})"),
+        (_, Some(max)) => format!(" (max {max})"),
+        _ => String::new(),
+    };
     match m["value"].as_f64() {
         None => format!("{name} no data"),
-        Some(v) if name.contains("latency") => format!("{name} {v:.0} ms"),
-        Some(v) if name.contains("rate") => format!("{name} {v:.2} %"),
-        Some(v) => format!("{name} {v:.2}"),
+        Some(v) if name.contains("latency") => format!("{name} {v:.0} ms{bound}"),
+        Some(v) => format!("{name} {v:.2}{bound}"),
     }
 }
 
-/// `  12.4s  Progressing   50%  analysis pass: success-rate 100.00 % · latency-p95 52 ms · 0/2 failed │ NGINX ...`
-pub fn progress_line(elapsed: Duration, r: &Value, measured: &Tally) -> String {
-    let phase = r["phase"].as_str().unwrap_or_default();
-    let weight = r["canaryWeight"].as_u64().unwrap_or(0);
-    let what = match &r["lastAnalysis"] {
-        a if a.is_object() && matches!(phase, "Progressing" | "Promoting" | "AwaitingApproval") => {
-            let metrics: Vec<String> = a["metrics"].as_array().into_iter().flatten().map(metric_value).collect();
-            format!(
-                "analysis {}: {} · {}/{} failed checks",
-                a["verdict"].as_str().unwrap_or_default(),
-                metrics.join(" · "),
-                r["failedChecks"],
-                r["threshold"]
-            )
+/// `   5.1s  Progressing   10%  analysis      pass: success-rate 100.00 (min 99) · latency-p95 45 ms (max 500)`
+pub fn event_line(since_created: Duration, e: &Value) -> String {
+    let kind = e["type"].as_str().unwrap_or_default();
+    let text = match kind {
+        "analysis" => {
+            let d = &e["details"];
+            let metrics: Vec<String> = d["metrics"].as_array().into_iter().flatten().map(metric_value).collect();
+            let verdict = d["verdict"].as_str().unwrap_or_default();
+            if metrics.is_empty() {
+                format!("{verdict}: {}", d["summary"].as_str().unwrap_or_default())
+            } else {
+                format!("{verdict}: {}", metrics.join(" · "))
+            }
         }
-        _ => {
-            let m = r["message"].as_str().unwrap_or_default();
-            let short: String = m.chars().take(90).collect();
-            if short.len() < m.len() { format!("{short}…") } else { short }
-        }
+        _ => e["message"].as_str().unwrap_or_default().to_string(),
     };
     format!(
-        "{:>7.1}s  {phase:<12} {weight:>3}%  {what}\n{:>11}NGINX, last 2 s: {}",
-        elapsed.as_secs_f64(),
-        "",
-        measured.describe()
+        "{:>7.1}s  {:<12} {:>3}%  {kind:<13} {text}",
+        since_created.as_secs_f64(),
+        e["phase"].as_str().unwrap_or_default(),
+        e["canaryWeight"].as_u64().unwrap_or(0)
     )
 }
 
-/// `  14.0s  Progressing   50%  NGINX, last 2 s: ...` between changes.
-pub fn traffic_line(elapsed: Duration, r: &Value, measured: &Tally) -> String {
-    let phase = r["phase"].as_str().unwrap_or_default();
-    let weight = r["canaryWeight"].as_u64().unwrap_or(0);
-    format!("{:>7.1}s  {phase:<12} {weight:>3}%  NGINX, last 2 s: {}", elapsed.as_secs_f64(), measured.describe())
+/// `   7.1s                      measured      last 2 s through NGINX: v2 53.1%, v1 46.9% (98 requests, 0 failed)`
+pub fn traffic_line(elapsed: Duration, measured: &Tally) -> String {
+    format!(
+        "{:>7.1}s  {:<18} {:<13} last 2 s through NGINX: {}",
+        elapsed.as_secs_f64(),
+        "",
+        "measured",
+        measured.describe()
+    )
 }
 
 fn mark(ok: bool) -> &'static str {
