@@ -42,7 +42,7 @@ async fn faults_during_real_rollouts() {
     // Scenarios 2 and 4 analyse through one Prometheus: it scrapes both sites from the start.
     let (crash_dir, rollback_dir) = (dir("crash"), dir("rollback"));
     let (crash_site, rollback_site) =
-        tokio::join!(Site::start(&crash_dir, "crash", 0.0), Site::start(&rollback_dir, "rollback", 0.2));
+        tokio::join!(Site::start(&crash_dir, "crash", 0.0), Site::start(&rollback_dir, "rollback", 0.5));
     let shared = Prometheus::start(
         &dir("prometheus"),
         &[crash_site.v1.addr, crash_site.v2.addr, rollback_site.v1.addr, rollback_site.v2.addr],
@@ -110,7 +110,7 @@ async fn prometheus_killed(dir: std::path::PathBuf) -> String {
     prom.ready().await;
     let _load = LoadGen::start(site.nginx.url(), RPS);
     let d =
-        e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "2s", 2))], &prom_env(&prom.url)).await;
+        e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "2s", 2, 3))], &prom_env(&prom.url)).await;
     let api = e2e::api(&d);
     scraped(&prom.url, "promkill").await;
     let id = api.create(&site.body("slo", site.plain_router(), json!({}))).await;
@@ -170,7 +170,7 @@ async fn daemon_killed(dir: std::path::PathBuf, site: Site, prom_url: String) ->
     let router = site.router(Some(site.nginx.command(&["-t", "-q"])), site.reload_script(&dir, "reload", &flag, &log));
     let load = LoadGen::start(site.nginx.url(), RPS);
     let mut d =
-        e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "3s", 2))], &prom_env(&prom_url)).await;
+        e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "3s", 2, 3))], &prom_env(&prom_url)).await;
     let api = e2e::api(&d);
     scraped(&prom_url, "crash").await;
     let seed: u64 = std::env::var("VANE_E2E_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
@@ -273,15 +273,17 @@ async fn nginx_test_failing(dir: std::path::PathBuf) -> String {
     )
 }
 
-/// Scenario 4: v2 answers 20 % errors at 50 %; the reload command fails ("unreachable") from the moment 50 % is
-/// live. The analysis rolls back; the rollout stays RollingBack, saying the rollback is not complete,
-/// and NGINX really still sends traffic to v2; once the router is back: RolledBack, all traffic on v1.
+/// Scenario 4: v2 answers 50 % errors at 50 % (no check passes by chance: each needs ≥ 20 canary
+/// requests); the reload command fails ("unreachable") from the moment 50 % is live. The analysis rolls
+/// back; the rollout stays RollingBack, saying the rollback is not complete, and NGINX really still
+/// sends traffic to v2; once the router is back: RolledBack, all traffic on v1.
 async fn router_down_during_rollback(dir: std::path::PathBuf, site: Site, prom_url: String) -> String {
     let flag = dir.join("router-down");
     let log = dir.join("reloads.log");
     let router = site.router(None, site.reload_script(&dir, "reload", &flag, &log));
     let _load = LoadGen::start(site.nginx.url(), RPS);
-    let d = e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[50, 100]", "1s", 2))], &prom_env(&prom_url)).await;
+    let d =
+        e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[50, 100]", "2s", 2, 20))], &prom_env(&prom_url)).await;
     let api = e2e::api(&d);
     scraped(&prom_url, "rollback").await;
     let id = api.create(&site.body("slo", router, json!({}))).await;

@@ -267,10 +267,10 @@ pub fn now_ms() -> u64 {
 }
 
 /// A canary policy with the deployment standard's SLOs (success rate ≥ 99 %, p95 ≤ 500 ms).
-pub fn slo_policy(name: &str, steps: &str, interval: &str, threshold: u32) -> String {
+pub fn slo_policy(name: &str, steps: &str, interval: &str, threshold: u32, min_requests: u32) -> String {
     format!(
         "name: {name}\nstrategy: canary\nsteps: {steps}\ninterval: {interval}\nthreshold: {threshold}\n\
-         progressDeadline: 90s\nonNoData: hold\nminRequests: 3\nmetrics:\n\
+         progressDeadline: 90s\nonNoData: hold\nminRequests: {min_requests}\nmetrics:\n\
          \x20 - name: success-rate\n    template: success-rate\n    min: 99\n\
          \x20 - name: latency-p95\n    template: latency-p95\n    max: 500ms\n"
     )
