@@ -6,8 +6,8 @@
 //! 2. The daemon SIGKILLed three times during a rollout: it resumes; no step lost or repeated, events
 //!    gap-free, no user request failed.
 //! 3. `nginx -t` failing: traffic untouched, the error in the rollout's message, events and metrics.
-//! 4. The router unreachable during a rollback: RollingBack (and saying so) until it is back, then
-//!    RolledBack with all traffic on v1.
+//! 4. The router unreachable during a rollback (and the daemon SIGKILLed meanwhile): RollingBack, and
+//!    saying so, until it is back, then RolledBack with all traffic on v1.
 //! 5. The webhook receiver down for a whole rollout and a daemon crash: every event delivered, signed.
 
 mod support {
@@ -276,13 +276,14 @@ async fn nginx_test_failing(dir: std::path::PathBuf) -> String {
 /// Scenario 4: v2 answers 50 % errors at 50 % (no check passes by chance: each needs ≥ 20 canary
 /// requests); the reload command fails ("unreachable") from the moment 50 % is live. The analysis rolls
 /// back; the rollout stays RollingBack, saying the rollback is not complete, and NGINX really still
-/// sends traffic to v2; once the router is back: RolledBack, all traffic on v1.
+/// sends traffic to v2 — also after a daemon crash; once the router is back: RolledBack, all traffic
+/// on v1.
 async fn router_down_during_rollback(dir: std::path::PathBuf, site: Site, prom_url: String) -> String {
     let flag = dir.join("router-down");
     let log = dir.join("reloads.log");
     let router = site.router(None, site.reload_script(&dir, "reload", &flag, &log));
     let _load = LoadGen::start(site.nginx.url(), RPS);
-    let d =
+    let mut d =
         e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[50, 100]", "2s", 2, 20))], &prom_env(&prom_url)).await;
     let api = e2e::api(&d);
     scraped(&prom_url, "rollback").await;
@@ -306,6 +307,22 @@ async fn router_down_during_rollback(dir: std::path::PathBuf, site: Site, prom_u
     assert!(s(&r["message"]).contains("unreachable"), "and why: {}", r["message"]);
     let stuck = site.measure(400).await;
     assert!(stuck.share("v2") > 25.0, "NGINX still sends traffic to v2 until the rollback lands: {stuck:?}");
+    assert_eq!(site.file_weight(), Some(50), "the split file never claims a rollback NGINX did not load");
+
+    // The daemon dies while the rollback cannot land: after the restart it reads 50 % back, keeps
+    // rolling back (and failing), and does not declare the rollback done.
+    e2e::crash_and_restart(&mut d);
+    let retried = r#"vane_router_requests_total{router="nginx",result="error"}"#;
+    let restarted = Instant::now();
+    while api.metric(retried).await < 1.0 {
+        assert!(restarted.elapsed() < Duration::from_secs(10), "no rollback attempt after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (r, events) = (api.rollout(&id).await, api.events(&id).await);
+    assert_eq!(r["phase"], "RollingBack", "still rolling back after the restart:\n{}", e2e::history(&events));
+    let recovered = of_type(&events, "recovered");
+    assert_eq!(recovered.len(), 1, "{}", e2e::history(&events));
+    assert_eq!(recovered[0]["details"]["observed"], 50, "the live weight read back: {}", recovered[0]);
 
     std::fs::remove_file(&flag).unwrap();
     let fixed = now_ms();

@@ -4,7 +4,8 @@
 //! the canary upstream; the user's server block includes it and does `proxy_pass http://$variable;`.
 //! A change is: write the file atomically (temp file in the same directory, fsync, rename), run the
 //! `test` command if given — restoring the previous file if it fails, so a broken config never waits
-//! for the next reload — then run `reload` (NGINX reloads gracefully: in-flight requests finish).
+//! for the next reload — then run `reload` (NGINX reloads gracefully: in-flight requests finish). A
+//! failed reload restores the previous file too, so the file always shows what NGINX was last told.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -198,8 +199,17 @@ impl Router for NginxRouter {
                 };
                 return Err(RouterError::Transient(format!("{e}; {restored}, NGINX not reloaded")));
             }
-            // Written and tested: a failed reload is retried by the machine, the file stays.
-            run("reload", &self.reload).await
+            // A failed reload puts the previous file back as well: the file is what `observe` reads back
+            // after a restart, so it must never claim a split NGINX is not running (a rollback that
+            // never reached NGINX would look complete). The machine retries the whole change.
+            if let Err(e) = run("reload", &self.reload).await {
+                let restored = match self.restore(previous).await {
+                    Ok(()) => "previous file restored".to_string(),
+                    Err(r) => format!("restoring the previous file failed too: {r}"),
+                };
+                return Err(RouterError::Transient(format!("{e}; {restored}")));
+            }
+            Ok(())
         })
     }
 
@@ -253,6 +263,18 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), split_file("v", "s", "c", 5));
         assert!(!marker.exists(), "reload must not run after a failed test");
         assert_eq!(failing.observe().await.unwrap(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_failing_reload_restores_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("split.conf");
+        let ok = NginxRouter::new(file.to_str().unwrap(), "v", "s", "c", None, vec!["true".into()]);
+        ok.set_weight(50).await.unwrap();
+        let down = NginxRouter::new(file.to_str().unwrap(), "v", "s", "c", None, vec!["false".into()]);
+        let e = down.set_weight(0).await.unwrap_err();
+        assert!(!e.is_permanent() && e.to_string().contains("previous file restored"), "{e}");
+        assert_eq!(down.observe().await.unwrap(), Some(50), "the file still shows what NGINX runs");
     }
 
     #[tokio::test]
