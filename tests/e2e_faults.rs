@@ -3,8 +3,8 @@
 //! (each with its own daemon, NGINX and apps; Prometheus is shared where nothing kills it):
 //!
 //! 1. Prometheus killed mid-rollout: no promotion while it is down, promotion after it is back.
-//! 2. The daemon SIGKILLed three times during a rollout: it resumes; no step lost or repeated, events
-//!    gap-free, no user request failed.
+//! 2. The daemon SIGKILLed three times during a rollout (at random, and inside both windows of a
+//!    router call): it resumes; no step lost or repeated, events gap-free, no user request failed.
 //! 3. `nginx -t` failing: traffic untouched, the error in the rollout's message, events and metrics.
 //! 4. The router unreachable during a rollback (and the daemon SIGKILLed meanwhile): RollingBack, and
 //!    saying so, until it is back, then RolledBack with all traffic on v1.
@@ -163,11 +163,13 @@ async fn prometheus_killed(dir: std::path::PathBuf) -> String {
     )
 }
 
-/// Scenario 2: the daemon is SIGKILLed three times at random moments while NGINX moves through 10 → 50 → 100 %.
+/// Scenario 2: the daemon is SIGKILLed three times while NGINX moves through 10 → 50 → 100 %: at a
+/// random moment, after vane wrote the 50 % split file but before NGINX reloaded it, and after NGINX
+/// reloaded 100 % but before vane recorded it (the reload command pauses 0.4 s before and after).
 async fn daemon_killed(dir: std::path::PathBuf, site: Site, prom_url: String) -> String {
-    let flag = dir.join("never");
     let log = dir.join("reloads.log");
-    let router = site.router(Some(site.nginx.command(&["-t", "-q"])), site.reload_script(&dir, "reload", &flag, &log));
+    let reload = site.reload_script(&dir, &dir.join("never"), &log, "0.4");
+    let router = site.router(Some(site.nginx.command(&["-t", "-q"])), reload);
     let load = LoadGen::start(site.nginx.url(), RPS);
     let mut d =
         e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "3s", 2, 3))], &prom_env(&prom_url)).await;
@@ -177,42 +179,51 @@ async fn daemon_killed(dir: std::path::PathBuf, site: Site, prom_url: String) ->
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let before = load.totals();
     let id = api.create(&site.body("slo", router, json!({}))).await;
-    // Three moments spread over the first 5 s; the rollout takes at least 6 s (two 3 s analyses).
-    let mut moments: Vec<u64> = (0..3).map(|_| rng.random_range(300..5000)).collect();
-    moments.sort();
-    let t0 = Instant::now();
     let mut kills = vec![];
-    for m in moments {
-        tokio::time::sleep_until((t0 + Duration::from_millis(m)).into()).await;
-        let r = api.rollout(&id).await;
-        if s(&r["phase"]) == "Succeeded" {
-            break;
-        }
-        kills.push(format!("{}@{}%", s(&r["phase"]), r["canaryWeight"]));
-        e2e::crash_and_restart(&mut d);
-    }
+    let mut kill = |d: &mut support::daemon::Daemon, when: &str| {
+        kills.push(format!("{when} (NGINX log {:?})", std::fs::read_to_string(&log).unwrap_or_default()));
+        e2e::crash_and_restart(d);
+    };
+    // The first analysis is due 3 s after 10 % is live: any moment before that is mid-rollout.
+    tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
+    kill(&mut d, "random");
+    let logged = |what: &'static str, w: u8| {
+        let log = log.clone();
+        async move { e2e::logged_weights(&log, what).contains(&w).then_some(()) }
+    };
+    wait_for("vane to write 50 %", Duration::from_secs(30), || logged("begin", 50)).await;
+    kill(&mut d, "50 % written, not reloaded");
+    wait_for("NGINX to reload 100 %", Duration::from_secs(30), || logged("done", 100)).await;
+    kill(&mut d, "100 % reloaded, not recorded");
     let (r, events) = api.wait_phase(&id, "Succeeded", Duration::from_secs(60)).await;
     let during = load.totals().minus(&before);
-    let seed_note = format!("(seed {seed}: rerun with VANE_E2E_SEED={seed})\n{}", e2e::history(&events));
+    let seed_note =
+        format!("(seed {seed}: rerun with VANE_E2E_SEED={seed}; kills {kills:?})\n{}", e2e::history(&events));
     assert_eq!(r["canaryWeight"], 100, "{seed_note}");
     let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "events gap-free {seed_note}");
     let steps: Vec<u64> = of_type(&events, "step").iter().filter_map(|e| e["canaryWeight"].as_u64()).collect();
     assert_eq!(steps, vec![10, 50, 100], "each step decided exactly once {seed_note}");
-    let recovered = of_type(&events, "recovered").len();
-    assert_eq!(recovered, kills.len(), "one recovery per kill during the rollout {seed_note}");
-    assert_eq!(kills.len(), 3, "every kill hit the running rollout {seed_note}");
-    let applied = e2e::logged_weights(&log);
-    assert!(applied.windows(2).all(|w| w[0] <= w[1]), "NGINX weights never go back: {applied:?} {seed_note}");
-    let mut distinct = applied.clone();
+    assert_eq!(of_type(&events, "recovered").len(), 3, "one recovery per kill {seed_note}");
+    let reloaded = e2e::logged_weights(&log, "done");
+    assert!(reloaded.windows(2).all(|w| w[0] <= w[1]), "NGINX weights never go back: {reloaded:?} {seed_note}");
+    let mut distinct = reloaded.clone();
     distinct.dedup();
-    assert_eq!(distinct, vec![10, 50, 100], "every step reached NGINX, in order: {applied:?} {seed_note}");
+    assert_eq!(distinct, vec![10, 50, 100], "every step reached NGINX, in order: {reloaded:?} {seed_note}");
+    // 50 % was analysed only once NGINX really ran it.
+    let analysed_50 = of_type(&events, "analysis").into_iter().find(|e| e["canaryWeight"] == 50).map(at);
+    let confirmed_50 =
+        of_type(&events, "weight-set").into_iter().filter(|e| e["details"]["canary"] == 50).map(at).max();
+    assert!(
+        confirmed_50.is_some() && analysed_50 > confirmed_50,
+        "50 % analysed only after NGINX loaded it {seed_note}"
+    );
     assert_eq!(during.failed(), 0, "no user request failed across the crashes: {during:?}");
     let after = site.settled("v2", 200).await;
     e2e::assert_split("after success", &after, 100.0, 0.0);
     format!(
-        "{} kills at {kills:?}; NGINX reloads {applied:?}; {} events gap-free; {} user requests, 0 failed (seed {seed})",
-        kills.len(),
+        "3 kills (random, 50 % written/not reloaded, 100 % reloaded/not recorded); NGINX reloads {reloaded:?}; \
+         {} events gap-free; {} user requests, 0 failed (seed {seed})",
         seqs.len(),
         during.requests()
     )
@@ -281,7 +292,7 @@ async fn nginx_test_failing(dir: std::path::PathBuf) -> String {
 async fn router_down_during_rollback(dir: std::path::PathBuf, site: Site, prom_url: String) -> String {
     let flag = dir.join("router-down");
     let log = dir.join("reloads.log");
-    let router = site.router(None, site.reload_script(&dir, "reload", &flag, &log));
+    let router = site.router(None, site.reload_script(&dir, &flag, &log, "0"));
     let _load = LoadGen::start(site.nginx.url(), RPS);
     let mut d =
         e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[50, 100]", "2s", 2, 20))], &prom_env(&prom_url)).await;

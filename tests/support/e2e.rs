@@ -50,16 +50,24 @@ impl Site {
         self.router(Some(self.nginx.command(&["-t", "-q"])), self.nginx.command(&["-s", "reload"]))
     }
 
-    /// A reload command that fails while `flag` exists (the router is unreachable) and appends the
-    /// weight of every split file it reloads to `log`.
-    pub fn reload_script(&self, dir: &Path, name: &str, flag: &Path, log: &Path) -> Vec<String> {
-        let script = dir.join(format!("{name}.sh"));
+    /// A reload command that fails while `flag` exists (the router is unreachable) and logs
+    /// `begin W` before and `done W` after reloading NGINX with the split file's weight W, pausing
+    /// `pause` seconds after each (so a test can kill the daemon inside either window).
+    pub fn reload_script(&self, dir: &Path, flag: &Path, log: &Path, pause: &str) -> Vec<String> {
+        let script = dir.join("reload.sh");
         let reload: Vec<String> = self.nginx.command(&["-s", "reload"]).iter().map(|a| format!("'{a}'")).collect();
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\nif [ -e '{flag}' ]; then echo 'connection refused: the load balancer is unreachable' >&2; exit 1; fi\n\
-                 sed -n 's/^# Written by vane: \\([0-9]*\\)% .*/\\1/p' '{split}' >> '{log}'\nexec {reload}\n",
+                "#!/bin/sh
+if [ -e '{flag}' ]; then echo 'connection refused: the load balancer is unreachable' >&2; exit 1; fi
+                 w=$(sed -n 's/^# Written by vane: \\([0-9]*\\)% .*/\\1/p' '{split}')
+                 echo \"begin $w\" >> '{log}'
+sleep {pause}
+{reload} || exit $?
+echo \"done $w\" >> '{log}'
+sleep {pause}
+",
                 flag = flag.display(),
                 split = self.nginx.split_file().display(),
                 log = log.display(),
@@ -108,9 +116,10 @@ impl Site {
     }
 }
 
-/// The weights a reload script logged, in order.
-pub fn logged_weights(log: &Path) -> Vec<u8> {
-    std::fs::read_to_string(log).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+/// The weights a reload script logged as `what` ("begin" or "done"), in order.
+pub fn logged_weights(log: &Path, what: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().filter_map(|l| l.strip_prefix(what)?.trim().parse().ok()).collect()
 }
 
 /// The real daemon in `dir` with these policies (`name`, YAML) and environment.
