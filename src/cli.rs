@@ -39,6 +39,9 @@ pub enum Cmd {
     Policy(PolicyCmd),
     /// A demo HTTP service with a configurable error rate and latency, exporting request metrics.
     DemoApp(crate::demo_app::DemoAppArgs),
+    /// A real local demo: NGINX, Prometheus, three app versions, load and the daemon; a good rollout
+    /// succeeds, a bad one rolls back on its own (needs `nginx` and `prometheus` installed).
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Args)]

@@ -1,5 +1,6 @@
 //! `vane serve`: wire config, store, policies, adapters, controller and API together.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,9 +28,17 @@ pub fn check_listen(addr: &SocketAddr, auth: &Auth) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vane serve`: the configuration from the file and `VANE_*` variables; runs until Ctrl-C or SIGTERM.
 pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     crate::install_crypto_provider();
     let cfg = Config::load(config_path, std::env::vars())?;
+    run(cfg, shutdown_signal()).await
+}
+
+/// Run the daemon with `cfg` until `shutdown` completes (`vane serve` passes Ctrl-C/SIGTERM, `vane demo`
+/// its own signal). Secrets named by the configuration are read from the process environment.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    crate::install_crypto_provider();
     let addr: SocketAddr =
         cfg.server.listen.parse().with_context(|| format!("server.listen {:?}", cfg.server.listen))?;
     let auth = Auth::from_config(&cfg.server.tokens, |v| std::env::var(v).ok())?;
@@ -64,7 +73,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: notify.slack };
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            shutdown.await;
             ready.store(false, Ordering::Relaxed);
         })
         .await?;

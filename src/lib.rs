@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod demo_app;
 #[doc(hidden)]
 pub mod fixtures;

@@ -4,7 +4,10 @@ use vane::cli::{Cli, Cmd, LogFormat, PolicyCmd};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    vane::telemetry::init_tracing(matches!(cli.log_format, LogFormat::Json));
+    // The demo logs the daemon to its working directory; the terminal shows its progress.
+    if !matches!(cli.command, Cmd::Demo(_)) {
+        vane::telemetry::init_tracing(matches!(cli.log_format, LogFormat::Json));
+    }
     let code = match cli.command {
         Cmd::Serve { config } => match vane::daemon::serve(config.as_deref()).await {
             Ok(()) => 0,
@@ -21,6 +24,13 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Cmd::Policy(PolicyCmd::Check { paths }) => vane::cli::policy_check(paths),
+        Cmd::Demo(args) => match vane::demo::run(args).await {
+            Ok(code) => code.into(),
+            Err(e) => {
+                eprintln!("vane demo: {e:#}");
+                2
+            }
+        },
         Cmd::DemoApp(args) => match vane::demo_app::run(args).await {
             Ok(()) => 0,
             Err(e) => {

@@ -231,6 +231,32 @@ fn recovery_reapplies_the_decided_weight() {
     assert!(w.events.contains(&"recovered".to_string()));
 }
 
+#[test]
+fn a_crash_after_the_router_applied_the_decision_still_finishes() {
+    // The daemon dies after the router set the weight but before the result was recorded; after the
+    // restart the router reads back exactly that weight, so nothing is re-applied.
+    for (abort, want) in [(true, Phase::Aborted), (false, Phase::Succeeded)] {
+        let mut w = World::new(canary(&[5, 25, 100]));
+        w.run_until(|r| r.applied_weight == Some(25), 10);
+        let command = if abort { Command::Abort { reason: None } } else { Command::Promote { full: true } };
+        let out = machine::step(&mut w.r, Input::Command { command, actor: "alice".into() }, w.now).unwrap();
+        let Some(Effect::SetWeight { canary, .. }) = out.effects.first().cloned() else { panic!("{out:?}") };
+        w.feed(Input::Recover { observed: Some(canary) }).unwrap();
+        assert_eq!(w.r.phase, want, "{}", w.r.message);
+        assert_eq!(w.weights, vec![5, 25], "nothing re-applied: the weight was live");
+    }
+    // Mid-canary: the step's analysis is scheduled again instead of waiting for the deadline.
+    let mut w = World::new(canary(&[5, 25, 100]));
+    w.run_until(|r| r.applied_weight == Some(5), 10);
+    w.r.canary_weight = 25;
+    w.r.step_index = 1;
+    w.r.next_analysis_at = None;
+    w.feed(Input::Recover { observed: Some(25) }).unwrap();
+    assert_eq!(w.r.next_analysis_at, Some(w.now + 60_000));
+    w.run_until(|r| r.is_terminal(), 10);
+    assert_eq!(w.r.phase, Phase::Succeeded);
+}
+
 // ---- properties ----
 
 #[derive(Debug, Clone)]

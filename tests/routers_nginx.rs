@@ -127,8 +127,10 @@ async fn a_failing_config_test_restores_the_previous_file_and_traffic_keeps_flow
 }
 
 #[tokio::test]
-async fn a_failing_reload_is_transient_and_keeps_the_new_file() {
+async fn a_failing_reload_is_transient_and_restores_the_previous_file() {
     let n = start().await;
+    let good = router(&n, "vane_upstream");
+    shift(&n, good.as_ref(), 25).await;
     let mut req = fixtures::request("agent-service", "canary");
     req.router = RouterSpec::Nginx {
         config_file: n.split_file().display().to_string(),
@@ -141,7 +143,12 @@ async fn a_failing_reload_is_transient_and_keeps_the_new_file() {
     let policy = fixtures::policy("canary", &[5, 25, 50, 100], Duration::from_millis(200), 2);
     let (rollout, _) = machine::create("r".into(), &req, policy, "test", 0);
     let r = Routers::default().build(&rollout).unwrap();
-    let e = r.set_weight(5).await.unwrap_err();
+    let e = r.set_weight(50).await.unwrap_err();
     assert!(!e.is_permanent() && e.to_string().contains("reload"), "{e}");
-    assert_eq!(r.observe().await, Ok(Some(5)), "the file holds the decided weight; the retry reloads it");
+    // The file shows what NGINX runs (vane reads it back after a restart); the retry writes 50 again.
+    assert_eq!(r.observe().await, Ok(Some(25)), "the previous file is back");
+    assert_eq!(
+        std::fs::read_to_string(n.split_file()).unwrap(),
+        split_file("vane_upstream", "stable_pool", "canary_pool", 25)
+    );
 }

@@ -184,6 +184,7 @@ pub fn step(r: &mut Rollout, input: Input, now: Millis) -> Result<Output, Comman
     match input {
         Input::Tick => {}
         Input::Recover { observed } => {
+            let confirmed = r.applied_weight == Some(r.canary_weight);
             r.busy.clear();
             r.router_retry_at = None;
             r.applied_weight = observed;
@@ -193,6 +194,12 @@ pub fn step(r: &mut Rollout, input: Input, now: Millis) -> Result<Output, Comman
             let live = observed.map_or("unknown".to_string(), |w| format!("{w}%"));
             let msg = format!("daemon restarted: resuming at {}% canary (live weight {live})", r.canary_weight);
             event(r, &mut out, now, "recovered", CONTROLLER, msg, json!({ "observed": observed }));
+            // The router applied the decided weight but the daemon died before recording it: the
+            // read-back confirms it now. Without this nothing would re-apply it (it is live), so a
+            // rollback or promotion would never finish and a step would never be analysed.
+            if !confirmed && observed == Some(r.canary_weight) && r.phase != Phase::Pending {
+                on_weight_applied(r, now, &mut out);
+            }
         }
         Input::Observed { weight } => on_observed(r, weight, now, &mut out),
         Input::RouterDone { op, result } => on_router(r, op, result, now, &mut out),

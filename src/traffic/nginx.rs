@@ -4,7 +4,11 @@
 //! the canary upstream; the user's server block includes it and does `proxy_pass http://$variable;`.
 //! A change is: write the file atomically (temp file in the same directory, fsync, rename), run the
 //! `test` command if given — restoring the previous file if it fails, so a broken config never waits
-//! for the next reload — then run `reload` (NGINX reloads gracefully: in-flight requests finish).
+//! for the next reload — then run `reload` (NGINX reloads gracefully: in-flight requests finish). A
+//! failed reload restores the previous file too, so the file always shows what NGINX was last told, and
+//! a hidden `.<file>.vane-applied` next to it records the weight of the last reload NGINX accepted:
+//! the weight reads back only when both agree (a crash between writing and reloading leaves it unknown,
+//! and the decided weight is applied again).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -151,6 +155,14 @@ impl NginxRouter {
         }
     }
 
+    /// Where vane records the weight of the last reload NGINX accepted: a hidden file next to
+    /// `configFile`. The config file alone cannot say it — it is written before the reload.
+    fn applied_file(&self) -> PathBuf {
+        let dir = self.config_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = self.config_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        dir.join(format!(".{name}.vane-applied"))
+    }
+
     async fn restore(&self, previous: Option<Vec<u8>>) -> Result<(), std::io::Error> {
         match previous {
             Some(b) => write_atomically(&self.config_file, &b).await,
@@ -198,17 +210,34 @@ impl Router for NginxRouter {
                 };
                 return Err(RouterError::Transient(format!("{e}; {restored}, NGINX not reloaded")));
             }
-            // Written and tested: a failed reload is retried by the machine, the file stays.
-            run("reload", &self.reload).await
+            // A failed reload puts the previous file back as well: the file is what `observe` reads back
+            // after a restart, so it must never claim a split NGINX is not running (a rollback that
+            // never reached NGINX would look complete). The machine retries the whole change.
+            if let Err(e) = run("reload", &self.reload).await {
+                let restored = match self.restore(previous).await {
+                    Ok(()) => "previous file restored".to_string(),
+                    Err(r) => format!("restoring the previous file failed too: {r}"),
+                };
+                return Err(RouterError::Transient(format!("{e}; {restored}")));
+            }
+            // Without the record the weight reads back as unknown and is re-applied after a restart.
+            if let Err(e) = write_atomically(&self.applied_file(), canary.min(100).to_string().as_bytes()).await {
+                tracing::warn!(file = %self.applied_file().display(), error = %e, "cannot record the applied weight");
+            }
+            Ok(())
         })
     }
 
+    /// The file's weight when NGINX accepted a reload of it; unknown (`None`: the machine re-applies the
+    /// decided weight) when the file was written but never reloaded — e.g. the daemon died in between.
     fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>> {
         Box::pin(async move {
-            Ok(self
+            let file = self
                 .read_previous()
                 .await?
-                .and_then(|b| parse_weight(&String::from_utf8_lossy(&b), &self.stable_upstream, &self.canary_upstream)))
+                .and_then(|b| parse_weight(&String::from_utf8_lossy(&b), &self.stable_upstream, &self.canary_upstream));
+            let applied = tokio::fs::read_to_string(self.applied_file()).await.ok().and_then(|s| s.trim().parse().ok());
+            Ok(file.filter(|w| applied == Some(*w)))
         })
     }
 }
@@ -253,6 +282,31 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), split_file("v", "s", "c", 5));
         assert!(!marker.exists(), "reload must not run after a failed test");
         assert_eq!(failing.observe().await.unwrap(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_file_written_but_never_reloaded_reads_back_as_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("split.conf");
+        let r = NginxRouter::new(file.to_str().unwrap(), "v", "s", "c", None, vec!["true".into()]);
+        assert_eq!(r.observe().await.unwrap(), None, "no file");
+        r.set_weight(10).await.unwrap();
+        assert_eq!(r.observe().await.unwrap(), Some(10));
+        // The daemon died after writing 50 % and before the reload.
+        std::fs::write(&file, split_file("v", "s", "c", 50)).unwrap();
+        assert_eq!(r.observe().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_reload_restores_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("split.conf");
+        let ok = NginxRouter::new(file.to_str().unwrap(), "v", "s", "c", None, vec!["true".into()]);
+        ok.set_weight(50).await.unwrap();
+        let down = NginxRouter::new(file.to_str().unwrap(), "v", "s", "c", None, vec!["false".into()]);
+        let e = down.set_weight(0).await.unwrap_err();
+        assert!(!e.is_permanent() && e.to_string().contains("previous file restored"), "{e}");
+        assert_eq!(down.observe().await.unwrap(), Some(50), "the file still shows what NGINX runs");
     }
 
     #[tokio::test]

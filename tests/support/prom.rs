@@ -139,20 +139,19 @@ impl Prometheus {
         );
         let cfg = dir.join("prometheus.yml");
         std::fs::write(&cfg, config).expect("write prometheus.yml");
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--storage.tsdb.retention.time=30d")
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("prometheus does not start ({e}); {INSTALL}"));
-        Prometheus { url: format!("http://127.0.0.1:{port}"), proc: Some(Proc(child)), dir: dir.to_path_buf() }
+        std::fs::create_dir_all(dir.join("data")).expect("data dir");
+        Prometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            proc: Some(spawn(&bin, dir, port)),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Start again after [`Prometheus::stop`]: same port, same configuration, same data directory.
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "stop prometheus before restarting it");
+        let port = self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("the port of the url");
+        self.proc = Some(spawn(&tool("prometheus"), &self.dir, port));
     }
 
     pub async fn ready(&self) {
@@ -199,6 +198,21 @@ impl Prometheus {
     pub fn stop(&mut self) {
         self.proc = None;
     }
+}
+
+fn spawn(bin: &Path, dir: &Path, port: u16) -> Proc {
+    let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+    let child = Command::new(bin)
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--storage.tsdb.retention.time=30d")
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("prometheus does not start ({e}); {INSTALL}"));
+    Proc(child)
 }
 
 /// `promtool tsdb create-blocks-from openmetrics` of `openmetrics` into `<dir>/data`.
