@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Load test (issue 7): ROLLOUTS concurrent rollouts through `exec` routers while wrk reads the API.
+#
+#   scripts/load-test.sh                       # 500 rollouts, 20 steps at 1 s, wrk 2 threads × 64 conns
+#   ROLLOUTS=1000 DURATION=60s scripts/load-test.sh
+#
+# 1. builds the daemon in release mode (or uses $VANE_BIN) and starts it on 127.0.0.1 with an operator
+#    and a viewer token, a fresh store, and one policy: canary 5 → 10 → … → 100 (20 steps), interval 1 s,
+#    no metrics — every rollout shifts traffic 20 times through `exec` (`true`), each shift a durable
+#    store commit, a process spawn and an event;
+# 2. a burst of ROLLOUTS creates, CREATE_CONCURRENCY at a time (curl), timed;
+# 3. at once, wrk with scripts/load.lua for DURATION: GET one rollout (80 %), its events (10 %), the
+#    list (10 %) — while every rollout is progressing (PROFILE=file records a perf profile meanwhile);
+# 4. waits until every rollout is terminal, then prints create and read latency (p50 / p99), read
+#    throughput and errors, the daemon's CPU seconds and peak RSS (VmHWM), and how many rollouts succeeded.
+# Exits non-zero when a request failed or a rollout did not succeed. Needs: curl, wrk, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROLLOUTS=${ROLLOUTS:-500}
+DURATION=${DURATION:-30s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+CREATE_CONCURRENCY=${CREATE_CONCURRENCY:-64}
+INTERVAL=${INTERVAL:-1s}
+
+for tool in curl wrk python3; do
+  command -v "$tool" >/dev/null || { echo "load-test: $tool is missing (apt-get install -y $tool)" >&2; exit 2; }
+done
+
+if [ -z "${VANE_BIN:-}" ]; then
+  cargo build --release --quiet --bin vane
+  VANE_BIN=target/release/vane
+fi
+
+tmp=$(mktemp -d)
+pid=""
+cleanup() {
+  [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
+  [ -z "$pid" ] || wait "$pid" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port"
+mkdir -p "$tmp/policies" "$tmp/created"
+steps=$(seq -s, 5 5 100)
+cat >"$tmp/policies/load.yaml" <<EOF
+name: load
+strategy: canary
+steps: [$steps]
+interval: $INTERVAL
+threshold: 3
+progressDeadline: 30m
+EOF
+
+export LOAD_OP_TOKEN="load-operator-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export LOAD_VIEW_TOKEN="load-viewer-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+VANE_SERVER_LISTEN="127.0.0.1:$port" VANE_STORE_PATH="$tmp/data" VANE_POLICIES_DIR="$tmp/policies" \
+  VANE_SERVER_TOKENS='[{ name = "ci", token_env = "LOAD_OP_TOKEN", role = "operator" }, { name = "grafana", token_env = "LOAD_VIEW_TOKEN", role = "viewer" }]' \
+  RUST_LOG=warn "$VANE_BIN" serve >"$tmp/daemon.log" 2>&1 &
+pid=$!
+for _ in $(seq 200); do
+  curl -sf "$url/health/ready" >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || { cat "$tmp/daemon.log" >&2; exit 1; }
+  sleep 0.05
+done
+curl -sf "$url/health/ready" >/dev/null || { echo "daemon not ready" >&2; cat "$tmp/daemon.log" >&2; exit 1; }
+
+cpu_seconds() { # utime + stime of the daemon, in seconds
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"
+}
+cpu_start=$(cpu_seconds)
+started=$(date +%s.%N)
+
+echo "creating $ROLLOUTS rollouts ($CREATE_CONCURRENCY concurrent) on $url ..."
+export url
+seq 1 "$ROLLOUTS" | xargs -P "$CREATE_CONCURRENCY" -I{} sh -c '
+  curl -s -o "$0/created/$1" -w "%{http_code} %{time_total}\n" -H "Authorization: Bearer $LOAD_OP_TOKEN" \
+    -H "Content-Type: application/json" -X POST "$url/api/v1/rollouts" \
+    -d "{\"service\":\"svc-$1\",\"namespace\":\"load\",\"version\":\"v2\",\"stableVersion\":\"v1\",\"policy\":\"load\",\"router\":{\"kind\":\"exec\",\"command\":[\"true\"]}}"
+' "$tmp" {} >"$tmp/creates.txt"
+python3 - "$tmp" >"$tmp/ids" <<'EOF'
+import json, os, sys
+d = os.path.join(sys.argv[1], "created")
+for f in os.listdir(d):
+    try:
+        print(json.load(open(os.path.join(d, f)))["id"])
+    except Exception:
+        pass
+EOF
+
+echo "reading with wrk ($THREADS threads, $CONNECTIONS connections, $DURATION) while the rollouts progress ..."
+perf_pid=""
+if [ -n "${PROFILE:-}" ]; then # PROFILE=file: a perf profile of the daemon while wrk runs
+  perf record -q -F 499 -g -p "$pid" -o "$PROFILE" 2>/dev/null &
+  perf_pid=$!
+fi
+LOAD_IDS="$tmp/ids" VANE_TOKEN="$LOAD_VIEW_TOKEN" \
+  wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency -s scripts/load.lua "$url" >"$tmp/wrk.txt"
+[ -z "$perf_pid" ] || { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+cpu_wrk=$(cpu_seconds)
+
+echo "waiting for every rollout to finish ..."
+deadline=$(( $(date +%s) + 600 ))
+while :; do
+  active=$(curl -s -H "Authorization: Bearer $LOAD_VIEW_TOKEN" "$url/api/v1/rollouts?limit=1000" |
+    python3 -c 'import json,sys; print(sum(r["phase"] not in ("Succeeded","RolledBack","Aborted","Failed") for r in json.load(sys.stdin)["items"]))')
+  [ "$active" -eq 0 ] && break
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out with $active rollouts still active" >&2; break; }
+  sleep 1
+done
+finished=$(date +%s.%N)
+cpu_end=$(cpu_seconds)
+hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+rss=$(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")
+curl -s -H "Authorization: Bearer $LOAD_VIEW_TOKEN" "$url/api/v1/rollouts?limit=1000" >"$tmp/final.json"
+
+python3 - "$tmp" "$ROLLOUTS" "$started" "$finished" "$cpu_start" "$cpu_wrk" "$cpu_end" "$hwm" "$rss" "$DURATION" <<'EOF'
+import collections, json, re, sys
+tmp, n, started, finished, cpu0, cpu_wrk, cpu1, hwm, rss, duration = sys.argv[1:]
+n = int(n)
+codes = collections.Counter()
+times = []
+for line in open(f"{tmp}/creates.txt"):
+    code, t = line.split()
+    codes[code] += 1
+    times.append(float(t) * 1000)
+times.sort()
+pct = lambda xs, p: xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+wrk = open(f"{tmp}/wrk.txt").read()
+def grab(pattern):
+    m = re.search(pattern, wrk)
+    return m.group(1) if m else "?"
+phases = collections.Counter(r["phase"] for r in json.load(open(f"{tmp}/final.json"))["items"])
+errors = sum(1 for l in open(f"{tmp}/daemon.log") if " ERROR " in l)
+non2xx = int(grab(r"Non-2xx or 3xx responses: (\d+)").replace("?", "0"))
+sock = grab(r"Socket errors: (.*)")
+total, rps, p50, p99 = grab(r"(\d+) requests in"), grab(r"Requests/sec:\s+([\d.]+)"), grab(r"50%\s+(\S+)"), grab(r"99%\s+(\S+)")
+print(f"""
+== vane load test: {n} rollouts (exec routers, 20 steps at 1 s) + wrk reads ==
+creates      {len(times)} sent, status {dict(codes)}; latency p50 {pct(times, 50):.1f} ms, p99 {pct(times, 99):.1f} ms, max {times[-1] if times else 0:.1f} ms
+reads (wrk)  {total} in {duration}, {rps} req/s; latency p50 {p50}, p99 {p99}; non-2xx {non2xx}; socket errors {"none" if sock == "?" else sock}
+rollouts     {dict(phases)} — all finished {float(finished) - float(started):.1f} s after the first create
+daemon CPU   {float(cpu1) - float(cpu0):.1f} s total ({float(cpu_wrk) - float(cpu0):.1f} s during creates + wrk); peak RSS (VmHWM) {int(hwm) / 1024:.1f} MiB, RSS at end {int(rss) / 1024:.1f} MiB
+daemon log   {errors} ERROR lines
+""")
+ok = codes.get("201", 0) == n and phases.get("Succeeded", 0) == n and non2xx == 0 and sock == "?"
+sys.exit(0 if ok else 1)
+EOF
