@@ -8,12 +8,13 @@
 #    and a viewer token, a fresh store, and one policy: canary 5 → 10 → … → 100 (20 steps), interval 1 s,
 #    no metrics — every rollout shifts traffic 20 times through `exec` (`true`), each shift a durable
 #    store commit, a process spawn and an event;
-# 2. a burst of ROLLOUTS creates, CREATE_CONCURRENCY at a time (curl), timed;
+# 2. a burst of ROLLOUTS creates, CREATE_CONCURRENCY at a time (scripts/load-create.py), timed;
 # 3. at once, wrk with scripts/load.lua for DURATION: GET one rollout (80 %), its events (10 %), the
 #    list (10 %) — while every rollout is progressing (PROFILE=file records a perf profile meanwhile);
 # 4. waits until every rollout is terminal, then prints create and read latency (p50 / p99), read
 #    throughput and errors, the daemon's CPU seconds and peak RSS (VmHWM), and how many rollouts succeeded.
 # Exits non-zero when a request failed or a rollout did not succeed. Needs: curl, wrk, python3.
+# The numbers include the load generators' own CPU use: they share the machine with the daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +45,7 @@ trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
-mkdir -p "$tmp/policies" "$tmp/created"
+mkdir -p "$tmp/policies"
 steps=$(seq -s, 5 5 100)
 cat >"$tmp/policies/load.yaml" <<EOF
 name: load
@@ -75,21 +76,8 @@ cpu_start=$(cpu_seconds)
 started=$(date +%s.%N)
 
 echo "creating $ROLLOUTS rollouts ($CREATE_CONCURRENCY concurrent) on $url ..."
-export url
-seq 1 "$ROLLOUTS" | xargs -P "$CREATE_CONCURRENCY" -I{} sh -c '
-  curl -s -o "$0/created/$1" -w "%{http_code} %{time_total}\n" -H "Authorization: Bearer $LOAD_OP_TOKEN" \
-    -H "Content-Type: application/json" -X POST "$url/api/v1/rollouts" \
-    -d "{\"service\":\"svc-$1\",\"namespace\":\"load\",\"version\":\"v2\",\"stableVersion\":\"v1\",\"policy\":\"load\",\"router\":{\"kind\":\"exec\",\"command\":[\"true\"]}}"
-' "$tmp" {} >"$tmp/creates.txt"
-python3 - "$tmp" >"$tmp/ids" <<'EOF'
-import json, os, sys
-d = os.path.join(sys.argv[1], "created")
-for f in os.listdir(d):
-    try:
-        print(json.load(open(os.path.join(d, f)))["id"])
-    except Exception:
-        pass
-EOF
+VANE_TOKEN="$LOAD_OP_TOKEN" python3 scripts/load-create.py --port "$port" --count "$ROLLOUTS" \
+  --concurrency "$CREATE_CONCURRENCY" --latencies "$tmp/creates.txt" >"$tmp/ids"
 
 echo "reading with wrk ($THREADS threads, $CONNECTIONS connections, $DURATION) while the rollouts progress ..."
 perf_pid=""
@@ -124,9 +112,9 @@ n = int(n)
 codes = collections.Counter()
 times = []
 for line in open(f"{tmp}/creates.txt"):
-    code, t = line.split()
+    code, ms = line.split()
     codes[code] += 1
-    times.append(float(t) * 1000)
+    times.append(float(ms))
 times.sort()
 pct = lambda xs, p: xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 wrk = open(f"{tmp}/wrk.txt").read()
