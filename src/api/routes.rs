@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,14 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     if optional && body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(None);
     }
+    // Syntax first: a truncated or non-JSON body is 400 even when its first bytes already break the
+    // schema (e.g. an unknown field before the cut).
+    if let Err(e) = std::str::from_utf8(&body) {
+        return Err(ApiError::bad_request(format!("malformed JSON: not UTF-8 ({e})")));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(ApiError::bad_request(format!("malformed JSON: {e}")));
+    }
     let de = &mut serde_json::Deserializer::from_slice(&body);
     match serde_path_to_error::deserialize(de) {
         Ok(v) => Ok(Some(v)),
@@ -85,12 +94,23 @@ fn missing_field(msg: &str) -> String {
     msg.strip_prefix("missing field `").and_then(|s| s.split('`').next()).unwrap_or("").to_string()
 }
 
-/// ULIDs only: anything else (path tricks included) is simply not found.
-fn check_id(id: &str) -> Result<(), ApiError> {
-    if id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(format!("rollout {id:?} not found")))
+/// A rollout id from the path. Only ULIDs: anything else (path tricks, invalid percent-encoding or
+/// UTF-8, absurd lengths) is simply not found, with the API's error body.
+pub struct RolloutId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RolloutId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found("no such rollout (the id is not valid UTF-8)"))?;
+        if id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(RolloutId(id))
+        } else {
+            let shown: String = id.chars().take(64).collect();
+            Err(ApiError::not_found(format!("rollout {shown:?} not found")))
+        }
     }
 }
 
@@ -168,9 +188,8 @@ pub async fn list_rollouts(
 pub async fn get_rollout(
     State(s): State<AppState>,
     _viewer: Viewer,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
-    check_id(&id)?;
     Ok(Json(RolloutView::from(&s.controller.get(&id)?)))
 }
 
@@ -181,14 +200,12 @@ pub async fn get_rollout(
 pub async fn rollout_events(
     State(s): State<AppState>,
     _viewer: Viewer,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
 ) -> Result<Json<Items<Event>>, ApiError> {
-    check_id(&id)?;
     Ok(Json(Items { items: s.controller.events(&id)? }))
 }
 
 async fn command(s: &AppState, id: &str, c: Command, actor: &str) -> Result<Json<RolloutView>, ApiError> {
-    check_id(id)?;
     Ok(Json(RolloutView::from(&s.controller.command(id, c, actor).await?)))
 }
 
@@ -201,7 +218,7 @@ async fn command(s: &AppState, id: &str, c: Command, actor: &str) -> Result<Json
 pub async fn promote(
     State(s): State<AppState>,
     Operator(c): Operator,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
     let b: PromoteBody = parse_json(body, true)?.unwrap_or_default();
@@ -216,7 +233,7 @@ pub async fn promote(
 pub async fn pause(
     State(s): State<AppState>,
     Operator(c): Operator,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
     command(&s, &id, Command::Pause, &c.name).await
 }
@@ -229,7 +246,7 @@ pub async fn pause(
 pub async fn resume(
     State(s): State<AppState>,
     Operator(c): Operator,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
     command(&s, &id, Command::Resume, &c.name).await
 }
@@ -243,7 +260,7 @@ pub async fn resume(
 pub async fn abort(
     State(s): State<AppState>,
     Operator(c): Operator,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
     let b: AbortBody = parse_json(body, true)?.unwrap_or_default();
