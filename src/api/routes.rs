@@ -49,20 +49,26 @@ pub struct ListQuery {
     pub limit: Option<String>,
 }
 
-/// Parse a JSON body; syntax errors are 400, well-formed JSON of the wrong shape is 422 with the field.
-fn parse_json<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    optional: bool,
-) -> Result<Option<T>, ApiError> {
-    let body = body.map_err(|e| match e.status() {
+/// The request body, or 413 / 400 with the API's error body.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("request body is larger than {} bytes", super::BODY_LIMIT),
         ),
         _ => ApiError::bad_request(e.body_text()),
-    })?;
-    if optional && body.iter().all(|b| b.is_ascii_whitespace()) {
+    })
+}
+
+/// Parse a JSON body; syntax errors are 400, well-formed JSON of the wrong shape is 422 with the field.
+/// An `optional` body may be empty or `null`.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    optional: bool,
+) -> Result<Option<T>, ApiError> {
+    let body = body_bytes(body)?;
+    if optional && (body.iter().all(|b| b.is_ascii_whitespace()) || body.trim_ascii() == b"null") {
         return Ok(None);
     }
     // Syntax first: a truncated or non-JSON body is 400 even when its first bytes already break the
@@ -211,9 +217,11 @@ async fn command(s: &AppState, id: &str, c: Command, actor: &str) -> Result<Json
 
 /// Pass the current gate/step, or with `full` go straight to 100 %.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/promote", tag = "control", params(("id" = String, Path)),
-    request_body(content = Option<PromoteBody>),
-    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "not valid in the current phase", body = ErrorBody)),
+    request_body(content = Option<PromoteBody>, description = "optional (empty or null: pass the current gate/step)"),
+    responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "not valid in the current phase", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn promote(
     State(s): State<AppState>,
@@ -253,9 +261,10 @@ pub async fn resume(
 
 /// Roll back now.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", tag = "control", params(("id" = String, Path)),
-    request_body(content = Option<AbortBody>),
-    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    request_body(content = Option<AbortBody>, description = "optional (empty or null: no reason)"),
+    responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn abort(
     State(s): State<AppState>,
@@ -277,16 +286,47 @@ pub async fn list_policies(State(s): State<AppState>, _viewer: Viewer) -> Json<I
     Json(Items { items: s.controller.policies().as_ref().clone() })
 }
 
-/// Slack interactivity (buttons Promote / Abort), verified with the signing secret.
+/// What the Slack endpoint answers: Slack shows `text` to the user who clicked (`ephemeral`) or, once
+/// an action is applied, to the channel (`in_channel`, with the rollout's new `phase`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlackAnswer {
+    /// `in_channel` or `ephemeral`.
+    pub response_type: String,
+    pub replace_original: bool,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// Before the Slack handler runs (Slack not configured, unreadable body) errors use the API's error body.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SlackOrError {
+    Slack(SlackAnswer),
+    Error(ErrorBody),
+}
+
+/// Slack interactivity (buttons Promote / Abort), verified with the signing secret (not a bearer token).
 #[utoipa::path(post, path = "/api/v1/slack/interactions", tag = "slack",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "handled"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "Slack's `payload=<JSON>` of type block_actions"),
+    responses(
+        (status = 200, description = "applied", body = SlackAnswer),
+        (status = 202, description = "queued, not confirmed in time", body = SlackAnswer),
+        (status = 400, description = "not a Slack block_actions payload", body = SlackOrError),
+        (status = 401, description = "missing, stale or wrong Slack signature", body = SlackAnswer),
+        (status = 403, description = "the user may not approve this gate", body = SlackAnswer),
+        (status = 404, description = "unknown rollout, or Slack is not configured", body = SlackOrError),
+        (status = 409, description = "not valid in the rollout's phase", body = SlackAnswer),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = SlackAnswer),
+        (status = 503, description = "the store is unavailable", body = SlackAnswer)))]
 pub async fn slack_interactions(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let body = body_bytes(body)?;
     let Some(h) = s.slack.clone() else {
         return Err(ApiError::not_found("Slack is not configured (set the signing secret)"));
     };
@@ -295,13 +335,16 @@ pub async fn slack_interactions(
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
 pub async fn live() -> &'static str {
     "ok"
 }
 
 /// Readiness: store open, policies loaded, rollouts resumed.
-#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses((status = 200, description = "ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "not ready", body = String, content_type = "text/plain")))]
 pub async fn ready(State(s): State<AppState>) -> Response {
     if s.is_ready() {
         (StatusCode::OK, "ready").into_response()
@@ -311,7 +354,8 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 }
 
 /// Prometheus exposition of the daemon's metrics.
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let body = s.metrics.encode();
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
