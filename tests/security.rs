@@ -160,9 +160,16 @@ fn refused_requests_change_nothing_and_the_daemon_keeps_serving() {
     let created = f.req("POST", "/api/v1/rollouts", bearer(OPERATOR).as_deref(), &create_body("cart"));
     assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
     let id = created.json()["id"].as_str().expect("id").to_string();
-    // Wait until it has settled at the first step.
+    // Wait until it has settled at the first step: the router confirmed 10 %.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while f.get(&format!("/api/v1/rollouts/{id}")).json()["canaryWeight"] != 10 {
+    let settled = |events: Value| {
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "weight-set" && e["details"]["canary"] == 10)
+    };
+    while !settled(f.get(&format!("/api/v1/rollouts/{id}/events")).json()) {
         assert!(std::time::Instant::now() < deadline, "rollout never reached 10 %");
         std::thread::sleep(Duration::from_millis(50));
     }
