@@ -73,7 +73,6 @@ cpu_seconds() { # utime + stime of the daemon, in seconds
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"
 }
 cpu_start=$(cpu_seconds)
-started=$(date +%s.%N)
 
 echo "creating $ROLLOUTS rollouts ($CREATE_CONCURRENCY concurrent) on $url ..."
 VANE_TOKEN="$LOAD_OP_TOKEN" python3 scripts/load-create.py --port "$port" --count "$ROLLOUTS" \
@@ -99,15 +98,14 @@ while :; do
   [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out with $active rollouts still active" >&2; break; }
   sleep 1
 done
-finished=$(date +%s.%N)
 cpu_end=$(cpu_seconds)
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
 rss=$(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")
 curl -s -H "Authorization: Bearer $LOAD_VIEW_TOKEN" "$url/api/v1/rollouts?limit=1000" >"$tmp/final.json"
 
-python3 - "$tmp" "$ROLLOUTS" "$started" "$finished" "$cpu_start" "$cpu_wrk" "$cpu_end" "$hwm" "$rss" "$DURATION" <<'EOF'
+python3 - "$tmp" "$ROLLOUTS" "$cpu_start" "$cpu_wrk" "$cpu_end" "$hwm" "$rss" "$DURATION" "$INTERVAL" <<'EOF'
 import collections, json, re, sys
-tmp, n, started, finished, cpu0, cpu_wrk, cpu1, hwm, rss, duration = sys.argv[1:]
+tmp, n, cpu0, cpu_wrk, cpu1, hwm, rss, duration, interval = sys.argv[1:]
 n = int(n)
 codes = collections.Counter()
 times = []
@@ -122,6 +120,12 @@ def grab(pattern):
     m = re.search(pattern, wrk)
     return m.group(1) if m else "?"
 phases = collections.Counter(r["phase"] for r in json.load(open(f"{tmp}/final.json"))["items"])
+from datetime import datetime
+final = json.load(open(f"{tmp}/final.json"))["items"]
+ts = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+first = min(ts(r["createdAt"]) for r in final)
+span = max(ts(r["updatedAt"]) for r in final) - first
+durations = sorted(ts(r["updatedAt"]) - ts(r["createdAt"]) for r in final)
 errors = sum(1 for l in open(f"{tmp}/daemon.log") if " ERROR " in l)
 non2xx = int(grab(r"Non-2xx or 3xx responses: (\d+)").replace("?", "0"))
 sock = grab(r"Socket errors: (.*)")
@@ -130,7 +134,7 @@ print(f"""
 == vane load test: {n} rollouts (exec routers, 20 steps at 1 s) + wrk reads ==
 creates      {len(times)} sent, status {dict(codes)}; latency p50 {pct(times, 50):.1f} ms, p99 {pct(times, 99):.1f} ms, max {times[-1] if times else 0:.1f} ms
 reads (wrk)  {total} in {duration}, {rps} req/s; latency p50 {p50}, p99 {p99}; non-2xx {non2xx}; socket errors {"none" if sock == "?" else sock}
-rollouts     {dict(phases)} — all finished {float(finished) - float(started):.1f} s after the first create
+rollouts     {dict(phases)}; each took p50 {pct(durations, 50):.1f} s, max {durations[-1]:.1f} s (20 steps at {interval}); the last finished {span:.1f} s after the first was created
 daemon CPU   {float(cpu1) - float(cpu0):.1f} s total ({float(cpu_wrk) - float(cpu0):.1f} s during creates + wrk); peak RSS (VmHWM) {int(hwm) / 1024:.1f} MiB, RSS at end {int(rss) / 1024:.1f} MiB
 daemon log   {errors} ERROR lines
 """)
