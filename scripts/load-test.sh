@@ -10,9 +10,10 @@
 #    store commit, a process spawn and an event;
 # 2. a burst of ROLLOUTS creates, CREATE_CONCURRENCY at a time (scripts/load-create.py), timed;
 # 3. at once, wrk with scripts/load.lua for DURATION: GET one rollout (80 %), its events (10 %), the
-#    list (10 %) — while every rollout is progressing (PROFILE=file records a perf profile meanwhile);
+#    list (10 %) — while every rollout is progressing;
 # 4. waits until every rollout is terminal, then prints create and read latency (p50 / p99), read
 #    throughput and errors, the daemon's CPU seconds and peak RSS (VmHWM), and how many rollouts succeeded.
+# PROFILE=file records a perf profile of the daemon for the whole run.
 # Exits non-zero when a request failed or a rollout did not succeed. Needs: curl, wrk, python3.
 # The numbers include the load generators' own CPU use: they share the machine with the daemon.
 set -euo pipefail
@@ -72,40 +73,49 @@ curl -sf "$url/health/ready" >/dev/null || { echo "daemon not ready" >&2; cat "$
 cpu_seconds() { # utime + stime of the daemon, in seconds
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"
 }
+child_cpu_seconds() { # cutime + cstime: the router commands the daemon ran (and reaped)
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($16 + $17) / hz }' "/proc/$pid/stat"
+}
 cpu_start=$(cpu_seconds)
+perf_pid=""
+if [ -n "${PROFILE:-}" ]; then # PROFILE=file: a perf profile of the daemon for the whole run
+  perf record -q -F 499 -g -p "$pid" -o "$PROFILE" 2>/dev/null &
+  perf_pid=$!
+fi
 
 echo "creating $ROLLOUTS rollouts ($CREATE_CONCURRENCY concurrent) on $url ..."
 VANE_TOKEN="$LOAD_OP_TOKEN" python3 scripts/load-create.py --port "$port" --count "$ROLLOUTS" \
   --concurrency "$CREATE_CONCURRENCY" --latencies "$tmp/creates.txt" >"$tmp/ids"
 
 echo "reading with wrk ($THREADS threads, $CONNECTIONS connections, $DURATION) while the rollouts progress ..."
-perf_pid=""
-if [ -n "${PROFILE:-}" ]; then # PROFILE=file: a perf profile of the daemon while wrk runs
-  perf record -q -F 499 -g -p "$pid" -o "$PROFILE" 2>/dev/null &
-  perf_pid=$!
-fi
 LOAD_IDS="$tmp/ids" VANE_TOKEN="$LOAD_VIEW_TOKEN" \
   wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency -s scripts/load.lua "$url" >"$tmp/wrk.txt"
-[ -z "$perf_pid" ] || { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
 cpu_wrk=$(cpu_seconds)
 
 echo "waiting for every rollout to finish ..."
 deadline=$(( $(date +%s) + 600 ))
 while :; do
-  active=$(curl -s -H "Authorization: Bearer $LOAD_VIEW_TOKEN" "$url/api/v1/rollouts?limit=1000" |
-    python3 -c 'import json,sys; print(sum(r["phase"] not in ("Succeeded","RolledBack","Aborted","Failed") for r in json.load(sys.stdin)["items"]))')
+  active=0
+  for phase in Pending Progressing Paused AwaitingApproval Promoting RollingBack; do
+    n=$(curl -s -H "Authorization: Bearer $LOAD_VIEW_TOKEN" "$url/api/v1/rollouts?phase=$phase&limit=1000" |
+      python3 -c 'import json,sys; print(len(json.load(sys.stdin)["items"]))')
+    active=$((active + n))
+  done
   [ "$active" -eq 0 ] && break
   [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out with $active rollouts still active" >&2; break; }
   sleep 1
 done
 cpu_end=$(cpu_seconds)
+[ -z "$perf_pid" ] || { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+child_cpu=$(child_cpu_seconds)
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
 rss=$(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")
 curl -s -H "Authorization: Bearer $LOAD_VIEW_TOKEN" "$url/api/v1/rollouts?limit=1000" >"$tmp/final.json"
+curl -s "$url/metrics" >"$tmp/metrics.txt"
 
-python3 - "$tmp" "$ROLLOUTS" "$cpu_start" "$cpu_wrk" "$cpu_end" "$hwm" "$rss" "$DURATION" "$INTERVAL" <<'EOF'
+python3 - "$tmp" "$ROLLOUTS" "$cpu_start" "$cpu_wrk" "$cpu_end" "$hwm" "$rss" "$DURATION" "$INTERVAL" "$child_cpu" <<'EOF'
 import collections, json, re, sys
-tmp, n, cpu0, cpu_wrk, cpu1, hwm, rss, duration, interval = sys.argv[1:]
+tmp, n, cpu0, cpu_wrk, cpu1, hwm, rss, duration, interval, child_cpu = sys.argv[1:]
 n = int(n)
 codes = collections.Counter()
 times = []
@@ -119,7 +129,12 @@ wrk = open(f"{tmp}/wrk.txt").read()
 def grab(pattern):
     m = re.search(pattern, wrk)
     return m.group(1) if m else "?"
-phases = collections.Counter(r["phase"] for r in json.load(open(f"{tmp}/final.json"))["items"])
+# Results from the daemon's counters (the list shows at most 1000); durations from the newest 1000.
+phases = collections.Counter()
+for line in open(f"{tmp}/metrics.txt"):
+    m = re.match(r'vane_rollouts_total\{strategy="\w+",result="(\w+)"\} (\d+)', line)
+    if m and int(m.group(2)):
+        phases[m.group(1)] += int(m.group(2))
 from datetime import datetime
 final = json.load(open(f"{tmp}/final.json"))["items"]
 ts = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
@@ -134,8 +149,8 @@ print(f"""
 == vane load test: {n} rollouts (exec routers, 20 steps at 1 s) + wrk reads ==
 creates      {len(times)} sent, status {dict(codes)}; latency p50 {pct(times, 50):.1f} ms, p99 {pct(times, 99):.1f} ms, max {times[-1] if times else 0:.1f} ms
 reads (wrk)  {total} in {duration}, {rps} req/s; latency p50 {p50}, p99 {p99}; non-2xx {non2xx}; socket errors {"none" if sock == "?" else sock}
-rollouts     {dict(phases)}; each took p50 {pct(durations, 50):.1f} s, max {durations[-1]:.1f} s (20 steps at {interval}); the last finished {span:.1f} s after the first was created
-daemon CPU   {float(cpu1) - float(cpu0):.1f} s total ({float(cpu_wrk) - float(cpu0):.1f} s during creates + wrk); peak RSS (VmHWM) {int(hwm) / 1024:.1f} MiB, RSS at end {int(rss) / 1024:.1f} MiB
+rollouts     {dict(phases)}; each{" of the newest 1000" if n > 1000 else ""} took p50 {pct(durations, 50):.1f} s, max {durations[-1]:.1f} s (20 steps at {interval}); the last finished {span:.1f} s after the first was created
+daemon CPU   {float(cpu1) - float(cpu0):.1f} s total ({float(cpu_wrk) - float(cpu0):.1f} s during creates + wrk), plus {float(child_cpu):.1f} s in the router commands it ran; peak RSS (VmHWM) {int(hwm) / 1024:.1f} MiB, RSS at end {int(rss) / 1024:.1f} MiB
 daemon log   {errors} ERROR lines
 """)
 ok = codes.get("201", 0) == n and phases.get("Succeeded", 0) == n and non2xx == 0 and sock == "?"
