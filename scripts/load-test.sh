@@ -127,7 +127,7 @@ times.sort()
 pct = lambda xs, p: xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 wrk = open(f"{tmp}/wrk.txt").read()
 def grab(pattern):
-    m = re.search(pattern, wrk)
+    m = re.search(pattern, wrk, re.M)
     return m.group(1) if m else "?"
 # Results from the daemon's counters (the list shows at most 1000); durations from the newest 1000.
 phases = collections.Counter()
@@ -144,7 +144,7 @@ durations = sorted(ts(r["updatedAt"]) - ts(r["createdAt"]) for r in final)
 errors = sum(1 for l in open(f"{tmp}/daemon.log") if " ERROR " in l)
 non2xx = int(grab(r"Non-2xx or 3xx responses: (\d+)").replace("?", "0"))
 sock = grab(r"Socket errors: (.*)")
-total, rps, p50, p99 = grab(r"(\d+) requests in"), grab(r"Requests/sec:\s+([\d.]+)"), grab(r"50%\s+(\S+)"), grab(r"99%\s+(\S+)")
+total, rps, p50, p99 = grab(r"(\d+) requests in"), grab(r"Requests/sec:\s+([\d.]+)"), grab(r"^\s+50%\s+(\S+)"), grab(r"^\s+99%\s+(\S+)")
 print(f"""
 == vane load test: {n} rollouts (exec routers, 20 steps at 1 s) + wrk reads ==
 creates      {len(times)} sent, status {dict(codes)}; latency p50 {pct(times, 50):.1f} ms, p99 {pct(times, 99):.1f} ms, max {times[-1] if times else 0:.1f} ms
