@@ -43,9 +43,11 @@ pub struct AbortBody {
 pub struct ListQuery {
     pub service: Option<String>,
     pub namespace: Option<String>,
-    /// One of the phases, e.g. `Progressing`.
+    /// One of the phases, e.g. `Progressing` (case-insensitive).
+    #[param(value_type = Option<Phase>)]
     pub phase: Option<String>,
-    /// 1..1000, default 100.
+    /// How many, newest first (default 100). Parsed here, so that a bad value is a 400 naming it.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
 }
 
