@@ -22,8 +22,8 @@
 //! It also checks `/metrics` itself: every SPEC §6 metric with exactly the SPEC's labels, and values
 //! the driver set (the final phase, weight 0 after the rollback, the rollouts counted by result).
 //!
-//! `finished_rollouts_series_are_dropped_after_the_retention`: with a 1 s retention the per-service
-//! series of a finished rollout leave `/metrics` while the counters stay.
+//! `finished_rollouts_series_are_dropped_after_the_retention`: with a 3 s retention (a margin for a
+//! slow first scrape) the per-service series of a finished rollout leave `/metrics`, the counters stay.
 
 mod support {
     pub mod daemon;
@@ -329,7 +329,7 @@ async fn finished_rollouts_series_are_dropped_after_the_retention() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     write_policy(d, "name: slo\nstrategy: canary\nsteps: [50, 100]\ninterval: 100ms\nthreshold: 2\n");
-    let daemon = Daemon::start(d, free_port(), &[("VANE_SERVER_METRICS_RETENTION", "1s")]);
+    let daemon = Daemon::start(d, free_port(), &[("VANE_SERVER_METRICS_RETENTION", "3s")]);
     vane::install_crypto_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     let body = json!({ "service": "cart", "namespace": "shop", "version": "v2", "stableVersion": "v1",
