@@ -83,6 +83,7 @@ def main():
     ap.add_argument("--stable", default="v1")
     ap.add_argument("--canary", default="v2")
     ap.add_argument("--root", default=ROOT, help="repository root (default: this script's repo)")
+    ap.add_argument("--only", choices=["dashboards", "rules"], help="print only the dashboards' or the rules' expressions")
     a = ap.parse_args()
 
     values = {"__rate_interval": "1m", "__interval": "1m", "__range": "1m", "datasource": "",
@@ -92,9 +93,12 @@ def main():
     def subst(expr):
         return VAR.sub(lambda m: values.get(m.group(1) or m.group(2), ".*"), expr)
 
-    sources = [(p, dashboard_exprs) for p in sorted(glob.glob(os.path.join(a.root, "dashboards", "*.json")))]
-    sources += [(p, rule_exprs) for p in sorted(glob.glob(os.path.join(a.root, "deploy", "**", "prometheusrule*.yaml"),
-                                                         recursive=True))]
+    sources = []
+    if a.only != "rules":
+        sources += [(p, dashboard_exprs) for p in sorted(glob.glob(os.path.join(a.root, "dashboards", "*.json")))]
+    if a.only != "dashboards":
+        sources += [(p, rule_exprs)
+                    for p in sorted(glob.glob(os.path.join(a.root, "deploy", "**", "prometheusrule*.yaml"), recursive=True))]
     if not sources:
         sys.exit(f"no dashboards or PrometheusRule files under {a.root}")
     seen = set()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every test: unit, property, API, driver, crash, real Prometheus / NGINX / Kubernetes API server,
-# plus the deployment manifests and dashboards. Installs the Debian packages the tests need when missing.
+# plus the deployment manifests and dashboards, and schemathesis against the API's OpenAPI document.
+# Installs the Debian packages the tests need when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,9 @@ command -v prometheus >/dev/null || missing+=(prometheus)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v xz >/dev/null || missing+=(xz-utils)
+command -v curl >/dev/null || missing+=(curl)
+# scripts/schemathesis.sh installs schemathesis into a venv unless it is on PATH.
+command -v schemathesis >/dev/null || python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test dependencies: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -19,3 +23,4 @@ export PATH="$PATH:/usr/sbin"
 
 cargo test --all-targets --no-fail-fast
 bash scripts/validate-deploy.sh
+bash scripts/schemathesis.sh

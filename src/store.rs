@@ -1,10 +1,12 @@
 //! Durable state in sled (DESIGN "Durability rules").
 //!
 //! Trees: `rollouts` (id → record), `events` (id/seq → event), `active` (namespace/service → id of the
-//! non-terminal rollout), `idempotency` (key → id + body hash). A transition and its events are written
+//! non-terminal rollout), `idempotency` (key → id + body hash), `by_service` (service/namespace/id → ∅,
+//! so a list filtered by service reads that service's rollouts only). A transition and its events are written
 //! in one transaction and flushed before the effect it decided runs, so after a crash the store never
 //! shows an effect whose decision is missing, and event seqs are gap-free.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +50,30 @@ pub struct ListFilter {
     pub limit: usize,
 }
 
+/// The fields a list filters on, decoded without the rest of the record.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    service: Cow<'a, str>,
+    #[serde(borrow)]
+    namespace: Cow<'a, str>,
+    phase: Phase,
+}
+
+impl<'a> From<&'a Rollout> for Head<'a> {
+    fn from(r: &'a Rollout) -> Self {
+        Head { service: Cow::Borrowed(&r.service), namespace: Cow::Borrowed(&r.namespace), phase: r.phase }
+    }
+}
+
+impl ListFilter {
+    fn matches(&self, h: &Head<'_>) -> bool {
+        self.service.as_ref().is_none_or(|s| *s == h.service)
+            && self.namespace.as_ref().is_none_or(|n| *n == h.namespace)
+            && self.phase.is_none_or(|p| p == h.phase)
+    }
+}
+
 /// Group commit: one flush at a time covers every transaction written before it started. (Many
 /// concurrent `flush_async` calls can deadlock sled 0.34's I/O pool, and serialising them also
 /// turns N flushes into one under load.)
@@ -66,10 +92,16 @@ pub struct Store {
     events: sled::Tree,
     active: sled::Tree,
     idem: sled::Tree,
+    by_service: sled::Tree,
 }
 
 fn active_key(r: &Rollout) -> String {
     format!("{}/{}", r.namespace, r.service)
+}
+
+/// `service/namespace/id`: both are DNS labels, so `/` cannot occur in them.
+fn service_key(service: &str, namespace: &str, id: &str) -> String {
+    format!("{service}/{namespace}/{id}")
 }
 
 fn event_key(id: &str, seq: u64) -> Vec<u8> {
@@ -85,7 +117,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("serialisable record")
 }
 
-fn from_json<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+fn from_json<'de, T: Deserialize<'de>>(key: &[u8], v: &'de [u8]) -> Result<T, StoreError> {
     serde_json::from_slice(v)
         .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error: e.to_string() })
 }
@@ -102,14 +134,34 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // A bounded page cache: sled's default (1 GiB) would let RSS grow with the history.
         let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(64 << 20).open()?;
-        Ok(Store {
+        let store = Store {
             rollouts: db.open_tree("rollouts")?,
             events: db.open_tree("events")?,
             active: db.open_tree("active")?,
             idem: db.open_tree("idempotency")?,
+            by_service: db.open_tree("by_service")?,
             flusher: Arc::default(),
             db,
-        })
+        };
+        store.index_services()?;
+        Ok(store)
+    }
+
+    /// Build the service index of a store written before it existed (one atomic batch: a crash
+    /// leaves it empty, and the next start builds it again).
+    fn index_services(&self) -> Result<(), StoreError> {
+        if !self.by_service.is_empty() || self.rollouts.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for kv in self.rollouts.iter() {
+            let (k, v) = kv?;
+            let h: Head = from_json(&k, &v)?;
+            batch.insert(service_key(&h.service, &h.namespace, &String::from_utf8_lossy(&k)).as_bytes(), &[]);
+        }
+        self.by_service.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Insert a new rollout (one active per namespace/service) with its first events, or return the
@@ -125,7 +177,9 @@ impl Store {
         number(&mut staged, &mut events);
         let record = to_json(&staged);
         let akey = active_key(&staged);
-        let res = (&self.rollouts, &self.events, &self.active, &self.idem).transaction(|(rt, et, at, it)| {
+        let skey = service_key(&staged.service, &staged.namespace, &staged.id);
+        let trees = (&self.rollouts, &self.events, &self.active, &self.idem, &self.by_service);
+        let res = trees.transaction(|(rt, et, at, it, st)| {
             if let Some((key, body)) = idem
                 && let Some(prev) = it.get(key.as_bytes())?
             {
@@ -146,6 +200,7 @@ impl Store {
             }
             rt.insert(staged.id.as_bytes(), record.as_slice())?;
             at.insert(akey.as_bytes(), staged.id.as_bytes())?;
+            st.insert(skey.as_bytes(), &[])?;
             for e in &events {
                 et.insert(event_key(&staged.id, e.seq), to_json(e))?;
             }
@@ -199,19 +254,65 @@ impl Store {
     }
 
     /// Newest first (ids are ULIDs, so key order is creation order).
+    ///
+    /// Filters avoid reading the whole history: by service through the `by_service` index, by a
+    /// non-terminal phase through `active`; other filters scan, decoding only the filtered fields of
+    /// records that do not match (a full record, policy included, costs several times more).
     pub fn list(&self, f: &ListFilter) -> Result<Vec<Rollout>, StoreError> {
+        if let Some(service) = &f.service {
+            let labels = std::iter::once(service).chain(&f.namespace);
+            if !labels.into_iter().all(|l| crate::policy::is_dns_label(l)) {
+                return Ok(vec![]); // no rollout has such a name, and it must not be read as a key prefix
+            }
+            let prefix = match &f.namespace {
+                Some(ns) => format!("{service}/{ns}/"),
+                None => format!("{service}/"),
+            };
+            let mut ids = Vec::new();
+            for k in self.by_service.scan_prefix(prefix.as_bytes()).keys() {
+                let k = k?;
+                let id = k.rsplit(|b| *b == b'/').next().unwrap_or_default();
+                ids.push(sled::IVec::from(id));
+            }
+            // Newest first across namespaces.
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            return self.collect(self.records(ids), f);
+        }
+        if f.phase.is_some_and(|p| !p.is_terminal()) {
+            let mut ids = Vec::new();
+            for id in self.active.iter().values() {
+                ids.push(id?);
+            }
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            return self.collect(self.records(ids), f);
+        }
+        self.collect(self.rollouts.iter().rev().map(|kv| kv.map_err(StoreError::from)), f)
+    }
+
+    /// The records of `ids`, in that order (ids whose record is gone are skipped).
+    fn records(&self, ids: Vec<sled::IVec>) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> {
+        ids.into_iter().filter_map(|id| match self.rollouts.get(&id) {
+            Ok(v) => v.map(|v| Ok((id, v))),
+            Err(e) => Some(Err(e.into())),
+        })
+    }
+
+    /// The records (newest first) that pass `f`, at most `f.limit`.
+    fn collect(
+        &self,
+        records: impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>>,
+        f: &ListFilter,
+    ) -> Result<Vec<Rollout>, StoreError> {
+        let filtered = f.service.is_some() || f.namespace.is_some() || f.phase.is_some();
         let mut out = Vec::new();
-        for kv in self.rollouts.iter().rev() {
-            let (k, v) = kv?;
-            let r: Rollout = from_json(&k, &v)?;
-            let keep = f.service.as_ref().is_none_or(|s| *s == r.service)
-                && f.namespace.as_ref().is_none_or(|n| *n == r.namespace)
-                && f.phase.is_none_or(|p| p == r.phase);
-            if keep {
-                out.push(r);
-                if out.len() >= f.limit {
-                    break;
-                }
+        for kv in records {
+            let (id, v) = kv?;
+            if filtered && !f.matches(&from_json::<Head>(&id, &v)?) {
+                continue;
+            }
+            out.push(from_json(&id, &v)?);
+            if out.len() >= f.limit {
+                break;
             }
         }
         Ok(out)

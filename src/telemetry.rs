@@ -1,6 +1,6 @@
 //! Logs (tracing) and the daemon's own metrics (SPEC §6, prometheus-client).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::analysis::AnalysisReport;
+use crate::analysis::{AnalysisReport, MetricVerdict};
 use crate::rollout::{Phase, Rollout};
 
 /// Human-readable logs by default, JSON lines for machines. `RUST_LOG` filters (default `info`).
@@ -95,9 +95,34 @@ pub struct Metrics {
     pub prometheus_query_errors: Counter,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
     retention: Duration,
-    /// Finished services and the metric names they reported, awaiting removal after the retention.
-    finished: Mutex<HashMap<ServiceLabels, (Instant, Vec<String>)>>,
+    series: Mutex<Series>,
 }
+
+/// What is needed to drop a service's series once its rollout has finished.
+#[derive(Default)]
+struct Series {
+    /// Analysis metric names each service has reported (so every series can be removed, even those of
+    /// an earlier rollout of the same service whose policy had other metrics).
+    metrics: HashMap<ServiceLabels, BTreeSet<String>>,
+    /// Services whose rollout finished, and when.
+    finished: HashMap<ServiceLabels, Instant>,
+}
+
+/// Label values known in advance. Their series are created at zero on start: a counter that first
+/// appears with value 1 is invisible to `rate()`/`increase()`, so without them the first rollout,
+/// failure or delivery would never show on a dashboard or trigger an alert.
+const STRATEGIES: [&str; 2] = ["canary", "blue-green"];
+const RESULTS: [Phase; 4] = [Phase::Succeeded, Phase::RolledBack, Phase::Aborted, Phase::Failed];
+const ROUTER_KINDS: [&str; 4] = ["istio", "nginx-ingress", "nginx", "exec"];
+const DELIVERY_KINDS: [&str; 3] = ["webhook", "slack", "hook"];
+const CALL_RESULTS: [&str; 2] = ["ok", "error"];
+const CHECK_RESULTS: [MetricVerdict; 5] = [
+    MetricVerdict::Pass,
+    MetricVerdict::Fail,
+    MetricVerdict::NoData,
+    MetricVerdict::Inconclusive,
+    MetricVerdict::Error,
+];
 
 impl Metrics {
     pub fn new(retention: Duration) -> Metrics {
@@ -117,7 +142,7 @@ impl Metrics {
             prometheus_query_errors: Counter::default(),
             webhook_deliveries: Family::default(),
             retention,
-            finished: Mutex::new(HashMap::new()),
+            series: Mutex::default(),
             registry: Registry::default(),
         };
         // A gauge, not an OpenMetrics Info (which would be exposed as `vane_info_info`).
@@ -153,6 +178,21 @@ impl Metrics {
             m.prometheus_query_errors.clone(),
         );
         registry.register("webhook_deliveries", "Outbound webhook and Slack deliveries", m.webhook_deliveries.clone());
+        for strategy in STRATEGIES {
+            for result in RESULTS {
+                let l = ResultLabels { strategy: strategy.into(), result: result.as_str().into() };
+                let _ = m.rollouts.get_or_create(&l);
+                let _ = m.rollout_duration.get_or_create(&l);
+            }
+        }
+        for result in CALL_RESULTS {
+            for router in ROUTER_KINDS {
+                let _ = m.router_requests.get_or_create(&RouterLabels { router: router.into(), result: result.into() });
+            }
+            for kind in DELIVERY_KINDS {
+                let _ = m.webhook_deliveries.get_or_create(&WebhookLabels { kind: kind.into(), result: result.into() });
+            }
+        }
         Metrics { registry, ..m }
     }
 
@@ -184,16 +224,22 @@ impl Metrics {
             {
                 self.rollback_seconds.observe(now_ms.saturating_sub(start) as f64 / 1000.0);
             }
-            let names = r.policy.metrics.iter().map(|m| m.name.clone()).collect();
-            if let Ok(mut f) = self.finished.lock() {
-                f.insert(svc, (Instant::now(), names));
+            if let Ok(mut s) = self.series.lock() {
+                s.finished.insert(svc, Instant::now());
             }
-        } else if let Ok(mut f) = self.finished.lock() {
-            f.remove(&svc);
+        } else if !r.is_terminal()
+            && let Ok(mut s) = self.series.lock()
+        {
+            // The service has a live rollout again: its series stay.
+            s.finished.remove(&svc);
         }
     }
 
     pub fn observe_analysis(&self, r: &Rollout, a: &AnalysisReport) {
+        let svc = ServiceLabels { namespace: r.namespace.clone(), service: r.service.clone() };
+        if let Ok(mut s) = self.series.lock() {
+            s.metrics.entry(svc).or_default().extend(a.metrics.iter().map(|m| m.name.clone()));
+        }
         for m in &a.metrics {
             let l = MetricLabels { namespace: r.namespace.clone(), service: r.service.clone(), metric: m.name.clone() };
             if let Some(v) = m.value.filter(|v| v.is_finite()) {
@@ -210,13 +256,19 @@ impl Metrics {
                     self.analysis_threshold.get_or_create(&b).set(v);
                 }
             }
-            let c = CheckLabels {
-                namespace: l.namespace,
-                service: l.service,
-                metric: l.metric,
-                result: m.result.as_str().into(),
-            };
-            self.analysis_checks.get_or_create(&c).inc();
+            // Every result at zero first, so the first failure of a metric is an increase.
+            for result in CHECK_RESULTS {
+                let c = CheckLabels {
+                    namespace: l.namespace.clone(),
+                    service: l.service.clone(),
+                    metric: l.metric.clone(),
+                    result: result.as_str().into(),
+                };
+                let counter = self.analysis_checks.get_or_create(&c);
+                if result == m.result {
+                    counter.inc();
+                }
+            }
         }
     }
 
@@ -232,11 +284,13 @@ impl Metrics {
 
     /// Drop the per-service series of rollouts that finished longer than the retention ago.
     pub fn sweep(&self) {
-        let Ok(mut f) = self.finished.lock() else { return };
+        let Ok(mut s) = self.series.lock() else {
+            return;
+        };
         let expired: Vec<_> =
-            f.iter().filter(|(_, (t, _))| t.elapsed() >= self.retention).map(|(k, _)| k.clone()).collect();
+            s.finished.iter().filter(|(_, t)| t.elapsed() >= self.retention).map(|(k, _)| k.clone()).collect();
         for svc in expired {
-            let Some((_, names)) = f.remove(&svc) else { continue };
+            s.finished.remove(&svc);
             self.weight.remove(&svc);
             self.failed_checks.remove(&svc);
             for p in Phase::ALL {
@@ -246,7 +300,7 @@ impl Metrics {
                     phase: p.as_str().into(),
                 });
             }
-            for metric in names {
+            for metric in s.metrics.remove(&svc).unwrap_or_default() {
                 let l = MetricLabels { namespace: svc.namespace.clone(), service: svc.service.clone(), metric };
                 self.analysis_value.remove(&l);
                 for bound in ["min", "max"] {
@@ -257,12 +311,12 @@ impl Metrics {
                         bound: bound.into(),
                     });
                 }
-                for result in ["pass", "fail", "nodata", "inconclusive", "error"] {
+                for result in CHECK_RESULTS {
                     self.analysis_checks.remove(&CheckLabels {
                         namespace: l.namespace.clone(),
                         service: l.service.clone(),
                         metric: l.metric.clone(),
-                        result: result.into(),
+                        result: result.as_str().into(),
                     });
                 }
             }

@@ -259,7 +259,12 @@ async fn a_deleted_virtual_service_keeps_the_rollback_retrying_until_it_is_back(
     assert_eq!(r.phase, Phase::RollingBack, "{}", r.message);
     assert!(r.message.contains(&format!("VirtualService {}/agent-service not found", w.ns)), "{}", r.message);
     assert!(r.message.contains("rollback NOT complete"), "{}", r.message);
-    assert!(w.metrics.encode().contains(r#"vane_router_requests_total{router="istio",result="error"}"#));
+    let m = w.metrics.encode();
+    assert!(
+        m.contains(r#"vane_router_requests_total{router="istio",result="error"}"#)
+            && !m.contains(r#"vane_router_requests_total{router="istio",result="error"} 0"#),
+        "router errors are counted: {m}"
+    );
     // Someone restores the object: the next retry completes the rollback.
     let obj: DynamicObject = serde_json::from_value(vs_object()).unwrap();
     let mut obj = obj;

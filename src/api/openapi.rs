@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::routes::{self, AbortBody, Items, PromoteBody};
+use super::routes::{self, AbortBody, Items, PromoteBody, SlackAnswer, SlackOrError};
 use crate::analysis::{AnalysisReport, MetricResult, MetricVerdict, Verdict};
 use crate::policy::*;
 use crate::rollout::{CreateRequest, Event, GateView, Phase, RolloutView, RouterSpec};
@@ -35,7 +35,7 @@ impl Modify for Bearer {
         CreateRequest, RouterSpec, Overrides, RolloutView, GateView, Phase, Strategy, Event, Items<RolloutView>,
         Items<Event>, Items<Policy>, AnalysisReport, MetricResult, Verdict, MetricVerdict, Policy, MetricSpec, Bound,
         Gate, Approval, Hooks, HookSpec, Preflight, SequentialSpec, OnNoData, JudgeKind, OnDrift, Dialect,
-        PromoteBody, AbortBody, ErrorBody, ErrorDetail
+        PromoteBody, AbortBody, ErrorBody, ErrorDetail, SlackAnswer, SlackOrError
     )),
     modifiers(&Bearer)
 )]

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -42,27 +43,43 @@ pub struct AbortBody {
 pub struct ListQuery {
     pub service: Option<String>,
     pub namespace: Option<String>,
-    /// One of the phases, e.g. `Progressing`.
+    /// One of the phases, e.g. `Progressing` (case-insensitive).
+    #[param(value_type = Option<Phase>)]
     pub phase: Option<String>,
-    /// 1..1000, default 100.
+    /// How many, newest first (default 100). Parsed here, so that a bad value is a 400 naming it.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
 }
 
-/// Parse a JSON body; syntax errors are 400, well-formed JSON of the wrong shape is 422 with the field.
-fn parse_json<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    optional: bool,
-) -> Result<Option<T>, ApiError> {
-    let body = body.map_err(|e| match e.status() {
+/// The request body, or 413 / 400 with the API's error body.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("request body is larger than {} bytes", super::BODY_LIMIT),
         ),
         _ => ApiError::bad_request(e.body_text()),
-    })?;
-    if optional && body.iter().all(|b| b.is_ascii_whitespace()) {
+    })
+}
+
+/// Parse a JSON body; syntax errors are 400, well-formed JSON of the wrong shape is 422 with the field.
+/// An `optional` body may be empty or `null`.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    optional: bool,
+) -> Result<Option<T>, ApiError> {
+    let body = body_bytes(body)?;
+    if optional && (body.iter().all(|b| b.is_ascii_whitespace()) || body.trim_ascii() == b"null") {
         return Ok(None);
+    }
+    // Syntax first: a truncated or non-JSON body is 400 even when its first bytes already break the
+    // schema (e.g. an unknown field before the cut).
+    if let Err(e) = std::str::from_utf8(&body) {
+        return Err(ApiError::bad_request(format!("malformed JSON: not UTF-8 ({e})")));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(ApiError::bad_request(format!("malformed JSON: {e}")));
     }
     let de = &mut serde_json::Deserializer::from_slice(&body);
     match serde_path_to_error::deserialize(de) {
@@ -85,12 +102,23 @@ fn missing_field(msg: &str) -> String {
     msg.strip_prefix("missing field `").and_then(|s| s.split('`').next()).unwrap_or("").to_string()
 }
 
-/// ULIDs only: anything else (path tricks included) is simply not found.
-fn check_id(id: &str) -> Result<(), ApiError> {
-    if id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(format!("rollout {id:?} not found")))
+/// A rollout id from the path. Only ULIDs: anything else (path tricks, invalid percent-encoding or
+/// UTF-8, absurd lengths) is simply not found, with the API's error body.
+pub struct RolloutId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RolloutId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found("no such rollout (the id is not valid UTF-8)"))?;
+        if id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(RolloutId(id))
+        } else {
+            let shown: String = id.chars().take(64).collect();
+            Err(ApiError::not_found(format!("rollout {shown:?} not found")))
+        }
     }
 }
 
@@ -168,9 +196,8 @@ pub async fn list_rollouts(
 pub async fn get_rollout(
     State(s): State<AppState>,
     _viewer: Viewer,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
-    check_id(&id)?;
     Ok(Json(RolloutView::from(&s.controller.get(&id)?)))
 }
 
@@ -181,27 +208,27 @@ pub async fn get_rollout(
 pub async fn rollout_events(
     State(s): State<AppState>,
     _viewer: Viewer,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
 ) -> Result<Json<Items<Event>>, ApiError> {
-    check_id(&id)?;
     Ok(Json(Items { items: s.controller.events(&id)? }))
 }
 
 async fn command(s: &AppState, id: &str, c: Command, actor: &str) -> Result<Json<RolloutView>, ApiError> {
-    check_id(id)?;
     Ok(Json(RolloutView::from(&s.controller.command(id, c, actor).await?)))
 }
 
 /// Pass the current gate/step, or with `full` go straight to 100 %.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/promote", tag = "control", params(("id" = String, Path)),
-    request_body(content = Option<PromoteBody>),
-    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "not valid in the current phase", body = ErrorBody)),
+    request_body(content = Option<PromoteBody>, description = "optional (empty or null: pass the current gate/step)"),
+    responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "not valid in the current phase", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn promote(
     State(s): State<AppState>,
     Operator(c): Operator,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
     let b: PromoteBody = parse_json(body, true)?.unwrap_or_default();
@@ -216,7 +243,7 @@ pub async fn promote(
 pub async fn pause(
     State(s): State<AppState>,
     Operator(c): Operator,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
     command(&s, &id, Command::Pause, &c.name).await
 }
@@ -229,21 +256,22 @@ pub async fn pause(
 pub async fn resume(
     State(s): State<AppState>,
     Operator(c): Operator,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
     command(&s, &id, Command::Resume, &c.name).await
 }
 
 /// Roll back now.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", tag = "control", params(("id" = String, Path)),
-    request_body(content = Option<AbortBody>),
-    responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    request_body(content = Option<AbortBody>, description = "optional (empty or null: no reason)"),
+    responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn abort(
     State(s): State<AppState>,
     Operator(c): Operator,
-    Path(id): Path<String>,
+    RolloutId(id): RolloutId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
     let b: AbortBody = parse_json(body, true)?.unwrap_or_default();
@@ -260,16 +288,47 @@ pub async fn list_policies(State(s): State<AppState>, _viewer: Viewer) -> Json<I
     Json(Items { items: s.controller.policies().as_ref().clone() })
 }
 
-/// Slack interactivity (buttons Promote / Abort), verified with the signing secret.
+/// What the Slack endpoint answers: Slack shows `text` to the user who clicked (`ephemeral`) or, once
+/// an action is applied, to the channel (`in_channel`, with the rollout's new `phase`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlackAnswer {
+    /// `in_channel` or `ephemeral`.
+    pub response_type: String,
+    pub replace_original: bool,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// Before the Slack handler runs (Slack not configured, unreadable body) errors use the API's error body.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SlackOrError {
+    Slack(SlackAnswer),
+    Error(ErrorBody),
+}
+
+/// Slack interactivity (buttons Promote / Abort), verified with the signing secret (not a bearer token).
 #[utoipa::path(post, path = "/api/v1/slack/interactions", tag = "slack",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "handled"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "Slack's `payload=<JSON>` of type block_actions"),
+    responses(
+        (status = 200, description = "applied", body = SlackAnswer),
+        (status = 202, description = "queued, not confirmed in time", body = SlackAnswer),
+        (status = 400, description = "not a Slack block_actions payload", body = SlackOrError),
+        (status = 401, description = "missing, stale or wrong Slack signature", body = SlackAnswer),
+        (status = 403, description = "the user may not approve this gate", body = SlackAnswer),
+        (status = 404, description = "unknown rollout, or Slack is not configured", body = SlackOrError),
+        (status = 409, description = "not valid in the rollout's phase", body = SlackAnswer),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = SlackAnswer),
+        (status = 503, description = "the store is unavailable", body = SlackAnswer)))]
 pub async fn slack_interactions(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let body = body_bytes(body)?;
     let Some(h) = s.slack.clone() else {
         return Err(ApiError::not_found("Slack is not configured (set the signing secret)"));
     };
@@ -278,13 +337,16 @@ pub async fn slack_interactions(
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
 pub async fn live() -> &'static str {
     "ok"
 }
 
 /// Readiness: store open, policies loaded, rollouts resumed.
-#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses((status = 200, description = "ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "not ready", body = String, content_type = "text/plain")))]
 pub async fn ready(State(s): State<AppState>) -> Response {
     if s.is_ready() {
         (StatusCode::OK, "ready").into_response()
@@ -294,7 +356,8 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 }
 
 /// Prometheus exposition of the daemon's metrics.
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let body = s.metrics.encode();
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)

@@ -38,7 +38,9 @@ pub fn tool(name: &str) -> PathBuf {
     let which = Command::new("which").arg(name).output().ok().filter(|o| o.status.success());
     match which {
         Some(o) => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
-        None => panic!("`{name}` is not installed; these tests need the real Prometheus: {INSTALL}"),
+        None => {
+            panic!("`{name}` is not installed; these tests need the real Prometheus: {INSTALL}")
+        }
     }
 }
 
@@ -129,14 +131,19 @@ pub struct Prometheus {
 impl Prometheus {
     /// Start scraping `targets` every second (`data` may hold backfilled blocks already).
     pub fn start(dir: &Path, targets: &[SocketAddr]) -> Prometheus {
+        Prometheus::start_jobs(dir, &[("demo", targets)])
+    }
+
+    /// Start scraping every second, one scrape job per `(job name, targets)`.
+    pub fn start_jobs(dir: &Path, jobs: &[(&str, &[SocketAddr])]) -> Prometheus {
         vane::install_crypto_provider();
         let bin = tool("prometheus");
         let port = free_port();
-        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: demo\n    static_configs:\n      - targets: [{}]\n",
-            list.join(", ")
-        );
+        let mut config = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n".to_string();
+        for (job, targets) in jobs {
+            let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            config += &format!("  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n", list.join(", "));
+        }
         let cfg = dir.join("prometheus.yml");
         std::fs::write(&cfg, config).expect("write prometheus.yml");
         std::fs::create_dir_all(dir.join("data")).expect("data dir");
