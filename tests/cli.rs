@@ -114,3 +114,19 @@ fn policy_check_reports_file_and_line() {
 }
 
 use std::path::Path;
+
+#[test]
+fn refuses_a_non_loopback_address_without_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vane"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("VANE_SERVER_LISTEN", format!("0.0.0.0:{}", free_port()))
+        .env("VANE_POLICIES_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+        .env("VANE_STORE_PATH", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("without any API token"), "{}", text(&out));
+    assert!(!dir.path().join("data").exists(), "refused before touching the store");
+}
