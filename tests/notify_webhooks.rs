@@ -311,10 +311,12 @@ async fn the_daemon_wiring_fans_out_to_every_configured_sink() {
     use vane::config::{Config, Notifications, WebhookConfig};
     let rx = Receiver::start().await;
     let w = World::new();
-    let mut cfg = Config::default();
-    cfg.notifications = Notifications {
-        webhooks: vec![WebhookConfig { url: rx.url("/hook"), secret_env: "T_WEBHOOK_SECRET".into() }],
-        hook_secret_env: "T_HOOK_SECRET".into(),
+    let cfg = Config {
+        notifications: Notifications {
+            webhooks: vec![WebhookConfig { url: rx.url("/hook"), secret_env: "T_WEBHOOK_SECRET".into() }],
+            hook_secret_env: "T_HOOK_SECRET".into(),
+        },
+        ..Config::default()
     };
     // A webhook whose secret variable is unset is a configuration error, not an unsigned webhook.
     let e = vane::notify::wire(&cfg, &w.store, &w.metrics, |_| None).err().expect("missing secret is an error");
