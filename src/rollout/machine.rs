@@ -330,7 +330,11 @@ fn on_weight_applied(r: &mut Rollout, now: Millis, out: &mut Output) {
         }
         Phase::Progressing | Phase::AwaitingApproval => {
             r.next_analysis_at = Some(now + interval(r));
-            r.message = progress_message(r, "analysing");
+            let next = humantime::format_duration(r.policy.interval);
+            r.message = format!(
+                "{}% canary applied; next analysis in {next}; {}/{} failed checks",
+                r.canary_weight, r.failed_checks, r.policy.threshold
+            );
         }
         _ => {}
     }
