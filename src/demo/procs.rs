@@ -199,38 +199,8 @@ impl Nginx {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
         let port = free_port()?;
-        let d = dir.display();
-        let upstreams: String = apps
-            .iter()
-            .map(|a| format!("    upstream {} {{ server {}; keepalive 16; }}\n", a.upstream(), a.addr))
-            .collect();
-        let conf = format!(
-            r#"# vane demo: one upstream per version; vane rewrites split.conf and reloads.
-worker_processes 1;
-worker_shutdown_timeout 2s;
-error_log {d}/error.log warn;
-pid {d}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-{upstreams}    include {d}/split.conf;
-    server {{
-        listen 127.0.0.1:{port};
-        keepalive_requests 100000;
-        location / {{
-            proxy_pass http://${variable};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"#
-        );
+        let upstreams: Vec<(String, String)> = apps.iter().map(|a| (a.upstream(), a.addr.to_string())).collect();
+        let conf = crate::traffic::nginx::server_config(dir, port, &upstreams, variable);
         std::fs::write(dir.join("nginx.conf"), conf)?;
         std::fs::write(dir.join("split.conf"), initial)?;
         let mut args = base_args(dir);

@@ -45,6 +45,46 @@ pub fn split_file(variable: &str, stable: &str, canary: &str, weight: u8) -> Str
     )
 }
 
+/// A minimal, self-contained NGINX configuration around vane's split file: everything under `dir`
+/// (pid, logs, temp paths, `split.conf`), one keep-alive upstream per `(name, host:port)`, and a server
+/// on `127.0.0.1:port` doing `proxy_pass http://$<variable>;`. The demo and the tests run NGINX with
+/// it; docs/routers.md shows the same shape for a real server block.
+pub fn server_config(dir: &Path, port: u16, upstreams: &[(String, String)], variable: &str) -> String {
+    let d = dir.display();
+    let upstreams: String = upstreams
+        .iter()
+        .map(|(name, addr)| format!("    upstream {name} {{ server {addr}; keepalive 16; }}\n"))
+        .collect();
+    format!(
+        r#"worker_processes 1;
+# A connection opened but never used (HTTP clients pre-connect) would keep an old worker alive for
+# client_header_timeout after a reload; bound it so "the reload completed" is observable quickly.
+worker_shutdown_timeout 2s;
+error_log {d}/error.log notice;
+pid {d}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+{upstreams}    include {d}/split.conf;
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 100000;
+        location / {{
+            proxy_pass http://${variable};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#
+    )
+}
+
 /// Read the canary weight back from a file vane wrote.
 pub fn parse_weight(text: &str, stable: &str, canary: &str) -> Option<u8> {
     let start = text.find("split_clients")? + "split_clients".len();

@@ -81,36 +81,11 @@ impl Nginx {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
         let d = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("tmp")).expect("tmp dir");
-        let conf = format!(
-            r#"worker_processes 1;
-# A connection opened but never used (HTTP clients pre-connect) would keep an old worker alive for
-# client_header_timeout after a reload; bound it so "the reload completed" is observable quickly.
-worker_shutdown_timeout 2s;
-error_log {d}/error.log notice;
-pid {d}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    upstream stable_pool {{ server 127.0.0.1:{stable_port}; keepalive 8; }}
-    upstream canary_pool {{ server 127.0.0.1:{canary_port}; keepalive 8; }}
-    include {d}/split.conf;
-    server {{
-        listen 127.0.0.1:{port};
-        keepalive_requests 100000;
-        location / {{
-            proxy_pass http://${variable};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"#
-        );
+        let upstreams = [
+            ("stable_pool".to_string(), format!("127.0.0.1:{stable_port}")),
+            ("canary_pool".to_string(), format!("127.0.0.1:{canary_port}")),
+        ];
+        let conf = vane::traffic::nginx::server_config(dir.path(), port, &upstreams, variable);
         std::fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
         std::fs::write(dir.path().join("split.conf"), initial_split).expect("write split.conf");
         let script =
