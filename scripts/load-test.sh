@@ -30,23 +30,8 @@ for tool in curl wrk python3; do
   command -v "$tool" >/dev/null || { echo "load-test: $tool is missing (apt-get install -y $tool)" >&2; exit 2; }
 done
 
-if [ -z "${VANE_BIN:-}" ]; then
-  cargo build --release --quiet --bin vane
-  VANE_BIN=target/release/vane
-fi
-
-tmp=$(mktemp -d)
-pid=""
-cleanup() {
-  [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
-  [ -z "$pid" ] || wait "$pid" 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="http://127.0.0.1:$port"
-mkdir -p "$tmp/policies"
+. scripts/lib/daemon.sh
+vane_prepare release
 steps=$(seq -s, 5 5 100)
 cat >"$tmp/policies/load.yaml" <<EOF
 name: load
@@ -59,16 +44,8 @@ EOF
 
 export LOAD_OP_TOKEN="load-operator-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export LOAD_VIEW_TOKEN="load-viewer-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-VANE_SERVER_LISTEN="127.0.0.1:$port" VANE_STORE_PATH="$tmp/data" VANE_POLICIES_DIR="$tmp/policies" \
-  VANE_SERVER_TOKENS='[{ name = "ci", token_env = "LOAD_OP_TOKEN", role = "operator" }, { name = "grafana", token_env = "LOAD_VIEW_TOKEN", role = "viewer" }]' \
-  RUST_LOG=warn "$VANE_BIN" serve >"$tmp/daemon.log" 2>&1 &
-pid=$!
-for _ in $(seq 200); do
-  curl -sf "$url/health/ready" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$tmp/daemon.log" >&2; exit 1; }
-  sleep 0.05
-done
-curl -sf "$url/health/ready" >/dev/null || { echo "daemon not ready" >&2; cat "$tmp/daemon.log" >&2; exit 1; }
+export VANE_SERVER_TOKENS='[{ name = "ci", token_env = "LOAD_OP_TOKEN", role = "operator" }, { name = "grafana", token_env = "LOAD_VIEW_TOKEN", role = "viewer" }]'
+vane_start
 
 cpu_seconds() { # utime + stime of the daemon, in seconds
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"

@@ -29,23 +29,8 @@ if [ -z "$st" ]; then
   st="$PWD/$venv/bin/schemathesis"
 fi
 
-if [ -z "${VANE_BIN:-}" ]; then
-  cargo build --quiet --bin vane
-  VANE_BIN=target/debug/vane
-fi
-
-tmp=$(mktemp -d)
-pid=""
-cleanup() {
-  [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
-  [ -z "$pid" ] || wait "$pid" 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="http://127.0.0.1:$port"
-mkdir -p "$tmp/policies"
+. scripts/lib/daemon.sh
+vane_prepare debug
 # Long steps: generated rollouts stay active, so control calls meet every phase rule (200 or 409).
 cat >"$tmp/policies/canary-default.yaml" <<'EOF'
 name: canary-default
@@ -69,16 +54,9 @@ progressDeadline: 10h
 EOF
 
 export ST_OPERATOR_TOKEN="st-operator-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-VANE_SERVER_LISTEN="127.0.0.1:$port" VANE_STORE_PATH="$tmp/data" VANE_POLICIES_DIR="$tmp/policies" \
-  VANE_SERVER_TOKENS='[{ name = "schemathesis", token_env = "ST_OPERATOR_TOKEN", role = "operator" }]' \
-  VANE_SLACK_SIGNING_SECRET="schemathesis-signing-secret" VANE_PROMETHEUS_URL="http://127.0.0.1:9" \
-  RUST_LOG=warn "$VANE_BIN" serve >"$tmp/daemon.log" 2>&1 &
-pid=$!
-for _ in $(seq 200); do
-  curl -sf "$url/health/ready" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$tmp/daemon.log" >&2; exit 1; }
-  sleep 0.05
-done
+export VANE_SERVER_TOKENS='[{ name = "schemathesis", token_env = "ST_OPERATOR_TOKEN", role = "operator" }]'
+export VANE_SLACK_SIGNING_SECRET="schemathesis-signing-secret" VANE_PROMETHEUS_URL="http://127.0.0.1:9"
+vane_start
 
 # A few real rollouts, so that generated ids sometimes exist and lists are not empty.
 for svc in cart search checkout; do
