@@ -114,7 +114,7 @@ fn policy_check_reports_file_and_line() {
     let out = run(&[&good, &bad]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out);
-    assert!(err.contains(&format!("{}:4: steps:", bad.display())), "{err}");
+    assert!(err.contains(&format!("{}:4:8: steps:", bad.display())), "{err}");
     let out = run(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").as_path()]);
     assert!(out.status.success(), "shipped policies are valid: {}", text(&out));
 }
@@ -416,4 +416,41 @@ fn completions_and_config_show() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).starts_with(&format!("vane: {}:5:8: ", f.display())), "{}", text(&out));
+}
+
+/// `vane policy check` on each tests/golden/policy/*.yaml prints exactly its `.out` (run with
+/// UPDATE_GOLDEN=1 to rewrite them after a deliberate change, then review the diff).
+#[test]
+fn policy_check_golden_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = Path::new("tests/golden/policy");
+    let mut cases: Vec<_> = std::fs::read_dir(root.join(dir))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 5, "{cases:?}");
+    for case in cases {
+        let rel = dir.join(case.file_name().unwrap());
+        let out = Command::new(env!("CARGO_BIN_EXE_vane"))
+            .current_dir(root)
+            .args(["policy", "check"])
+            .arg(&rel)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(out.stdout.is_empty(), "{}", text(&out));
+        let got = String::from_utf8_lossy(&out.stderr).to_string();
+        let golden = case.with_extension("out");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &got).unwrap();
+        }
+        let want =
+            std::fs::read_to_string(&golden).unwrap_or_else(|_| panic!("{} missing; got:\n{got}", golden.display()));
+        assert_eq!(got, want, "{}", rel.display());
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vane")).args(["policy", "check", "/nope/policy.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "/nope/policy.yaml: no such file\n");
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// `vane policy check`: 0 when every file loads, 1 with file:line errors otherwise.
+/// `vane policy check`: 0 when every file loads, 1 with every problem as `file:line:column: field: what`.
 pub fn policy_check(paths: Vec<PathBuf>) -> i32 {
     let paths = if paths.is_empty() { vec![PathBuf::from("policies")] } else { paths };
     let mut files = vec![];
@@ -14,7 +14,7 @@ pub fn policy_check(paths: Vec<PathBuf>) -> i32 {
                         .filter(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))),
                 ),
                 Err(e) => {
-                    eprintln!("{}: {e}", p.display());
+                    eprintln!("{}", crate::policy::PolicyFileError::unlocated(p, &e));
                     return 1;
                 }
             }
@@ -25,9 +25,13 @@ pub fn policy_check(paths: Vec<PathBuf>) -> i32 {
     files.sort();
     match crate::policy::load_files(&files) {
         Ok(ps) => {
-            for p in ps {
-                println!("ok  {} ({:?}, steps {:?})", p.name, p.strategy, p.weights());
-            }
+            let strategy = |p: &crate::policy::Policy| match p.strategy {
+                crate::policy::Strategy::Canary => "canary",
+                crate::policy::Strategy::BlueGreen => "blue-green",
+            };
+            let ok: String =
+                ps.iter().map(|p| format!("ok  {} ({}, steps {:?})\n", p.name, strategy(p), p.weights())).collect();
+            let _ = super::output::emit(&ok);
             0
         }
         Err(errs) => {
