@@ -188,6 +188,8 @@ pub enum RolloutCmd {
 pub enum PolicyCmd {
     /// Validate policy files (default: ./policies); every problem as file:line:column.
     Check { paths: Vec<PathBuf> },
+    /// Print the JSON Schema of a policy file (the daemon serves the same at /api/v1/policy.schema.json).
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +207,13 @@ pub fn completions(shell: clap_complete::Shell) -> i32 {
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "vane", &mut buf);
     let _ = emit(&String::from_utf8_lossy(&buf));
+    code::OK
+}
+
+/// `vane policy schema`.
+pub fn policy_schema() -> i32 {
+    let schema = crate::api::openapi::policy_schema();
+    let _ = emit(&format!("{}\n", serde_json::to_string_pretty(&schema).unwrap_or_default()));
     code::OK
 }
 

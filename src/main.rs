@@ -24,6 +24,7 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Cmd::Policy(PolicyCmd::Check { paths }) => vane::cli::policy_check(paths),
+        Cmd::Policy(PolicyCmd::Schema) => vane::cli::policy_schema(),
         Cmd::Config(ConfigCmd::Show { config }) => vane::cli::config_show(config.as_deref()),
         Cmd::Completions { shell } => vane::cli::completions(shell),
         Cmd::Demo(args) => match vane::demo::run(args).await {

@@ -196,6 +196,11 @@ impl Outbox {
             started: AtomicBool::new(false),
         };
         let outbox = Outbox { inner: Arc::new(inner) };
+        let weak = Arc::downgrade(&outbox.inner);
+        outbox
+            .inner
+            .metrics
+            .set_outbox_probe(Box::new(move || weak.upgrade().map(|i| i.depth_and_age()).unwrap_or((0, 0.0))));
         outbox.drop_orphans()?;
         let n = outbox.catch_up(db.open_tree("delivery-meta")?)?;
         if n > 0 {
@@ -403,6 +408,20 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Entries waiting, and the age in seconds of the oldest (each sink's queue head is its oldest).
+    fn depth_and_age(&self) -> (i64, f64) {
+        let now = now_ms();
+        let oldest = self
+            .slots
+            .iter()
+            .filter_map(|s| self.queue.scan_prefix(&s.prefix).next()?.ok())
+            .filter_map(|(_, v)| serde_json::from_slice::<Entry>(&v).ok())
+            .map(|e| now.saturating_sub(e.enqueued_at))
+            .max()
+            .unwrap_or(0);
+        (self.queue.len() as i64, oldest as f64 / 1000.0)
     }
 
     fn remove(&self, key: &[u8]) {
