@@ -40,6 +40,7 @@ pub enum LogFormat {
 pub enum Cmd {
     /// Run the daemon (works without a config file: ./vane-data, ./policies, 127.0.0.1:8080).
     Serve {
+        /// The TOML configuration file (docs/reference/config.md); every key optional.
         #[arg(long, env = "VANE_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -54,6 +55,7 @@ pub enum Cmd {
     Config(ConfigCmd),
     /// Print a shell completion script: `vane completions bash > /etc/bash_completion.d/vane`.
     Completions {
+        /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -83,14 +85,19 @@ pub enum RolloutCmd {
         /// The create body as JSON or YAML (see docs/reference/api.md); `-` reads stdin.
         #[arg(short = 'f', long)]
         file: Option<PathBuf>,
+        /// The service rolled out (overrides the file's).
         #[arg(long)]
         service: Option<String>,
+        /// Its namespace.
         #[arg(long)]
         namespace: Option<String>,
+        /// The new version.
         #[arg(long = "version", id = "new_version")]
         new_version: Option<String>,
+        /// The version serving now.
         #[arg(long)]
         stable_version: Option<String>,
+        /// The name of a loaded policy.
         #[arg(long)]
         policy: Option<String>,
         /// The router object as JSON, e.g. '{"kind":"exec","command":["./set-weight.sh"]}'.
@@ -104,14 +111,19 @@ pub enum RolloutCmd {
     List {
         #[command(flatten)]
         client: Client,
+        /// Only this service.
         #[arg(long)]
         service: Option<String>,
+        /// Only this namespace.
         #[arg(long)]
         namespace: Option<String>,
+        /// Only rollouts in this phase (e.g. Progressing).
         #[arg(long)]
         phase: Option<String>,
+        /// At most this many (1-1000; default 100).
         #[arg(long)]
         limit: Option<u32>,
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -121,6 +133,7 @@ pub enum RolloutCmd {
         id: String,
         #[command(flatten)]
         client: Client,
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Json)]
         output: Output,
     },
@@ -130,6 +143,7 @@ pub enum RolloutCmd {
         id: String,
         #[command(flatten)]
         client: Client,
+        /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -154,6 +168,7 @@ pub enum RolloutCmd {
     Promote {
         /// A rollout id, or namespace/service.
         id: String,
+        /// Straight to 100 %, past every remaining step and gate.
         #[arg(long)]
         full: bool,
         #[command(flatten)]
@@ -177,6 +192,7 @@ pub enum RolloutCmd {
     Abort {
         /// A rollout id, or namespace/service.
         id: String,
+        /// Recorded in the events and notifications.
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -187,7 +203,10 @@ pub enum RolloutCmd {
 #[derive(Subcommand)]
 pub enum PolicyCmd {
     /// Validate policy files (default: ./policies); every problem as file:line:column.
-    Check { paths: Vec<PathBuf> },
+    Check {
+        /// Files or directories (their *.yaml and *.yml).
+        paths: Vec<PathBuf>,
+    },
     /// Print the JSON Schema of a policy file (the daemon serves the same at /api/v1/policy.schema.json).
     Schema,
 }
@@ -196,6 +215,7 @@ pub enum PolicyCmd {
 pub enum ConfigCmd {
     /// The effective configuration (file, then VANE_* variables), secrets masked, each value's source.
     Show {
+        /// The TOML configuration file, as for `vane serve`.
         #[arg(long, env = "VANE_CONFIG")]
         config: Option<PathBuf>,
     },

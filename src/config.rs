@@ -160,7 +160,7 @@ impl Default for Notifications {
 
 mod load;
 
-pub use load::{ConfigError, Source, Sources};
+pub use load::{ConfigError, Source, Sources, defaults};
 
 #[cfg(test)]
 mod tests {
