@@ -13,7 +13,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::rollout::controller::Controller;
-use crate::telemetry::Metrics;
+use crate::rollout::ports::RolloutMetrics;
 pub use auth::Auth;
 
 /// Largest accepted request body.
@@ -23,7 +23,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     pub controller: Controller,
     pub auth: Auth,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn RolloutMetrics>,
     /// Set once the store is open, policies loaded and rollouts resumed.
     pub ready: Arc<AtomicBool>,
     /// Extra routes (e.g. Slack interactions) are merged by their modules.

@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::policy::Policy;
 use crate::rollout::machine::Command;
 use crate::rollout::{CreateRequest, Event, Phase, RolloutView};
-use crate::store::ListFilter;
+use crate::rollout::ports::ListFilter;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Items<T> {

@@ -18,36 +18,14 @@ pub mod webhook;
 
 use crate::BoxFut;
 use crate::policy::{HookKind, HookSpec, Preflight};
+pub use crate::rollout::ports::{HookOutcome, HookRunner, Notifier};
 use crate::rollout::{Event, Rollout};
-
-/// Receives every event after it is durably stored.
-pub trait Notifier: Send + Sync + 'static {
-    fn notify(&self, rollout: &Rollout, event: &Event);
-}
 
 /// Does nothing: no webhooks or Slack configured.
 pub struct Silent;
 
 impl Notifier for Silent {
     fn notify(&self, _: &Rollout, _: &Event) {}
-}
-
-/// Result of calling every hook of one kind.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HookOutcome {
-    /// All hooks answered 2xx in time.
-    pub ok: bool,
-    /// One line for the rollout's message and event (which hook failed and how).
-    pub message: String,
-}
-
-pub trait HookRunner: Send + Sync + 'static {
-    /// Call every hook of `kind` (in order) for this rollout. `ok` is "every hook answered 2xx in
-    /// time" — except for [`HookKind::Rollback`], where `ok` means "roll back now": at least one hook
-    /// answered 2xx (Flagger's semantics; no hooks → false).
-    fn call(&self, kind: HookKind, hooks: Vec<HookSpec>, rollout: &Rollout) -> BoxFut<'_, HookOutcome>;
-    /// Blue/green preflight: `checks` consecutive 2xx from the new version, `every` apart.
-    fn preflight(&self, spec: Preflight, rollout: &Rollout) -> BoxFut<'_, HookOutcome>;
 }
 
 /// For tests and for policies without hooks: every hook answers 2xx.
@@ -87,7 +65,7 @@ pub struct Wiring {
 /// out first. `env` reads environment variables (secrets and the Slack webhook URL).
 pub fn wire(
     cfg: &crate::config::Config,
-    store: &crate::store::Store,
+    store: &crate::rollout::ports::SharedStore,
     metrics: &std::sync::Arc<crate::telemetry::Metrics>,
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Wiring> {

@@ -9,7 +9,7 @@ use super::driver::{self, DriverError, Env, Request};
 use super::machine::{self, Command, CommandError};
 use super::{CreateRequest, Event, Rollout};
 use crate::policy::{FieldError, Policy};
-use crate::store::{Created, ListFilter, StoreError};
+use super::ports::{Created, ListFilter, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {

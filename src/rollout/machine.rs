@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Busy, Event, Millis, Phase, RollbackKind, Rollout, RouterSpec, Stage};
-use crate::analysis::{AnalysisReport, Verdict};
+use super::ports::{AnalysisReport, RouterError, Verdict};
+use super::{Busy, Event, Millis, Phase, RollbackKind, Rollout, Stage};
 use crate::policy::{HookKind, OnDrift, OnNoData, Policy, Strategy};
-use crate::traffic::RouterError;
 
 /// Someone asking the rollout to do something.
 #[derive(Debug, Clone, PartialEq)]
@@ -603,7 +602,7 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
         let op = next_op(r);
         r.busy.push(Busy::Analysis { op });
         out.effects.push(Effect::Analyse { op });
-        if router_busy(r).is_none() && !matches!(r.router, RouterSpec::Exec { .. } | RouterSpec::Nginx { .. }) {
+        if router_busy(r).is_none() && r.router.supports_drift_check() {
             out.effects.push(Effect::Observe);
         }
     }

@@ -2,16 +2,18 @@
 //! per-rollout task that executes its effects (`driver`), and the registry of running drivers
 //! (`controller`).
 
+pub mod clock;
 pub mod controller;
 pub mod driver;
 pub mod machine;
+pub mod ports;
 pub mod spec;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::analysis::AnalysisReport;
 use crate::policy::{Policy, Strategy};
+pub use ports::AnalysisReport;
 pub use spec::{CreateRequest, RouterSpec};
 
 /// Milliseconds since the Unix epoch. Wall-clock, so deadlines survive restarts.
