@@ -51,7 +51,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("policies in {} do not load:\n{}", cfg.policies.dir.display(), lines.join("\n"))
     })?;
-    let store = SharedStore::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+    let store =
+        SharedStore::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
     let metrics = Arc::new(Metrics::new(cfg.server.metrics_retention));
     let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
     let analyzer: Arc<dyn Analyzer> =

@@ -18,6 +18,16 @@ pub enum Strategy {
     BlueGreen,
 }
 
+impl Strategy {
+    /// The wire name (`canary`, `blue-green`), also the `strategy` label of the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Canary => "canary",
+            Strategy::BlueGreen => "blue-green",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnNoData {

@@ -325,10 +325,7 @@ impl Metrics {
 }
 
 fn strategy_label(r: &Rollout) -> String {
-    match r.strategy() {
-        crate::policy::Strategy::Canary => "canary".into(),
-        crate::policy::Strategy::BlueGreen => "blue-green".into(),
-    }
+    r.strategy().as_str().into()
 }
 
 impl RolloutMetrics for Metrics {

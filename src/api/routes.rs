@@ -15,8 +15,8 @@ use super::auth::{Operator, Viewer};
 use super::error::{ApiError, ErrorBody};
 use crate::policy::Policy;
 use crate::rollout::machine::Command;
-use crate::rollout::{CreateRequest, Event, Phase, RolloutView};
 use crate::rollout::ports::ListFilter;
+use crate::rollout::{CreateRequest, Event, Phase, RolloutView};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Items<T> {

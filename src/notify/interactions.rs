@@ -226,8 +226,7 @@ impl SlackInteractions {
 
 /// Promote from Slack only at a gate, and only by its approvers (if it lists any).
 fn may_promote(r: &Rollout, user: &str) -> Result<(), Answer> {
-    let effective = if r.phase == Phase::Paused { r.paused_from.unwrap_or(Phase::Paused) } else { r.phase };
-    if effective != Phase::AwaitingApproval {
+    if r.effective_phase() != Phase::AwaitingApproval {
         return Err(answer(
             StatusCode::CONFLICT,
             format!("{} is {}, not waiting at a gate: nothing to approve", r.service, r.phase.as_str()),

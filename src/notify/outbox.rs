@@ -184,15 +184,7 @@ impl Outbox {
             .build()
             .map_err(|e| OutboxError::Client(e.to_string()))?;
         let slots = sinks.into_iter().map(|sink| Slot { sink, wake: Notify::new() }).collect();
-        let inner = Inner {
-            store: store.clone(),
-            clock,
-            slots,
-            metrics,
-            client,
-            cfg,
-            started: AtomicBool::new(false),
-        };
+        let inner = Inner { store: store.clone(), clock, slots, metrics, client, cfg, started: AtomicBool::new(false) };
         let outbox = Outbox { inner: Arc::new(inner) };
         outbox.drop_orphans()?;
         let n = outbox.catch_up()?;

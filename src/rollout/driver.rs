@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::Rollout;
 use super::machine::{self, Command, CommandError, Effect, Input, StageFailure};
 use super::ports::{
     AnalysisContext, Analyzer, HookRunner, Notifier, RolloutMetrics, Router, RouterError, RouterFactory, SharedStore,
     StoreError,
 };
+use super::{EventKind, Rollout};
 use crate::BoxFut;
 
 pub use super::clock::{SystemClock, TokioClock};
@@ -157,7 +157,7 @@ impl Driver {
         self.r = next;
         let m = &self.env.metrics;
         m.observe(&self.r, self.r.is_terminal() && !was_terminal, now);
-        if let Some(a) = analysis.filter(|_| events.iter().any(|e| e.kind == "analysis")) {
+        if let Some(a) = analysis.filter(|_| events.iter().any(|e| e.is(EventKind::Analysis))) {
             m.observe_analysis(&self.r, &a);
         }
         for e in &events {

@@ -154,6 +154,21 @@ pub struct Rollout {
     pub last_seq: u64,
 }
 
+/// The rollout's timers: what fires when the clock reaches it (see [`Rollout::timers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// The next analysis, or the next try of a pre-traffic stage.
+    Analysis,
+    /// No progress for `progressDeadline`: roll back.
+    ProgressDeadline,
+    /// An approval gate timed out: roll back (only while awaiting approval).
+    GateTimeout,
+    /// Retry a failed router call.
+    RouterRetry,
+    /// Blue/green: the post-flip window ended healthy.
+    PostFlip,
+}
+
 impl Rollout {
     pub fn strategy(&self) -> Strategy {
         self.policy.strategy
@@ -164,11 +179,16 @@ impl Rollout {
     pub fn is_terminal(&self) -> bool {
         self.phase.is_terminal()
     }
-    /// The earliest moment the machine wants a tick, if any.
-    pub fn wake_at(&self) -> Option<Millis> {
-        if self.is_terminal() {
-            return None;
+    /// The phase that decides what a command may do: a paused rollout's is the one it paused in.
+    pub fn effective_phase(&self) -> Phase {
+        match self.phase {
+            Phase::Paused => self.paused_from.unwrap_or(Phase::Progressing),
+            p => p,
         }
+    }
+    /// The timer table: when each timer fires (None: not armed in this phase). The driver sleeps
+    /// until the earliest ([`Rollout::wake_at`]); the machine's timer checks read the same table.
+    pub fn timers(&self) -> [(Timer, Option<Millis>); 5] {
         let analysis = match self.phase {
             Phase::Progressing | Phase::AwaitingApproval | Phase::Pending => self.next_analysis_at,
             _ => None,
@@ -183,10 +203,107 @@ impl Rollout {
             (Phase::Progressing, Some(f)) => Some(f + self.post_flip_ms()),
             _ => None,
         };
-        [analysis, deadline, self.gate_deadline, self.router_retry_at, post_flip].into_iter().flatten().min()
+        [
+            (Timer::Analysis, analysis),
+            (Timer::ProgressDeadline, deadline),
+            (Timer::GateTimeout, self.gate_deadline),
+            (Timer::RouterRetry, self.router_retry_at),
+            (Timer::PostFlip, post_flip),
+        ]
+    }
+    /// The earliest moment the machine wants a tick, if any.
+    pub fn wake_at(&self) -> Option<Millis> {
+        if self.is_terminal() {
+            return None;
+        }
+        self.timers().into_iter().filter_map(|(_, at)| at).min()
     }
     pub fn post_flip_ms(&self) -> u64 {
         self.policy.post_flip.map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+}
+
+/// What happened, as an event's `type` (kebab-case on the wire: `weight-set`, `rolling-back`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Created,
+    /// A pre-traffic stage passed.
+    Stage,
+    /// A new weight was decided.
+    Step,
+    /// The router confirmed a weight.
+    WeightSet,
+    Analysis,
+    Hook,
+    Gate,
+    Promoted,
+    Paused,
+    Resumed,
+    /// The router showed a weight nobody decided.
+    Drift,
+    RouterError,
+    Recovered,
+    RollingBack,
+    Aborted,
+    RolledBack,
+    Succeeded,
+    Failed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 18] = [
+        EventKind::Created,
+        EventKind::Stage,
+        EventKind::Step,
+        EventKind::WeightSet,
+        EventKind::Analysis,
+        EventKind::Hook,
+        EventKind::Gate,
+        EventKind::Promoted,
+        EventKind::Paused,
+        EventKind::Resumed,
+        EventKind::Drift,
+        EventKind::RouterError,
+        EventKind::Recovered,
+        EventKind::RollingBack,
+        EventKind::Aborted,
+        EventKind::RolledBack,
+        EventKind::Succeeded,
+        EventKind::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Stage => "stage",
+            EventKind::Step => "step",
+            EventKind::WeightSet => "weight-set",
+            EventKind::Analysis => "analysis",
+            EventKind::Hook => "hook",
+            EventKind::Gate => "gate",
+            EventKind::Promoted => "promoted",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
+            EventKind::Drift => "drift",
+            EventKind::RouterError => "router-error",
+            EventKind::Recovered => "recovered",
+            EventKind::RollingBack => "rolling-back",
+            EventKind::Aborted => "aborted",
+            EventKind::RolledBack => "rolled-back",
+            EventKind::Succeeded => "succeeded",
+            EventKind::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -198,6 +315,7 @@ pub struct Event {
     #[schema(value_type = String)]
     #[serde(with = "rfc3339")]
     pub at: Millis,
+    /// An [`EventKind`]'s wire name (kept as text so a record written by a newer vane still reads).
     #[serde(rename = "type")]
     pub kind: String,
     pub actor: String,
@@ -268,16 +386,24 @@ pub struct GateView {
     pub approvers: Vec<String>,
 }
 
+impl Event {
+    /// The kind, if this vane knows it.
+    pub fn event_kind(&self) -> Option<EventKind> {
+        EventKind::parse(&self.kind)
+    }
+    pub fn is(&self, kind: EventKind) -> bool {
+        self.kind == kind.as_str()
+    }
+}
+
 impl From<&Rollout> for RolloutView {
     fn from(r: &Rollout) -> Self {
-        let gate = match (r.phase, r.paused_from) {
-            (Phase::AwaitingApproval, _) | (Phase::Paused, Some(Phase::AwaitingApproval)) => {
-                r.policy.gate_at(r.canary_weight).map(|g| GateView {
-                    at: g.at,
-                    deadline: r.gate_deadline.map(rfc3339::format).unwrap_or_default(),
-                    approvers: g.approvers.clone(),
-                })
-            }
+        let gate = match r.effective_phase() {
+            Phase::AwaitingApproval => r.policy.gate_at(r.canary_weight).map(|g| GateView {
+                at: g.at,
+                deadline: r.gate_deadline.map(rfc3339::format).unwrap_or_default(),
+                approvers: g.approvers.clone(),
+            }),
             _ => None,
         };
         RolloutView {
