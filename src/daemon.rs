@@ -71,7 +71,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let resumed = controller.resume_all()?;
     tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");
     let ready = Arc::new(AtomicBool::new(true));
-    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: notify.slack };
+    let slack = match notify.slack {
+        Some(secret) => Some(Arc::new(api::slack::SlackInteractions::new(secret)?)),
+        None => None,
+    };
+    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack };
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -1,25 +1,23 @@
-//! Outbound: lifecycle notifications (webhooks, Slack) and the policy's HTTP hooks.
+//! Outbound: lifecycle notifications (webhooks, Slack), the core's [`Notifier`] port.
 //!
 //! The driver hands every persisted event to a [`Notifier`] (fire and forget: delivery, retries and
-//! the durable queue are the notifier's business) and asks a [`HookRunner`] for hook outcomes.
+//! the durable queue are the notifier's business).
 //!
-//! - [`outbox`]: the durable delivery queue in sled, shared by [`webhook`] (SPEC §5 JSON, signed) and
-//!   [`slack`] (Block Kit messages); the [`Notifier`] the daemon uses.
-//! - [`interactions`]: the Slack buttons' endpoint (signature, approvers, commands).
-//! - [`hooks`]: the policy's lifecycle hooks over HTTP, the daemon's [`HookRunner`].
-//! - [`sign`]: the HMAC signatures of both directions.
+//! - [`outbox`]: the durable delivery queue (in the store), shared by [`webhook`] (SPEC §5 JSON,
+//!   signed) and [`slack`] (Block Kit messages); the [`Notifier`] the daemon uses.
+//! - [`wire`]: the daemon's notification adapters (and its hooks) from the configuration.
+//!
+//! The Slack buttons' endpoint is the API's (`api::slack`); the policy's hooks are [`crate::hooks`];
+//! the HMAC signatures of both directions are [`crate::sign`] (also re-exported here).
 
-pub mod hooks;
-pub mod interactions;
 pub mod outbox;
-pub mod sign;
 pub mod slack;
 pub mod webhook;
 
-use crate::BoxFut;
-use crate::policy::{HookKind, HookSpec, Preflight};
+pub use crate::hooks::AlwaysOk;
 pub use crate::rollout::ports::{HookOutcome, HookRunner, Notifier};
 use crate::rollout::{Event, Rollout};
+pub use crate::sign;
 
 /// Does nothing: no webhooks or Slack configured.
 pub struct Silent;
@@ -28,39 +26,16 @@ impl Notifier for Silent {
     fn notify(&self, _: &Rollout, _: &Event) {}
 }
 
-/// For tests and for policies without hooks: every hook answers 2xx.
-pub struct AlwaysOk;
-
-impl HookRunner for AlwaysOk {
-    fn call(&self, kind: HookKind, hooks: Vec<HookSpec>, _: &Rollout) -> BoxFut<'_, HookOutcome> {
-        // A rollback hook answering 2xx asks for a rollback; without hooks nobody asks.
-        let ok = kind != HookKind::Rollback || !hooks.is_empty();
-        Box::pin(async move { HookOutcome { ok, message: format!("{kind:?} hooks passed") } })
-    }
-    fn preflight(&self, _: Preflight, _: &Rollout) -> BoxFut<'_, HookOutcome> {
-        Box::pin(async { HookOutcome { ok: true, message: "preflight passed".into() } })
-    }
-}
-
-/// reqwest's top-level error says "error sending request"; the innermost cause says why.
-pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
 /// The daemon's notification adapters, built from its configuration.
 pub struct Wiring {
     pub hooks: std::sync::Arc<dyn HookRunner>,
     /// The outbox over every configured sink (webhooks, Slack), or [`Silent`] when there is none.
     pub notifier: std::sync::Arc<dyn Notifier>,
-    /// Set when the Slack signing secret is.
-    pub slack: Option<std::sync::Arc<dyn crate::api::SlackHandler>>,
+    /// The Slack signing secret, when set: the API's interactions endpoint verifies requests with it.
+    pub slack: Option<String>,
 }
 
-/// Build hooks, outbox (started, with its catch-up done) and the Slack handler. Call it inside the
+/// Build hooks and outbox (started, with its catch-up done), and read the Slack signing secret. Call it inside the
 /// tokio runtime and before rollouts resume, so events the last run committed but never queued go
 /// out first. `env` reads environment variables (secrets and the Slack webhook URL).
 pub fn wire(
@@ -71,7 +46,7 @@ pub fn wire(
 ) -> anyhow::Result<Wiring> {
     use std::sync::Arc;
     let var = |name: &str| Some(name).filter(|n| !n.is_empty()).and_then(&env).filter(|v| !v.trim().is_empty());
-    let hooks = Arc::new(hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?);
+    let hooks = Arc::new(crate::hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?);
     let mut sinks = webhook::sinks(&cfg.notifications.webhooks, &env)?;
     if let Some(url) = var(&cfg.slack.webhook_url_env) {
         sinks.push(outbox::Sink::slack(url.trim()));
@@ -85,11 +60,6 @@ pub fn wire(
         o.start();
         Arc::new(o)
     };
-    let slack = match var(&cfg.slack.signing_secret_env) {
-        Some(secret) => {
-            Some(Arc::new(interactions::SlackInteractions::new(secret)?) as Arc<dyn crate::api::SlackHandler>)
-        }
-        None => None,
-    };
+    let slack = var(&cfg.slack.signing_secret_env);
     Ok(Wiring { hooks, notifier, slack })
 }

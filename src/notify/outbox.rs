@@ -22,12 +22,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::root_cause;
-use super::sign::vane_signature;
 use super::{Notifier, slack, webhook};
+use crate::http::root_cause;
 use crate::rollout::clock::SystemClock;
 use crate::rollout::ports::{Clock, QueueKey, Queued, SharedStore, StoreError};
 use crate::rollout::{Event, Millis, Rollout};
+use crate::sign::vane_signature;
 use crate::telemetry::Metrics;
 
 /// How a sink's bodies are written.
@@ -177,9 +177,7 @@ impl Outbox {
         cfg: Delivery,
         clock: Arc<dyn Clock>,
     ) -> Result<Outbox, OutboxError> {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("vane/", env!("CARGO_PKG_VERSION")))
+        let client = crate::http::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| OutboxError::Client(e.to_string()))?;

@@ -5,7 +5,7 @@
 //! failed, and a warning while a rollback cannot reach the router. Analysis ticks and router
 //! confirmations are left to the event log and the webhooks.
 //!
-//! The buttons' callbacks are handled by [`super::interactions`].
+//! The buttons' callbacks are handled by the API (`api::slack`).
 
 use serde_json::{Value, json};
 

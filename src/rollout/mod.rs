@@ -19,6 +19,11 @@ pub use spec::{CreateRequest, RouterSpec};
 /// Milliseconds since the Unix epoch. Wall-clock, so deadlines survive restarts.
 pub type Millis = u64;
 
+/// Rollout ids are ULIDs: 26 ASCII alphanumerics. Anything else names no rollout.
+pub fn is_rollout_id(id: &str) -> bool {
+    id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum Phase {
     Pending,
