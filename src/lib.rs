@@ -15,6 +15,7 @@ pub mod demo_app;
 pub mod fixtures;
 pub mod hooks;
 pub mod http;
+pub mod human;
 pub mod notify;
 pub mod policy;
 pub mod rollout;

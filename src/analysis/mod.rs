@@ -12,7 +12,8 @@ pub mod judge;
 pub mod prometheus;
 pub mod templates;
 
-pub use analyzer::{DEFAULT_MIN_WINDOW, PromAnalyzer};
+pub use crate::config::DEFAULT_MIN_WINDOW;
+pub use analyzer::PromAnalyzer;
 
 use crate::BoxFut;
 pub use crate::rollout::ports::{AnalysisContext, AnalysisReport, Analyzer, MetricResult, MetricVerdict, Verdict};

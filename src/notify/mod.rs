@@ -14,10 +14,12 @@ pub mod outbox;
 pub mod slack;
 pub mod webhook;
 
+use crate::config::WebhookConfig;
 pub use crate::hooks::AlwaysOk;
 pub use crate::rollout::ports::{HookOutcome, HookRunner, Notifier};
 use crate::rollout::{Event, Rollout};
 pub use crate::sign;
+use outbox::Sink;
 
 /// Does nothing: no webhooks or Slack configured.
 pub struct Silent;
@@ -47,7 +49,7 @@ pub fn wire(
     use std::sync::Arc;
     let var = |name: &str| Some(name).filter(|n| !n.is_empty()).and_then(&env).filter(|v| !v.trim().is_empty());
     let hooks = Arc::new(crate::hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?);
-    let mut sinks = webhook::sinks(&cfg.notifications.webhooks, &env)?;
+    let mut sinks = sinks(&cfg.notifications.webhooks, &env)?;
     if let Some(url) = var(&cfg.slack.webhook_url_env) {
         sinks.push(outbox::Sink::slack(url.trim()));
     }
@@ -62,4 +64,56 @@ pub fn wire(
     };
     let slack = var(&cfg.slack.signing_secret_env);
     Ok(Wiring { hooks, notifier, slack })
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WebhookConfigError {
+    #[error("notifications.webhooks[{index}].url: {message}")]
+    Url { index: usize, message: String },
+    #[error("notifications.webhooks[{index}].secret_env: environment variable {var} is not set")]
+    MissingSecret { index: usize, var: String },
+}
+
+/// Sinks for `[notifications] webhooks`. A named but unset secret variable is an error (a receiver
+/// that verifies signatures would reject everything); no `secret_env` sends unsigned requests.
+pub fn sinks(cfg: &[WebhookConfig], env: impl Fn(&str) -> Option<String>) -> Result<Vec<Sink>, WebhookConfigError> {
+    let mut out = Vec::new();
+    for (index, w) in cfg.iter().enumerate() {
+        let url = w.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(WebhookConfigError::Url { index, message: format!("{url:?} is not an http(s) URL") });
+        }
+        let secret = match w.secret_env.trim() {
+            "" => {
+                tracing::warn!(url, "webhook without secret_env: deliveries are not signed");
+                None
+            }
+            var => {
+                let v = env(var).filter(|v| !v.is_empty());
+                Some(v.ok_or_else(|| WebhookConfigError::MissingSecret { index, var: var.to_string() })?.into_bytes())
+            }
+        };
+        out.push(Sink::webhook(url, secret));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_entry() {
+        let cfg = vec![
+            WebhookConfig { url: "https://a.example/h".into(), secret_env: "S".into() },
+            WebhookConfig { url: "ftp://b".into(), secret_env: String::new() },
+        ];
+        let e = sinks(&cfg, |_| Some("k".into())).unwrap_err();
+        assert_eq!(e, WebhookConfigError::Url { index: 1, message: "\"ftp://b\" is not an http(s) URL".into() });
+        let e = sinks(&cfg[..1], |_| None).unwrap_err();
+        assert_eq!(e, WebhookConfigError::MissingSecret { index: 0, var: "S".into() });
+        let ok = sinks(&cfg[..1], |v| (v == "S").then(|| "k".into())).unwrap();
+        assert_eq!(ok[0].secret.as_deref(), Some(&b"k"[..]));
+        assert_eq!(ok[0].url, "https://a.example/h");
+    }
 }

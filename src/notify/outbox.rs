@@ -22,7 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::{Notifier, slack, webhook};
+use super::webhook::{self, event_id};
+use super::{Notifier, slack};
 use crate::http::root_cause;
 use crate::rollout::clock::SystemClock;
 use crate::rollout::ports::{Clock, QueueKey, Queued, SharedStore, StoreError};
@@ -149,11 +150,6 @@ enum Outcome {
     /// The receiver refused this body for good (4xx other than 408/409/425/429, or a redirect).
     Rejected(String),
     Retry(String, Option<Duration>),
-}
-
-/// The `X-Vane-Event-Id` of an event.
-pub fn event_id(r: &Rollout, e: &Event) -> String {
-    format!("{}-{}", r.id, e.seq)
 }
 
 impl Outbox {

@@ -9,8 +9,9 @@
 
 use serde_json::{Value, json};
 
-use crate::analysis::MetricVerdict;
+use crate::human::number as num;
 use crate::policy::Strategy;
+use crate::rollout::ports::MetricVerdict;
 use crate::rollout::{Event, EventKind, Phase, Rollout};
 
 /// `action_id` of the gate's buttons; their `value` is the rollout id.
@@ -20,15 +21,6 @@ pub const ABORT_ACTION: &str = "vane_abort";
 /// Escape text for mrkdwn (Slack interprets `&`, `<`, `>`).
 pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-/// A number as people read it: at most 3 decimals, no trailing zeros.
-pub fn num(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    let s = format!("{v:.3}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn section(text: String) -> Value {
@@ -191,10 +183,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_and_escaping() {
-        assert_eq!(num(97.2), "97.2");
-        assert_eq!(num(99.0), "99");
-        assert_eq!(num(0.12345), "0.123");
+    fn escaping() {
         assert_eq!(esc("a<b>&c"), "a&lt;b&gt;&amp;c");
     }
 }
