@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod demo_app;
+#[cfg(any(test, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fixtures;
 pub mod hooks;
