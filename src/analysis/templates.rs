@@ -219,7 +219,7 @@ pub fn custom(query: &str, scope: &Scope, t: Target, window: &str) -> Result<Str
 /// A duration as a PromQL range (`60s`, `1500ms`), at least 1 ms.
 pub fn promql_duration(d: Duration) -> String {
     let ms = d.as_millis().max(1);
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
 }
 
 /// Escape a value for a double-quoted PromQL label matcher.

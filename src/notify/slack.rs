@@ -50,7 +50,7 @@ pub fn message(r: &Rollout, e: &Event, history: impl FnOnce() -> Vec<Event>) -> 
     let svc = esc(&r.service);
     let ver = esc(&r.version);
     let stable = esc(&r.stable_version);
-    let Some(kind) = e.event_kind() else { return None };
+    let kind = e.event_kind()?;
     match kind {
         EventKind::Created => {
             let plan = match r.policy.strategy {
