@@ -435,3 +435,35 @@ impl From<&Rollout> for RolloutView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_keep_their_kebab_case_wire_names() {
+        for k in EventKind::ALL {
+            let wire = serde_json::to_value(k).unwrap();
+            assert_eq!(wire, k.as_str(), "{k:?}");
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::WeightSet.as_str(), "weight-set");
+        assert_eq!(EventKind::parse("no-such-kind"), None);
+    }
+
+    #[test]
+    fn wake_at_is_the_earliest_armed_timer() {
+        let req = crate::fixtures::request("s", "p");
+        let policy = crate::fixtures::policy("p", &[50, 100], std::time::Duration::from_secs(60), 1);
+        let (mut r, _) = machine::create("r".into(), &req, policy, "t", 1_000);
+        r.next_analysis_at = Some(5_000);
+        r.router_retry_at = Some(3_000);
+        assert_eq!(r.wake_at(), Some(3_000));
+        r.phase = Phase::Paused;
+        // Paused: no analysis and no progress deadline; the router retry still wakes it.
+        let armed: Vec<Timer> = r.timers().into_iter().filter(|(_, at)| at.is_some()).map(|(t, _)| t).collect();
+        assert_eq!(armed, [Timer::RouterRetry]);
+        r.phase = Phase::Succeeded;
+        assert_eq!(r.wake_at(), None);
+    }
+}
