@@ -53,8 +53,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<Api, CliError> {
-        crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(timeout)
             .build()
             .map_err(|e| CliError::Usage(format!("HTTP client: {e}")))?;
@@ -118,11 +117,7 @@ impl Api {
 
 /// The innermost cause of a connection error ("Connection refused"), not reqwest's whole chain.
 fn short(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    if e.is_timeout() { "timed out".into() } else { cause.to_string() }
+    if e.is_timeout() { "timed out".into() } else { crate::http::root_cause(e) }
 }
 
 pub fn urlencode(v: &str) -> String {
