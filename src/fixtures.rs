@@ -30,6 +30,7 @@ pub fn policy(name: &str, steps: &[u8], interval: Duration, threshold: u32) -> P
         metrics: vec![],
         judge: Default::default(),
         sequential: None,
+        adaptive: None,
         gates: vec![],
         webhooks: Default::default(),
         preflight: None,

@@ -6,6 +6,7 @@
 //! [`PromAnalyzer`] (Prometheus queries from [`templates`], verdicts from [`judge`]), which also
 //! passes on time alone when a policy has neither metrics nor hooks.
 
+pub mod adaptive;
 mod analyzer;
 pub mod judge;
 pub mod prometheus;
@@ -32,6 +33,12 @@ pub enum Verdict {
     Inconclusive,
     /// A `rollback` hook asked to roll back now.
     Rollback,
+    /// Fewer than `minRequests` canary requests this step so far, but more than at the last
+    /// analysis: the step extends (it is progressing, so the progress deadline starts over).
+    Collecting,
+    /// Every metric's query failed (rejected PromQL, ambiguous series): never a pass, whatever
+    /// `onNoData` says; the rollout holds and the progress deadline applies.
+    Error,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
