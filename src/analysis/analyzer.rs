@@ -306,7 +306,7 @@ fn under_min(r: &Rollout, n: f64, window: &str) -> Option<Problem> {
     } else if n > 0.0 {
         Problem::NoData(format!("{short}, none since the last analysis"))
     } else {
-        Problem::NoData(format!("no canary requests in {window} (minRequests {min})"))
+        Problem::NoData(short)
     })
 }
 
