@@ -357,29 +357,33 @@ fn cell_text(ratio: f64, c: &Cell) -> String {
 }
 
 const RATIOS: [f64; 5] = [1.0, 1.5, 2.0, 4.0, 10.0];
+const ERROR_RATES: [f64; 5] = [0.001, 0.005, 0.01, 0.02, 0.05];
+
+/// One table row: the cells for every regression ratio of `scenario(ratio)`.
+fn row(j: Judge, runs: usize, seed: u64, tag: [u64; 3], scenario: impl Fn(f64) -> Scenario) -> String {
+    let cells: Vec<String> = RATIOS
+        .iter()
+        .enumerate()
+        .map(|(ki, k)| {
+            let n = if *k == 1.0 { runs * 2 } else { runs };
+            cell_text(*k, &evaluate(j, &scenario(*k), n, cell_seed(seed, &[tag[0], tag[1], tag[2], ki as u64])))
+        })
+        .collect();
+    cells.join(" | ")
+}
+
+fn error_scenario(rps: f64, stable_error: f64, error_ratio: f64) -> Scenario {
+    Scenario { rps, stable_error, error_ratio, stable_slow: STABLE_SLOW, slow_ratio: 1.0 }
+}
 
 fn error_grid(j: Judge, runs: usize, seed: u64) {
     println!("\n#### {}\n", j.name());
     println!("| stable errors | rps | 1× (no regression) | 1.5× | 2× | 4× | 10× |");
     println!("|---|---|---|---|---|---|---|");
-    for (ei, p) in [0.001, 0.005, 0.01, 0.02, 0.05].iter().enumerate() {
+    for (ei, p) in ERROR_RATES.iter().enumerate() {
         for (ri, rps) in [1.0, 10.0, 100.0, 1000.0].iter().enumerate() {
-            let cells: Vec<String> = RATIOS
-                .iter()
-                .enumerate()
-                .map(|(ki, k)| {
-                    let sc = Scenario {
-                        rps: *rps,
-                        stable_error: *p,
-                        error_ratio: *k,
-                        stable_slow: STABLE_SLOW,
-                        slow_ratio: 1.0,
-                    };
-                    let n = if *k == 1.0 { runs * 2 } else { runs };
-                    cell_text(*k, &evaluate(j, &sc, n, cell_seed(seed, &[1, ei as u64, ri as u64, ki as u64])))
-                })
-                .collect();
-            println!("| {} % | {rps} | {} |", p * 100.0, cells.join(" | "));
+            let cells = row(j, runs, seed, [1, ei as u64, ri as u64], |k| error_scenario(*rps, *p, k));
+            println!("| {} % | {rps} | {cells} |", p * 100.0);
         }
     }
 }
@@ -390,23 +394,38 @@ fn latency_grid(judges: &[Judge], runs: usize, seed: u64) {
     println!("|---|---|---|---|---|---|---|");
     for (ji, j) in judges.iter().enumerate() {
         for (ri, rps) in [10.0, 100.0, 1000.0].iter().enumerate() {
-            let cells: Vec<String> = RATIOS
-                .iter()
-                .enumerate()
-                .map(|(ki, k)| {
-                    let sc = Scenario {
-                        rps: *rps,
-                        stable_error: 0.005,
-                        error_ratio: 1.0,
-                        stable_slow: STABLE_SLOW,
-                        slow_ratio: *k,
-                    };
-                    let n = if *k == 1.0 { runs * 2 } else { runs };
-                    cell_text(*k, &evaluate(*j, &sc, n, cell_seed(seed, &[2, ji as u64, ri as u64, ki as u64])))
-                })
-                .collect();
+            let cells = row(*j, runs, seed, [2, ji as u64, ri as u64], |k| Scenario {
+                slow_ratio: k,
+                ..error_scenario(*rps, 0.005, 1.0)
+            });
             let short = j.name().split(' ').next().unwrap_or_default().to_string();
-            println!("| {short} | {rps} | {} |", cells.join(" | "));
+            println!("| {short} | {rps} | {cells} |");
+        }
+    }
+}
+
+/// The targets at 100 rps, per stable error rate.
+fn targets(judges: &[Judge], runs: usize, seed: u64) {
+    println!("\n#### Targets at 100 rps\n");
+    println!(
+        "| judge | stable errors | false rollbacks | good release promoted in 3 min | 2× caught before 100 % | 4× rolled back within 2 min |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (ji, j) in judges.iter().enumerate() {
+        for (ei, p) in ERROR_RATES.iter().enumerate() {
+            let at = |k: f64, tag: u64, n: usize| {
+                evaluate(*j, &error_scenario(100.0, *p, k), n, cell_seed(seed, &[3, tag, ji as u64, ei as u64]))
+            };
+            let good = at(1.0, 0, runs * 2);
+            let in_3 = 100.0 * good.promoted.iter().filter(|t| **t <= 3).count() as f64 / good.runs as f64;
+            let short = j.name().split(' ').next().unwrap_or_default().to_string();
+            println!(
+                "| {short} | {} % | {:.1} % | {in_3:.1} % | {:.1} % | {:.1} % |",
+                p * 100.0,
+                good.share_rolled_back(),
+                at(2.0, 1, runs).share_rolled_back(),
+                at(4.0, 2, runs).share_rolled_back_within(2)
+            );
         }
     }
 }
@@ -478,6 +497,7 @@ fn main() {
         "cells: 1× = false rollbacks · median (p90) minutes to promote; k× = share rolled back before 100 % · median minutes to rollback"
     );
     let judges = [Judge::Threshold, Judge::MannWhitney, Judge::Sequential, ADAPTIVE];
+    targets(&judges, runs, seed);
     for j in judges {
         error_grid(j, runs, seed);
     }

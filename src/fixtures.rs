@@ -172,7 +172,8 @@ impl Analyzer for ScriptedAnalyzer {
             let (value, result) = match verdict {
                 Verdict::Pass => (Some(99.9), MetricVerdict::Pass),
                 Verdict::Fail => (Some(90.0), MetricVerdict::Fail),
-                Verdict::NoData => (None, MetricVerdict::NoData),
+                Verdict::NoData | Verdict::Collecting => (None, MetricVerdict::NoData),
+                Verdict::Error => (None, MetricVerdict::Error),
                 _ => (Some(99.0), MetricVerdict::Inconclusive),
             };
             let metric = MetricResult {

@@ -469,6 +469,12 @@ impl Policy {
                 return Err(FieldError::new("sequential.tolerance", "must be in [0, 100) percentage points"));
             }
         }
+        if self.judge == JudgeKind::Adaptive && self.strategy == Strategy::BlueGreen {
+            return Err(FieldError::new(
+                "judge",
+                "adaptive compares the canary with concurrent stable traffic, which blue-green has none of after the flip; use threshold",
+            ));
+        }
         if let Some(a) = &self.adaptive {
             if !(a.alpha > 0.0 && a.alpha < 0.5) {
                 return Err(FieldError::new("adaptive.alpha", "must be in (0, 0.5)"));
@@ -661,6 +667,19 @@ mod tests {
         for n in ["canary-default", "canary-checklist", "blue-green", "hotfix"] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
+    }
+
+    #[test]
+    fn adaptive_settings_are_checked() {
+        let base = "name: x\nstrategy: canary\nsteps: [10, 100]\njudge: adaptive\n";
+        let pol = p(base).unwrap();
+        assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 2.0));
+        let e = p(&format!("{base}adaptive:\n  holdAbove: 0.5\n")).unwrap_err();
+        assert!(e.message.contains("adaptive.holdAbove"), "{e}");
+        let e = p(&format!("{base}adaptive:\n  alpha: 0.7\n")).unwrap_err();
+        assert!(e.message.contains("adaptive.alpha"), "{e}");
+        let e = p("name: x\nstrategy: blue-green\njudge: adaptive\n").unwrap_err();
+        assert!(e.message.contains("use threshold"), "{e}");
     }
 
     #[test]
