@@ -72,10 +72,11 @@ enum Judge {
     Threshold,
     MannWhitney,
     Sequential,
-    Adaptive { prior_sd: f64, hold_above: f64 },
+    Adaptive { prior_sd: f64, hold_above: f64, last_only: bool },
 }
 
-const ADAPTIVE: Judge = Judge::Adaptive { prior_sd: adaptive::PRIOR_SD, hold_above: adaptive::DEFAULT_HOLD_ABOVE };
+const ADAPTIVE: Judge =
+    Judge::Adaptive { prior_sd: adaptive::PRIOR_SD, hold_above: adaptive::DEFAULT_HOLD_ABOVE, last_only: true };
 
 impl Judge {
     fn name(&self) -> String {
@@ -83,9 +84,10 @@ impl Judge {
             Judge::Threshold => "threshold (Flagger: error rate ≤ 1 %, p95 ≤ 500 ms)".into(),
             Judge::MannWhitney => "Kayenta-style Mann-Whitney (10 s error rates, p < 0.01) + p95 bound".into(),
             Judge::Sequential => "sequential (α = 1 %, tolerance 0, maxStepDuration 5 intervals) + p95 bound".into(),
-            Judge::Adaptive { prior_sd, hold_above } => {
-                format!("adaptive (α = 1 %, prior sd {prior_sd}, hold above e = {hold_above}) + p95 guard")
-            }
+            Judge::Adaptive { prior_sd, hold_above, last_only } => format!(
+                "adaptive (α = 1 %, prior sd {prior_sd}, hold above e = {hold_above}{}) + p95 guard",
+                if *last_only { " before 100 % only" } else { "" }
+            ),
         }
     }
 }
@@ -120,7 +122,7 @@ impl State {
 }
 
 /// The verdict of one analysis (`None`: the step is still collecting its minRequests → extends).
-fn decide(j: Judge, interval: &[(Tally, Tally)], st: &mut State) -> Option<Verdict> {
+fn decide(j: Judge, step: usize, interval: &[(Tally, Tally)], st: &mut State) -> Option<Verdict> {
     let (mut c, mut s) = (Tally::default(), Tally::default());
     for (bc, bs) in interval {
         c.add(bc);
@@ -178,12 +180,12 @@ fn decide(j: Judge, interval: &[(Tally, Tally)], st: &mut State) -> Option<Verdi
                 SequentialDecision::Continue => Verdict::Inconclusive,
             }
         }
-        Judge::Adaptive { prior_sd, hold_above } => {
+        Judge::Adaptive { prior_sd, hold_above, last_only } => {
             // Two streams (errors, slow requests) share α.
             let cfg = AdaptiveConfig {
                 alpha: ALPHA / 2.0,
                 hold_above,
-                hold_expired: st.held >= MAX_HOLD_INTERVALS,
+                may_hold: st.held < MAX_HOLD_INTERVALS && (!last_only || step + 2 == STEPS.len()),
                 prior_sd,
             };
             let e = adaptive::evaluate(
@@ -272,7 +274,7 @@ fn rollout(rng: &mut StdRng, j: Judge, sc: &Scenario) -> Outcome {
     while t < GIVE_UP {
         t += 1;
         let iv = traffic(rng, STEPS[step], sc);
-        match decide(j, &iv, &mut st) {
+        match decide(j, step, &iv, &mut st) {
             None => progress = t,
             Some(Verdict::Pass) => {
                 step += 1;
@@ -436,9 +438,11 @@ fn tune(runs: usize, seed: u64) {
         "| prior sd | hold above | max false rollbacks 0.1–5 % | promote p50/p90 (0.5 %) | 2× caught (0.1/0.5/1/2 %) | 4× ≤ 2 intervals (0.5 %) |"
     );
     println!("|---|---|---|---|---|---|");
-    for sd in [0.5, 0.75, 1.0, 1.5] {
-        for hold in [1.0, 2.0, 4.0] {
-            let j = Judge::Adaptive { prior_sd: sd, hold_above: hold };
+    for (sd, hold, last_only) in
+        [(1.0, 2.0, false), (1.0, 1.0, true), (1.0, 1.5, true), (1.0, 2.0, true), (0.75, 1.5, true), (1.25, 1.5, true)]
+    {
+        {
+            let j = Judge::Adaptive { prior_sd: sd, hold_above: hold, last_only };
             let sc = |p: f64, k: f64| Scenario {
                 rps: 100.0,
                 stable_error: p,
@@ -453,9 +457,10 @@ fn tune(runs: usize, seed: u64) {
                 worst = worst.max(c.share_rolled_back());
                 if *p == 0.005 {
                     promote = format!(
-                        "{}/{}",
+                        "{}/{} ({:.0} % in 3)",
                         minutes(Cell::quantile(&c.promoted, 0.5)),
-                        minutes(Cell::quantile(&c.promoted, 0.9))
+                        minutes(Cell::quantile(&c.promoted, 0.9)),
+                        100.0 * c.promoted.iter().filter(|t| **t <= 3).count() as f64 / c.runs as f64
                     );
                 }
             }
@@ -470,7 +475,11 @@ fn tune(runs: usize, seed: u64) {
                 })
                 .collect();
             let four = evaluate(j, &sc(0.005, 4.0), runs, cell_seed(seed, &[11])).share_rolled_back_within(2);
-            println!("| {sd} | {hold} | {worst:.2} % | {promote} | {} | {four:.0} % |", caught.join(" / "));
+            println!(
+                "| {sd} | {hold}{} | {worst:.2} % | {promote} | {} | {four:.0} % |",
+                if last_only { " (last step)" } else { "" },
+                caught.join(" / ")
+            );
         }
     }
 }

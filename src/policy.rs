@@ -235,7 +235,7 @@ pub struct AdaptiveSpec {
     /// rollout, all streams together).
     #[serde(default = "default_alpha")]
     pub alpha: f64,
-    /// A step whose e-value is at least this is held for more evidence instead of passing.
+    /// The last step before 100 % is held for more evidence while its e-value is at least this.
     #[serde(default = "default_hold_above")]
     pub hold_above: f64,
     /// How long a suspicious step is held at most before it passes (default: 5 intervals).
@@ -673,7 +673,7 @@ mod tests {
     fn adaptive_settings_are_checked() {
         let base = "name: x\nstrategy: canary\nsteps: [10, 100]\njudge: adaptive\n";
         let pol = p(base).unwrap();
-        assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 2.0));
+        assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 1.5));
         let e = p(&format!("{base}adaptive:\n  holdAbove: 0.5\n")).unwrap_err();
         assert!(e.message.contains("adaptive.holdAbove"), "{e}");
         let e = p(&format!("{base}adaptive:\n  alpha: 0.7\n")).unwrap_err();

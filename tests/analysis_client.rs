@@ -426,10 +426,16 @@ async fn adaptive_judge_rolls_back_errors_or_slow_requests_and_holds_when_suspic
     assert_eq!(report.metrics[1].stats["decision"], "regression");
     assert_eq!(report.metrics[1].stats["guard"]["result"], "pass");
 
-    // Twice the stable error rate on little traffic: held, with the reason.
+    // Twice the stable error rate on little traffic: suspicious but not established. An early step
+    // passes (its evidence carries into the next, busier step)...
     let fake = FakeProm::default();
     adaptive_counts(&fake, (1500.0, 15.0, 15.0), (4500.0, 22.0, 45.0));
     let mut r = rollout(adaptive_policy());
+    let early = analyse(&fake, ok_hooks(), r.clone()).await;
+    assert_eq!(early.verdict, Verdict::Pass, "{early:?}");
+    assert!(early.metrics[0].stats["eValue"].as_f64().unwrap() >= 1.5, "{early:?}");
+    // ...the last step before 100 % is held, with the reason.
+    r.step_index = 2;
     let held = analyse(&fake, ok_hooks(), r.clone()).await;
     assert_eq!(held.verdict, Verdict::Inconclusive, "{held:?}");
     assert!(held.summary.contains("holding the step for more evidence"), "{}", held.summary);
@@ -444,6 +450,7 @@ async fn adaptive_judge_rolls_back_errors_or_slow_requests_and_holds_when_suspic
 
     // Held for maxHold (5 intervals) without an established regression: the step passes.
     let mut r = rollout(adaptive_policy());
+    r.step_index = 2;
     let mut last = held;
     last.metrics[0].stats["heldSince"] = serde_json::json!(NOW - 300_000);
     r.last_analysis = Some(last);

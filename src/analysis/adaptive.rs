@@ -9,8 +9,8 @@
 //! - **regression** (roll back) — the e-value reached `1/α`. By Ville's inequality this happens to a
 //!   canary that is not worse than stable with probability ≤ α, however often it is looked at and
 //!   however long a step is held, so the false-rollback bound covers the whole rollout;
-//! - **hold** — the e-value is above `holdAbove` (suspicious, not conclusive): the step stays where
-//!   it is and evidence keeps accumulating, for at most `maxHold`;
+//! - **hold** — the e-value is above `holdAbove` (suspicious, not conclusive) at the last step
+//!   before 100 %: the step stays where it is and evidence keeps accumulating, for at most `maxHold`;
 //! - **pass** — otherwise (or once the hold has lasted `maxHold`).
 //!
 //! Pure and deterministic: `examples/judge_eval.rs` evaluates it on simulated traffic.
@@ -22,8 +22,9 @@ use super::judge::{CondLik, Counts, log_sum_exp};
 /// Scale of the half-normal prior on `u = ln(canary rate / stable rate)`, u ≥ 0. Tuned on
 /// simulated traffic with seeds disjoint from the evaluation's (see examples/judge_eval.rs).
 pub const PRIOR_SD: f64 = 1.0;
-/// Default e-value above which a step is held for more evidence instead of passing.
-pub const DEFAULT_HOLD_ABOVE: f64 = 2.0;
+/// Default e-value above which the last step before 100 % is held for more evidence instead of
+/// passing (tuned like [`PRIOR_SD`]).
+pub const DEFAULT_HOLD_ABOVE: f64 = 1.5;
 const GRID_MAX: f64 = 6.0;
 const GRID_STEP: f64 = 0.01;
 
@@ -40,8 +41,10 @@ pub struct AdaptiveConfig {
     pub alpha: f64,
     /// Hold a step while the e-value is at least this (and below `1/alpha`).
     pub hold_above: f64,
-    /// The step has been held for `maxHold` already: pass unless the regression is established.
-    pub hold_expired: bool,
+    /// Whether this step may be held: the last step before 100 %, held for less than `maxHold`.
+    /// Earlier steps pass unless the regression is established: their evidence carries into the
+    /// next step, where more canary traffic gathers it faster than holding would.
+    pub may_hold: bool,
     /// Scale of the prior on ln(rate ratio) ([`PRIOR_SD`]).
     pub prior_sd: f64,
 }
@@ -127,7 +130,7 @@ pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evid
     let log_bound = (1.0 / cfg.alpha).ln();
     let decision = if log_e >= log_bound {
         AdaptiveDecision::Regression
-    } else if !cfg.hold_expired && log_e >= cfg.hold_above.ln() {
+    } else if cfg.may_hold && log_e >= cfg.hold_above.ln() {
         AdaptiveDecision::Hold
     } else {
         AdaptiveDecision::Pass
@@ -156,7 +159,7 @@ mod tests {
     }
 
     fn cfg() -> AdaptiveConfig {
-        AdaptiveConfig { alpha: 0.01, hold_above: DEFAULT_HOLD_ABOVE, hold_expired: false, prior_sd: PRIOR_SD }
+        AdaptiveConfig { alpha: 0.01, hold_above: DEFAULT_HOLD_ABOVE, may_hold: true, prior_sd: PRIOR_SD }
     }
 
     #[test]
@@ -186,7 +189,7 @@ mod tests {
         let ev = evaluate(&cfg(), &[], b);
         assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
         assert!(ev.e_value >= DEFAULT_HOLD_ABOVE && ev.e_value < ev.bound);
-        let ev = evaluate(&AdaptiveConfig { hold_expired: true, ..cfg() }, &[], b);
+        let ev = evaluate(&AdaptiveConfig { may_hold: false, ..cfg() }, &[], b);
         assert_eq!(ev.decision, AdaptiveDecision::Pass);
     }
 

@@ -109,12 +109,13 @@ impl PromAnalyzer {
         let mut keys: Vec<String> =
             r.policy.metrics.iter().zip(&streams).filter_map(|(m, s)| s.map(|s| key(m, s))).collect();
         keys.dedup();
+        // Only the last step before 100 % holds (see `AdaptiveConfig::may_hold`).
+        let last_step = r.steps().get(r.step_index + 1) == Some(&100);
+        let max_hold = spec.max_hold.unwrap_or(r.policy.interval * 5).as_millis() as u64;
         let cfg = |key: &str| AdaptiveConfig {
             alpha: spec.alpha / keys.len().max(1) as f64,
             hold_above: spec.hold_above,
-            hold_expired: carry(r, key).held_since.is_some_and(|t| {
-                now.saturating_sub(t) >= spec.max_hold.unwrap_or(r.policy.interval * 5).as_millis() as u64
-            }),
+            may_hold: last_step && carry(r, key).held_since.is_none_or(|t| now.saturating_sub(t) < max_hold),
             prior_sd: adaptive::PRIOR_SD,
         };
         // Guards: every metric that is not an error stream keeps its bounds over the interval.
