@@ -406,6 +406,14 @@ async fn adaptive_judge_passes_a_good_step_at_its_first_interval_with_its_eviden
     assert_eq!(p95.stats["guard"]["result"], "pass");
     assert!(report.summary.contains("no evidence of harm"), "{}", report.summary);
     assert!(report.summary.contains("canary 0.333% vs stable 0.491% errors"), "{}", report.summary);
+
+    // Another error metric after the latency one: still one error stream, α still split in two.
+    let mut p = adaptive_policy();
+    p.metrics.push(spec("errors", "error-rate", None, Some(Bound::Number(1.0))));
+    let report = analyse(&fake, ok_hooks(), rollout(p)).await;
+    assert_eq!(report.metrics[2].stats["bound"], 200.0, "{report:?}");
+    assert_eq!(report.metrics[2].stats["eValue"], report.metrics[0].stats["eValue"]);
+    assert!((report.metrics[2].value.unwrap() - 100.0 / 300.0).abs() < 1e-9, "error rate in percent");
 }
 
 #[tokio::test]

@@ -89,7 +89,6 @@ impl PromAnalyzer {
         let step_window = self.window(elapsed);
         let streams: Vec<Option<Stream>> = r.policy.metrics.iter().map(stream_of).collect();
         let keep = |canary_requests: Option<f64>| {
-            let r = r;
             move |m: &MetricSpec| -> Value {
                 let stats = stream_of(m).map_or(Value::Null, |s| carry_stats(r, &key(m, s)));
                 match canary_requests {
@@ -108,6 +107,7 @@ impl PromAnalyzer {
         let spec = r.policy.adaptive();
         let mut keys: Vec<String> =
             r.policy.metrics.iter().zip(&streams).filter_map(|(m, s)| s.map(|s| key(m, s))).collect();
+        keys.sort();
         keys.dedup();
         // Only the last step before 100 % holds (see `AdaptiveConfig::may_hold`).
         let last_step = r.steps().get(r.step_index + 1) == Some(&100);
@@ -244,13 +244,12 @@ fn for_each(r: &Rollout, p: &Problem, stats: impl Fn(&MetricSpec) -> Value) -> M
     out
 }
 
-fn with_carry(mut res: MetricResult, stats: Value) -> MetricResult {
-    if let (Value::Object(o), Value::Object(extra)) = (&mut res.stats, stats) {
-        o.insert("guard".into(), Value::Bool(true));
-        for (k, v) in extra {
-            o.entry(k).or_insert(v);
-        }
+/// A guard's result that also keeps its stream's carried evidence (the stream could not be judged).
+fn with_carry(mut res: MetricResult, mut stats: Value) -> MetricResult {
+    if let Value::Object(o) = &mut stats {
+        o.insert("guard".into(), json!({ "value": res.value, "max": res.max, "result": res.result }));
     }
+    res.stats = stats;
     res
 }
 
