@@ -327,6 +327,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn carried_evidence_survives_results_that_could_not_judge_the_stream() {
+        use crate::analysis::{AnalysisReport, Verdict};
+        let policy = crate::fixtures::policy("p", &[5, 25, 50, 100], Duration::from_secs(60), 5);
+        let req = crate::fixtures::request("cart", "p");
+        let mut r = crate::rollout::machine::create("r".into(), &req, policy, "ci", 1_000).0;
+        let block = |e: f64| Block {
+            canary: Counts { requests: 300.0, errors: e },
+            stable: Counts { requests: 5700.0, errors: 28.0 },
+        };
+        let stats = json!({ "judge": "adaptive", "stream": "slow:p95", "stepStartedAt": 1_000,
+            "earlier": [block(1.0)], "canary": block(3.0).canary, "stable": block(3.0).stable });
+        let guard = MetricResult {
+            name: "p95".into(),
+            value: Some(612.0),
+            min: None,
+            max: Some(500.0),
+            result: MetricVerdict::Fail,
+            message: None,
+            stats: json!({ "judge": "threshold" }),
+        };
+        let res = with_carry(guard, stats);
+        assert_eq!(res.stats["guard"]["result"], "fail");
+        r.last_analysis =
+            Some(AnalysisReport { at: 2_000, verdict: Verdict::Fail, metrics: vec![res], summary: String::new() });
+        let same_step = carry(&r, "slow:p95");
+        assert_eq!((same_step.earlier, same_step.current), (vec![block(1.0)], block(3.0)));
+        r.step_started_at = 5_000;
+        let next_step = carry(&r, "slow:p95");
+        assert_eq!((next_step.earlier, next_step.current), (vec![block(1.0), block(3.0)], Block::default()));
+    }
+
+    #[test]
     fn slow_requests_are_counted_above_the_largest_boundary_within_the_bound() {
         let b = |v: &[(&str, f64)]| Ok(v.iter().map(|(l, x)| (l.to_string(), *x)).collect());
         let buckets = [("0.1", 900.0), ("0.25", 960.0), ("0.5", 990.0), ("1", 999.0), ("+Inf", 1000.0)];
