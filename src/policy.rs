@@ -264,6 +264,29 @@ pub struct Policy {
     pub post_flip: Option<Duration>,
     #[serde(default)]
     pub on_drift: OnDrift,
+    /// Requests that always reach the canary while the rollout shifts traffic (testers, A/B): one
+    /// entry per alternative, all headers of an entry must match exactly. Canary strategy only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_match: Vec<CanaryMatch>,
+}
+
+/// One `canaryMatch` alternative: exact header matches, all of which must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryMatch {
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Limits of `canaryMatch` (the routers' own limits are larger: Gateway API allows 16 header matches).
+pub const MAX_CANARY_MATCHES: usize = 8;
+pub const MAX_MATCH_HEADERS: usize = 8;
+const MAX_HEADER_VALUE: usize = 256;
+
+/// A lowercase HTTP header name (RFC 9110 token; Istio wants lowercase names), at most 128 bytes.
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn default_interval() -> Duration {
@@ -468,6 +491,42 @@ impl Policy {
         if self.post_flip.is_some() && self.strategy != Strategy::BlueGreen {
             return Err(FieldError::new("postFlip", "only blue-green policies have a post-flip window"));
         }
+        self.validate_canary_match()
+    }
+
+    fn validate_canary_match(&self) -> Result<(), FieldError> {
+        if self.canary_match.is_empty() {
+            return Ok(());
+        }
+        if self.strategy != Strategy::Canary {
+            return Err(FieldError::new(
+                "canaryMatch",
+                "only canary policies route matching requests to the new version (blue-green: use preflight)",
+            ));
+        }
+        if self.canary_match.len() > MAX_CANARY_MATCHES {
+            return Err(FieldError::new("canaryMatch", format!("at most {MAX_CANARY_MATCHES} entries")));
+        }
+        for (i, m) in self.canary_match.iter().enumerate() {
+            let f = format!("canaryMatch[{i}].headers");
+            if m.headers.is_empty() || m.headers.len() > MAX_MATCH_HEADERS {
+                return Err(FieldError::new(f, format!("give 1 to {MAX_MATCH_HEADERS} headers")));
+            }
+            for (name, value) in &m.headers {
+                if !is_header_name(name) {
+                    return Err(FieldError::new(
+                        format!("{f}.{name}"),
+                        "must be a lowercase HTTP header name (a-z, 0-9 and !#$%&'*+-.^_`|~, at most 128)",
+                    ));
+                }
+                if value.is_empty() || value.len() > MAX_HEADER_VALUE || value.chars().any(char::is_control) {
+                    return Err(FieldError::new(
+                        format!("{f}.{name}"),
+                        format!("must be a non-empty value without control characters (at most {MAX_HEADER_VALUE})"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -665,5 +724,22 @@ mod tests {
         .unwrap_err();
         assert!(e.message.contains("gates[0].at"), "{e}");
         assert_eq!(e.line, 5);
+    }
+
+    #[test]
+    fn canary_match_is_checked_and_located() {
+        let ok =
+            p("name: x\nstrategy: canary\nsteps: [5, 100]\ncanaryMatch:\n  - headers: {canary: \"true\"}\n").unwrap();
+        assert_eq!(ok.canary_match[0].headers.get("canary").map(String::as_str), Some("true"));
+        let e = p("name: x\nstrategy: canary\nsteps: [5, 100]\ncanaryMatch:\n  - headers: {Canary: \"true\"}\n")
+            .unwrap_err();
+        assert!(e.message.contains("canaryMatch[0].headers.Canary") && e.message.contains("lowercase"), "{e}");
+        assert_eq!(e.line, 5, "{e}");
+        let e = p("name: x\nstrategy: canary\nsteps: [5, 100]\ncanaryMatch:\n  - headers: {}\n").unwrap_err();
+        assert!(e.message.contains("give 1 to"), "{e}");
+        let e = p("name: x\nstrategy: blue-green\ncanaryMatch:\n  - headers: {canary: \"true\"}\n").unwrap_err();
+        assert!(e.message.starts_with("canaryMatch: only canary policies"), "{e}");
+        let e = p("name: x\nstrategy: canary\nsteps: [100]\ncanaryMatch:\n  - header: {a: b}\n").unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
     }
 }

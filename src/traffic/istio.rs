@@ -10,9 +10,11 @@ use std::sync::Arc;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
+use super::canary_match::{self, Layout};
 use super::k8s::{self, Attempt, KubeAccess, Obj};
 use super::{Router, RouterError};
 use crate::BoxFut;
+use crate::policy::CanaryMatch;
 
 pub struct IstioRouter {
     kube: Arc<KubeAccess>,
@@ -21,6 +23,33 @@ pub struct IstioRouter {
     route: Option<String>,
     stable_subset: String,
     canary_subset: String,
+    canary_match: Vec<CanaryMatch>,
+}
+
+/// How a VirtualService spells routes and header matches (`headers: {name: {exact: value}}`).
+pub const LAYOUT: Layout = Layout {
+    list: "/spec/http",
+    matches: "match",
+    targets: "route",
+    headers_of: exact_headers,
+    with_headers: add_exact_headers,
+    drop: &["mirror", "mirrors", "mirrorPercentage", "mirrorPercent"],
+};
+
+fn exact_headers(block: &Value) -> Option<std::collections::BTreeMap<String, String>> {
+    let h = block.get("headers")?.as_object()?;
+    h.iter().map(|(k, v)| Some((k.clone(), v.get("exact")?.as_str()?.to_string()))).collect()
+}
+
+fn add_exact_headers(block: &Value, headers: &std::collections::BTreeMap<String, String>) -> Value {
+    let mut b = block.clone();
+    if !b.get("headers").is_some_and(Value::is_object) {
+        b["headers"] = json!({});
+    }
+    for (k, v) in headers {
+        b["headers"][k] = json!({ "exact": v });
+    }
+    b
 }
 
 /// Where the two weights live in `spec.http`.
@@ -158,6 +187,7 @@ impl IstioRouter {
         route: Option<&str>,
         stable_subset: &str,
         canary_subset: &str,
+        canary_match: &[CanaryMatch],
     ) -> Self {
         IstioRouter {
             kube,
@@ -166,6 +196,7 @@ impl IstioRouter {
             route: route.map(Into::into),
             stable_subset: stable_subset.into(),
             canary_subset: canary_subset.into(),
+            canary_match: canary_match.to_vec(),
         }
     }
 
@@ -183,10 +214,21 @@ impl IstioRouter {
     async fn try_set(&self, vs: &Obj, canary: u8) -> Result<(), Attempt> {
         let o = vs.get().await?;
         let r = self.locate(vs, &o)?;
-        if r.canary_weight == Some(canary as i64) && r.stable_weight == Some(100 - canary as i64) {
+        let mut ops = vec![];
+        if r.canary_weight != Some(canary as i64) || r.stable_weight != Some(100 - canary as i64) {
+            ops = weight_ops(&r, canary);
+        }
+        let mut target = o.data.pointer(&format!("/spec/http/{}/route/{}", r.http_index, r.canary_index)).cloned();
+        if let Some(t) = target.as_mut().and_then(Value::as_object_mut) {
+            t.remove("weight");
+        }
+        let active = canary > 0 && canary < 100;
+        let target = target.unwrap_or(Value::Null);
+        ops.extend(canary_match::ops(&LAYOUT, &o, r.http_index, &target, &self.canary_match, active));
+        if ops.is_empty() {
             return Ok(());
         }
-        vs.patch_guarded(&k8s::resource_version(&o)?, weight_ops(&r, canary)).await
+        vs.patch_guarded(&k8s::resource_version(&o)?, ops).await
     }
 }
 

@@ -1,4 +1,4 @@
-//! Kubernetes plumbing shared by the `istio` and `nginx-ingress` routers: the lazily created client,
+//! Kubernetes plumbing shared by the `istio`, `nginx-ingress` and `gateway-api` routers: the lazily created client,
 //! the API resources they touch, error classification and the guarded-write retry loop.
 //!
 //! Every write is a JSON patch whose first op is `test /metadata/resourceVersion`: it applies only to
@@ -98,6 +98,18 @@ pub fn destination_rule() -> ApiResource {
 
 pub fn ingress() -> ApiResource {
     resource("networking.k8s.io", "v1", "Ingress", "ingresses")
+}
+
+pub fn http_route() -> ApiResource {
+    resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+}
+
+pub fn grpc_route() -> ApiResource {
+    resource("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes")
+}
+
+pub fn service() -> ApiResource {
+    resource("", "v1", "Service", "services")
 }
 
 /// One named object of one kind in one namespace, with errors that name it.
