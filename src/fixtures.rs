@@ -36,6 +36,7 @@ pub fn policy(name: &str, steps: &[u8], interval: Duration, threshold: u32) -> P
         post_flip: None,
         on_drift: Default::default(),
         canary_match: vec![],
+        mirror: None,
     }
 }
 

@@ -268,6 +268,20 @@ pub struct Policy {
     /// entry per alternative, all headers of an entry must match exactly. Canary strategy only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub canary_match: Vec<CanaryMatch>,
+    /// Before the first step, shadow this share of the requests to the canary for `duration` and judge
+    /// its own errors and latency; users get the stable version's answers. Canary strategy only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// Percent of the requests copied to the canary (1–100).
+    pub percent: u8,
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
+    pub duration: Duration,
 }
 
 /// One `canaryMatch` alternative: exact header matches, all of which must hold.
@@ -491,7 +505,25 @@ impl Policy {
         if self.post_flip.is_some() && self.strategy != Strategy::BlueGreen {
             return Err(FieldError::new("postFlip", "only blue-green policies have a post-flip window"));
         }
-        self.validate_canary_match()
+        self.validate_canary_match()?;
+        self.validate_mirror()
+    }
+
+    fn validate_mirror(&self) -> Result<(), FieldError> {
+        let Some(m) = &self.mirror else { return Ok(()) };
+        if self.strategy != Strategy::Canary {
+            return Err(FieldError::new("mirror", "only canary policies mirror before the first step"));
+        }
+        if !(1..=100).contains(&m.percent) {
+            return Err(FieldError::new("mirror.percent", "must be 1 to 100"));
+        }
+        if m.duration < self.interval {
+            return Err(FieldError::new("mirror.duration", "must be at least one interval (one analysis)"));
+        }
+        if m.duration >= self.progress_deadline {
+            return Err(FieldError::new("mirror.duration", "must be shorter than progressDeadline"));
+        }
+        Ok(())
     }
 
     fn validate_canary_match(&self) -> Result<(), FieldError> {
@@ -741,5 +773,20 @@ mod tests {
         assert!(e.message.starts_with("canaryMatch: only canary policies"), "{e}");
         let e = p("name: x\nstrategy: canary\nsteps: [100]\ncanaryMatch:\n  - header: {a: b}\n").unwrap_err();
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn mirror_is_checked() {
+        let base = "name: x\nstrategy: canary\nsteps: [5, 100]\ninterval: 1m\n";
+        let ok = p(&format!("{base}mirror: {{percent: 50, duration: 5m}}\n")).unwrap();
+        assert_eq!(ok.mirror, Some(Mirror { percent: 50, duration: Duration::from_secs(300) }));
+        let e = p(&format!("{base}mirror: {{percent: 0, duration: 5m}}\n")).unwrap_err();
+        assert!(e.message.starts_with("mirror.percent"), "{e}");
+        let e = p(&format!("{base}mirror: {{percent: 10, duration: 10s}}\n")).unwrap_err();
+        assert!(e.message.contains("at least one interval"), "{e}");
+        let e = p(&format!("{base}mirror: {{percent: 10, duration: 10m}}\n")).unwrap_err();
+        assert!(e.message.contains("progressDeadline"), "{e}");
+        let e = p("name: x\nstrategy: blue-green\nmirror: {percent: 10, duration: 5m}\n").unwrap_err();
+        assert!(e.message.starts_with("mirror: only canary"), "{e}");
     }
 }

@@ -102,6 +102,12 @@ pub enum Effect {
     },
     /// Read the live weight back (drift detection); answered with `Input::Observed`.
     Observe,
+    /// Shadow `percent` % of the requests to the canary until the next weight change (which ends it);
+    /// answered with `Input::RouterDone`.
+    SetMirror {
+        op: u64,
+        percent: u8,
+    },
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -153,6 +159,7 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         router_failures: 0,
         observe_failures: 0,
         router_retry_at: None,
+        mirror_until: None,
         busy: vec![],
         next_op: 1,
         last_seq: 0,
@@ -248,6 +255,9 @@ fn on_observed(r: &mut Rollout, weight: Result<Option<u8>, RouterError>, now: Mi
 }
 
 fn on_router(r: &mut Rollout, op: u64, result: Result<(), RouterError>, now: Millis, out: &mut Output) {
+    if take_busy(r, |b| matches!(b, Busy::Mirror { op: o } if *o == op)).is_some() {
+        return on_mirror(r, result, now, out);
+    }
     let Some(Busy::Router { weight, .. }) = take_busy(r, |b| matches!(b, Busy::Router { op: o, .. } if *o == op))
     else {
         return;
@@ -473,7 +483,7 @@ fn on_command(
             );
             r.paused_from = None;
             r.gate_deadline = None;
-            r.busy.retain(|b| matches!(b, Busy::Router { .. }));
+            r.busy.retain(is_router_op);
             r.stage = Stage::Ready;
             r.step_index = r.steps().len() - 1;
             r.last_progress_at = now;
@@ -511,7 +521,7 @@ fn on_command(
             }
             r.paused_from = Some(r.phase);
             r.phase = Paused;
-            r.busy.retain(|b| matches!(b, Busy::Router { .. }));
+            r.busy.retain(is_router_op);
             r.message = format!("paused by {actor} at {}% canary", r.canary_weight);
             let m = r.message.clone();
             event(r, out, now, "paused", actor, m, serde_json::Value::Null);
@@ -581,6 +591,9 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
         out.effects.push(Effect::SetWeight { op, canary });
     }
     let idle = !r.busy.iter().any(|b| matches!(b, Busy::Step { .. } | Busy::Analysis { .. }));
+    if r.phase == Phase::Pending && r.stage == Stage::Mirror {
+        return schedule_mirror(r, now, out, due && idle);
+    }
     if r.phase == Phase::Pending && due && idle {
         let op = next_op(r);
         r.busy.push(Busy::Step { op });
@@ -589,7 +602,7 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
             Stage::ConfirmRollout => Effect::CallHooks { op: Some(op), kind: HookKind::ConfirmRollout },
             Stage::PreRollout => Effect::CallHooks { op: Some(op), kind: HookKind::PreRollout },
             Stage::Preflight => Effect::Preflight { op },
-            Stage::Ready => {
+            Stage::Mirror | Stage::Ready => {
                 r.busy.pop();
                 advance(r, now, out, CONTROLLER, false);
                 // Starting may have decided the first weight: reconcile now rather than next tick.
@@ -664,15 +677,22 @@ fn set_phase_weight(r: &mut Rollout, now: Millis, out: &mut Output, actor: &str,
 }
 
 fn start_rollback(r: &mut Rollout, now: Millis, out: &mut Output, kind: RollbackKind, actor: &str, reason: String) {
+    // Mirroring sent requests to the canary: the rollback's weight write (which ends the mirror) must
+    // happen, though no user traffic moved.
+    let mirrored = r.stage == Stage::Mirror && (r.phase == Phase::Pending || r.paused_from == Some(Phase::Pending));
     r.rollback_kind = Some(kind);
     r.rollback_reason = Some(reason.clone());
     r.rollback_started_at = Some(now);
     r.paused_from = None;
     r.gate_deadline = None;
     r.next_analysis_at = None;
-    r.busy.retain(|b| matches!(b, Busy::Router { .. }));
+    r.busy.retain(is_router_op);
     let label = if kind == RollbackKind::Aborted { "aborted" } else { "rolling-back" };
-    let nothing_moved = r.applied_weight.unwrap_or(0) == 0 && r.canary_weight == 0 && router_busy(r).is_none();
+    if mirrored {
+        r.applied_weight = None;
+    }
+    let nothing_moved =
+        !mirrored && r.applied_weight.unwrap_or(0) == 0 && r.canary_weight == 0 && router_busy(r).is_none();
     r.canary_weight = 0;
     r.message = reason.clone();
     if nothing_moved {
@@ -714,7 +734,8 @@ fn finish(r: &mut Rollout, phase: Phase, now: Millis, out: &mut Output, kind: &s
 
 fn next_stage(r: &Rollout, s: Stage) -> Stage {
     let hooks = &r.policy.webhooks;
-    let order = [Stage::Validate, Stage::ConfirmRollout, Stage::PreRollout, Stage::Preflight, Stage::Ready];
+    let order =
+        [Stage::Validate, Stage::ConfirmRollout, Stage::PreRollout, Stage::Preflight, Stage::Mirror, Stage::Ready];
     let pos = order.iter().position(|x| *x == s).unwrap_or(order.len() - 1);
     order[pos + 1..]
         .iter()
@@ -723,6 +744,7 @@ fn next_stage(r: &Rollout, s: Stage) -> Stage {
             Stage::ConfirmRollout => !hooks.confirm_rollout.is_empty(),
             Stage::PreRollout => !hooks.pre_rollout.is_empty(),
             Stage::Preflight => r.policy.preflight.is_some() && r.policy.strategy == Strategy::BlueGreen,
+            Stage::Mirror => r.policy.mirror.is_some() && r.policy.strategy == Strategy::Canary,
             _ => true,
         })
         .unwrap_or(Stage::Ready)
@@ -734,6 +756,7 @@ fn stage_name(s: Stage) -> &'static str {
         Stage::ConfirmRollout => "confirm-rollout hooks",
         Stage::PreRollout => "pre-rollout hooks",
         Stage::Preflight => "preflight",
+        Stage::Mirror => "mirroring",
         Stage::Ready => "start",
     }
 }
@@ -795,8 +818,92 @@ fn next_op(r: &mut Rollout) -> u64 {
     op
 }
 
+/// The router call in flight (a weight change or turning the mirror on): at most one at a time.
 fn router_busy(r: &Rollout) -> Option<Busy> {
-    r.busy.iter().copied().find(|b| matches!(b, Busy::Router { .. }))
+    r.busy.iter().copied().find(is_router_op)
+}
+
+fn is_router_op(b: &Busy) -> bool {
+    matches!(b, Busy::Router { .. } | Busy::Mirror { .. })
+}
+
+// ---- the mirror stage (policy `mirror`) ------------------------------------------------------
+//
+// Before the first step: the router turns mirroring on (weights untouched, users see only the stable
+// version), the canary's own metrics are analysed every interval for `duration`, and a breach rolls
+// back before any user request reached the canary. Every way out changes the weights (the first
+// step, a promotion, or the rollback's 0 %), and a weight change ends the mirror, so the mirror never
+// outlives the stage.
+
+fn schedule_mirror(r: &mut Rollout, now: Millis, out: &mut Output, due_and_idle: bool) {
+    let Some(m) = r.policy.mirror.clone() else {
+        r.stage = Stage::Ready;
+        return schedule(r, now, out);
+    };
+    let Some(until) = r.mirror_until else {
+        if due_and_idle && router_busy(r).is_none() && r.router_retry_at.is_none_or(|t| t <= now) {
+            let op = next_op(r);
+            r.busy.push(Busy::Mirror { op });
+            out.effects.push(Effect::SetMirror { op, percent: m.percent });
+        }
+        return;
+    };
+    let started = until.saturating_sub(m.duration.as_millis() as u64);
+    // The last window judged must reach the end of the stage.
+    let passed = r.last_analysis.as_ref().is_some_and(|a| a.verdict == Verdict::Pass && a.at >= until);
+    if now >= until && passed && due_and_idle {
+        let msg = format!("mirroring passed: {} answered the shadow traffic within its SLOs", r.version);
+        event(r, out, now, "stage", CONTROLLER, msg, json!({ "stage": stage_name(Stage::Mirror) }));
+        r.stage = next_stage(r, Stage::Mirror);
+        r.next_analysis_at = Some(now);
+        r.last_progress_at = now;
+        return schedule(r, now, out);
+    }
+    if due_and_idle {
+        let op = next_op(r);
+        r.busy.push(Busy::Analysis { op });
+        out.effects.push(Effect::Analyse { op });
+    }
+    let left = humantime::format_duration(Duration::from_secs(until.saturating_sub(now) / 1000));
+    let last =
+        r.last_analysis.as_ref().filter(|a| a.at >= started).map_or("none yet".to_string(), |a| a.summary.clone());
+    r.message = format!(
+        "mirroring {}% of requests to {} (users get {}), {} left; last analysis: {last}; {}/{} failed checks",
+        m.percent, r.version, r.stable_version, left, r.failed_checks, r.policy.threshold
+    );
+}
+
+fn on_mirror(r: &mut Rollout, result: Result<(), RouterError>, now: Millis, out: &mut Output) {
+    if r.phase != Phase::Pending || r.stage != Stage::Mirror {
+        return; // rolled back, paused or promoted meanwhile: the next weight write ends the mirror
+    }
+    let Some(m) = r.policy.mirror.clone() else { return };
+    match result {
+        Ok(()) => {
+            r.router_failures = 0;
+            r.router_retry_at = None;
+            r.mirror_until = Some(now + m.duration.as_millis() as u64);
+            r.last_progress_at = now;
+            r.next_analysis_at = Some(now + interval(r));
+            let msg = format!(
+                "mirroring {}% of requests to {} for {}; users get {}'s answers",
+                m.percent,
+                r.version,
+                humantime::format_duration(m.duration),
+                r.stable_version
+            );
+            event(r, out, now, "mirror", CONTROLLER, msg, json!({ "percent": m.percent }));
+        }
+        Err(e) if e.is_permanent() => fail(r, now, out, format!("router {}: cannot mirror: {e}", r.router.kind())),
+        Err(e) => {
+            r.router_failures += 1;
+            let n = r.router_failures;
+            r.router_retry_at = Some(now + backoff(n));
+            r.next_analysis_at = r.router_retry_at;
+            r.message = format!("router error turning the mirror on (attempt {n}): {e}");
+            router_error_event(r, out, now, n, json!({ "attempt": n, "error": e.to_string(), "mirror": m.percent }));
+        }
+    }
 }
 
 fn take_busy(r: &mut Rollout, f: impl Fn(&Busy) -> bool) -> Option<Busy> {

@@ -79,6 +79,8 @@ pub enum Stage {
     PreRollout,
     /// Blue/green: consecutive health checks of the new version.
     Preflight,
+    /// The policy's `mirror`: shadow traffic to the canary, analysed, before any user request reaches it.
+    Mirror,
     Ready,
 }
 
@@ -87,9 +89,20 @@ pub enum Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Busy {
-    Router { op: u64, weight: u8 },
-    Analysis { op: u64 },
-    Step { op: u64 },
+    Router {
+        op: u64,
+        weight: u8,
+    },
+    Analysis {
+        op: u64,
+    },
+    Step {
+        op: u64,
+    },
+    /// A router call that turns mirroring on (serialised with weight changes like one).
+    Mirror {
+        op: u64,
+    },
 }
 
 /// Why a rollout rolls back; decides RolledBack (controller) vs Aborted (a person).
@@ -146,6 +159,9 @@ pub struct Rollout {
     #[serde(default)]
     pub observe_failures: u32,
     pub router_retry_at: Option<Millis>,
+    /// When the mirror stage ends (set once the router confirmed the mirror).
+    #[serde(default)]
+    pub mirror_until: Option<Millis>,
     pub busy: Vec<Busy>,
     pub next_op: u64,
     /// Last event sequence number written for this rollout.

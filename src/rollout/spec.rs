@@ -199,6 +199,18 @@ impl CreateRequest {
         let effective = base.clone().with_overrides(&self.overrides);
         effective.validate().map_err(|e| FieldError::new(format!("overrides.{}", e.field), e.message))?;
         self.router.validate(effective.strategy)?;
+        if effective.mirror.is_some()
+            && !matches!(self.router, RouterSpec::Istio { .. } | RouterSpec::GatewayApi { .. })
+        {
+            return Err(FieldError::new(
+                "policy",
+                format!(
+                    "policy {:?} mirrors traffic, which router {} cannot do (istio and gateway-api can)",
+                    effective.name,
+                    self.router.kind()
+                ),
+            ));
+        }
         if !effective.canary_match.is_empty() {
             match &self.router {
                 RouterSpec::Istio { .. } | RouterSpec::GatewayApi { .. } => {}

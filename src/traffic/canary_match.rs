@@ -39,8 +39,9 @@ pub struct Layout {
     pub headers_of: fn(&Value) -> Option<BTreeMap<String, String>>,
     /// The match block `base` with the exact header conditions `headers` added.
     pub with_headers: fn(&Value, &BTreeMap<String, String>) -> Value,
-    /// Members of the weighted route that the inserted copy must not carry (e.g. a mirror).
-    pub drop: &'static [&'static str],
+    /// Remove from the copy of the weighted route what it must not carry: vane's own mirror of the
+    /// canary (the second argument is the canary target).
+    pub strip: fn(&mut Value, &Value),
 }
 
 fn is_vane(route: &Value) -> bool {
@@ -71,10 +72,8 @@ pub fn header_route(l: &Layout, weighted: &Value, canary_target: &Value, cm: &[C
     let blocks: Vec<Value> =
         base.iter().flat_map(|b| cm.iter().map(move |c| (l.with_headers)(b, &c.headers))).collect();
     let mut route = weighted.clone();
+    (l.strip)(&mut route, canary_target);
     if let Some(o) = route.as_object_mut() {
-        for k in l.drop {
-            o.remove(*k);
-        }
         o.insert("name".into(), json!(ROUTE_NAME));
         o.insert(l.matches.into(), Value::Array(blocks));
         o.insert(l.targets.into(), json!([canary_target]));
@@ -199,7 +198,8 @@ mod tests {
 
     #[test]
     fn inserts_above_the_weighted_route_and_removes_it_again() {
-        let weighted = json!({ "match": [{ "uri": { "prefix": "/api" } }], "timeout": "5s", "mirror": { "host": "m" },
+        let weighted = json!({ "match": [{ "uri": { "prefix": "/api" } }], "timeout": "5s",
+                               "mirror": { "host": "svc", "subset": "new" }, "mirrorPercentage": { "value": 10 },
                                "route": [{ "destination": { "host": "svc", "subset": "old" }, "weight": 100 },
                                          { "destination": { "host": "svc", "subset": "new" }, "weight": 0 }] });
         let before = obj(json!([{ "route": [{ "destination": { "host": "other" } }] }, weighted]));

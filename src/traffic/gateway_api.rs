@@ -55,8 +55,64 @@ pub const LAYOUT: Layout = Layout {
     targets: "backendRefs",
     headers_of: exact_headers,
     with_headers: add_exact_headers,
-    drop: &[],
+    strip: strip_mirror,
 };
+
+/// A `RequestMirror` filter of vane's: it mirrors to the canary Service.
+fn is_vane_mirror(filter: &Value, canary_target: &Value) -> bool {
+    let b = filter.pointer("/requestMirror/backendRef");
+    filter.get("type").and_then(Value::as_str) == Some("RequestMirror")
+        && b.and_then(|b| b.get("name")).is_some_and(|n| Some(n) == canary_target.get("name"))
+        && b.and_then(|b| b.get("kind")).and_then(Value::as_str).is_none_or(|k| k == "Service")
+}
+
+fn filters(rule: &Value) -> &[Value] {
+    rule.get("filters").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+}
+
+fn strip_mirror(rule: &mut Value, canary_target: &Value) {
+    let kept: Vec<Value> = filters(rule).iter().filter(|f| !is_vane_mirror(f, canary_target)).cloned().collect();
+    if let Some(o) = rule.as_object_mut()
+        && o.contains_key("filters")
+    {
+        if kept.is_empty() {
+            o.remove("filters");
+        } else {
+            o.insert("filters".into(), Value::Array(kept));
+        }
+    }
+}
+
+/// Ops turning vane's `RequestMirror` filter of the canary on the rule at `base` on (`Some(percent)`)
+/// or off; other filters (the user's, mirrors to other backends included) are never touched.
+pub fn mirror_ops(rule: &Value, base: &str, canary_target: &Value, percent: Option<u8>) -> Vec<Value> {
+    let fs = filters(rule);
+    let ours: Vec<usize> = (0..fs.len()).filter(|&j| is_vane_mirror(&fs[j], canary_target)).collect();
+    match percent {
+        None if !ours.is_empty() && ours.len() == fs.len() => {
+            vec![json!({ "op": "remove", "path": format!("{base}/filters") })]
+        }
+        None => ours.iter().rev().map(|j| json!({ "op": "remove", "path": format!("{base}/filters/{j}") })).collect(),
+        Some(p) => match ours.first() {
+            Some(j) if fs[*j].pointer("/requestMirror/percent").and_then(Value::as_i64) == Some(p as i64) => vec![],
+            Some(j) => {
+                vec![json!({ "op": "add", "path": format!("{base}/filters/{j}/requestMirror/percent"), "value": p })]
+            }
+            None => {
+                let mut backend = json!({ "name": canary_target.get("name") });
+                if let Some(port) = canary_target.get("port") {
+                    backend["port"] = port.clone();
+                }
+                let f = json!({ "type": "RequestMirror", "requestMirror": { "backendRef": backend, "percent": p } });
+                if rule.get("filters").is_some() {
+                    vec![json!({ "op": "add", "path": format!("{base}/filters/-"), "value": f })]
+                } else {
+                    vec![json!({ "op": "add", "path": format!("{base}/filters"), "value": [f] })]
+                }
+            }
+        },
+    }
+}
 
 fn exact_headers(block: &Value) -> Option<std::collections::BTreeMap<String, String>> {
     let h = block.get("headers")?.as_array()?;
@@ -228,7 +284,25 @@ impl GatewayApiRouter {
             t.remove("weight");
         }
         let active = canary > 0 && canary < 100;
+        let base = format!("/spec/rules/{}", r.rule_index);
+        let rule = o.data.pointer(&base).cloned().unwrap_or(Value::Null);
+        ops.extend(mirror_ops(&rule, &base, &target, None));
         ops.extend(canary_match::ops(&LAYOUT, &o, r.rule_index, &target, &self.canary_match, active));
+        if ops.is_empty() {
+            return Ok(());
+        }
+        route.patch_guarded(&k8s::resource_version(&o)?, ops).await
+    }
+}
+
+impl GatewayApiRouter {
+    async fn try_mirror(&self, route: &Obj, percent: u8) -> Result<(), Attempt> {
+        let o = route.get().await?;
+        let r = self.locate(route, &o)?;
+        let base = format!("/spec/rules/{}", r.rule_index);
+        let rule = o.data.pointer(&base).cloned().unwrap_or(Value::Null);
+        let target = backend_refs(&rule).get(r.canary_index).cloned().unwrap_or(Value::Null);
+        let ops = mirror_ops(&rule, &base, &target, Some(percent));
         if ops.is_empty() {
             return Ok(());
         }
@@ -266,6 +340,13 @@ impl Router for GatewayApiRouter {
         Box::pin(k8s::bounded("gateway-api set weight", async move {
             let route = self.route().await?;
             k8s::retry_conflicts(&route.describe(), || self.try_set(&route, canary)).await
+        }))
+    }
+
+    fn set_mirror(&self, percent: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(k8s::bounded("gateway-api set mirror", async move {
+            let route = self.route().await?;
+            k8s::retry_conflicts(&route.describe(), || self.try_mirror(&route, percent)).await
         }))
     }
 

@@ -45,6 +45,14 @@ pub trait Router: Send + Sync + 'static {
     fn set_weight(&self, canary: u8) -> BoxFut<'_, Result<(), RouterError>>;
     /// The live canary weight, if the router can read it back (None: it cannot tell).
     fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>>;
+    /// Shadow `percent` % of the requests to the canary (its answers are discarded), weights
+    /// untouched, until the next `set_weight`, which removes the mirror. Idempotent.
+    fn set_mirror(&self, percent: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        let kind = self.kind();
+        Box::pin(async move {
+            Err(RouterError::Permanent(format!("router {kind} cannot mirror traffic ({percent}% asked)")))
+        })
+    }
 }
 
 /// Builds the router for a rollout from its spec.

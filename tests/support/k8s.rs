@@ -101,11 +101,21 @@ pub fn controller(
     store: &Path,
     policies: Vec<vane::policy::Policy>,
 ) -> (vane::rollout::controller::Controller, Arc<vane::telemetry::Metrics>) {
+    controller_with(client, store, policies, Arc::new(vane::analysis::TimeOnly))
+}
+
+/// [`controller`] with this analyzer.
+pub fn controller_with(
+    client: kube::Client,
+    store: &Path,
+    policies: Vec<vane::policy::Policy>,
+    analyzer: Arc<dyn vane::analysis::Analyzer>,
+) -> (vane::rollout::controller::Controller, Arc<vane::telemetry::Metrics>) {
     let metrics = Arc::new(vane::telemetry::Metrics::new(Duration::from_secs(3600)));
     let env = vane::rollout::driver::Env {
         store: vane::store::Store::open(store).expect("store"),
         routers: Arc::new(vane::traffic::Routers::with_kube_client(client)),
-        analyzer: Arc::new(vane::analysis::TimeOnly),
+        analyzer,
         hooks: Arc::new(vane::notify::AlwaysOk),
         notifier: Arc::new(vane::notify::Silent),
         metrics: metrics.clone(),
