@@ -298,3 +298,43 @@ async fn nginx_ingress_sets_canary_by_header_and_removes_it_at_every_end() {
         rollout(&client, &ns, router.clone(), end, at_gate, after).await;
     }
 }
+
+/// A route already at Gateway API's 16 rules has no room for the header rule: refused before any
+/// traffic moves, and a write that the CRD's schema refuses is a clear permanent error, not a conflict
+/// retried until it times out.
+#[tokio::test]
+async fn gateway_api_route_without_room_for_the_header_rule_is_refused_clearly() {
+    let client = k8s::gateway_api_client().await;
+    let ns = k8s::namespace("gateway-full");
+    for name in ["agent-service-blue", "agent-service-green"] {
+        let svc = json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name },
+                          "spec": { "ports": [{ "port": 8080 }] } });
+        create(&client, &ns, &service(), svc).await;
+    }
+    let mut obj = route();
+    let rules = obj["spec"]["rules"].as_array_mut().unwrap();
+    for i in 0..14 {
+        rules.push(json!({ "matches": [{ "path": { "type": "PathPrefix", "value": format!("/r{i}") } }],
+                           "backendRefs": [{ "name": "admin", "port": 8080 }] }));
+    }
+    let before = create(&client, &ns, &http_route(), obj).await;
+    let spec = RouterSpec::GatewayApi {
+        http_route: Some("agent-service".into()),
+        grpc_route: None,
+        rule: None,
+        stable_backend: "agent-service-blue".into(),
+        canary_backend: "agent-service-green".into(),
+    };
+    let mut req = fixtures::request("agent-service", "header");
+    req.namespace = ns.clone();
+    req.router = spec;
+    let (rollout, _) = vane::rollout::machine::create("r".into(), &req, policy(End::Aborted), "test", 0);
+    let router = vane::traffic::Routers::with_kube_client(client.clone());
+    let router = vane::traffic::RouterFactory::build(&router, &rollout).unwrap();
+    let e = router.validate().await.unwrap_err();
+    assert!(e.is_permanent() && e.to_string().contains("has 16 rules"), "{e}");
+    let e = router.set_weight(5).await.unwrap_err();
+    assert!(e.is_permanent() && e.to_string().contains("refused the change"), "{e}");
+    let now = read(&client, &ns, &http_route(), "agent-service").await;
+    assert_eq!(now.metadata.resource_version, before.metadata.resource_version, "nothing written");
+}

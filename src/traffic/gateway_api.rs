@@ -48,6 +48,9 @@ pub struct GatewayApiRouter {
     canary_match: Vec<CanaryMatch>,
 }
 
+/// Gateway API's limit of rules per route (the CRDs' `maxItems`).
+pub const MAX_RULES: usize = 16;
+
 /// How HTTPRoute and GRPCRoute spell rules and header matches (`headers: [{type: Exact, name, value}]`).
 pub const LAYOUT: Layout = Layout {
     list: "/spec/rules",
@@ -320,7 +323,22 @@ impl Router for GatewayApiRouter {
     fn validate(&self) -> BoxFut<'_, Result<(), RouterError>> {
         Box::pin(k8s::bounded("gateway-api validate", async move {
             let route = self.route().await?;
-            self.locate(&route, &route.get().await?)?;
+            let o = route.get().await?;
+            let r = self.locate(&route, &o)?;
+            let rules = o.data.pointer("/spec/rules").and_then(Value::as_array).map_or(0, Vec::len);
+            let target = o.data.pointer(&format!("/spec/rules/{}/backendRefs/{}", r.rule_index, r.canary_index));
+            let inserts =
+                canary_match::ops(&LAYOUT, &o, r.rule_index, target.unwrap_or(&Value::Null), &self.canary_match, true)
+                    .iter()
+                    .any(|op| op["op"] == "add" && op["path"] == format!("/spec/rules/{}", r.rule_index));
+            if inserts && rules >= MAX_RULES {
+                return Err(RouterError::Permanent(format!(
+                    "{} has {rules} rules, the most a route may have: no room for the canaryMatch rule \
+                     (add a header rule pointing at {} yourself and vane re-points it, or drop canaryMatch)",
+                    route.describe(),
+                    self.canary
+                )));
+            }
             let client = self.kube.client().await?;
             for name in [&self.stable, &self.canary] {
                 let svc = Obj::new(client.clone(), &k8s::service(), &self.namespace, name);

@@ -175,6 +175,11 @@ impl From<RouterError> for Attempt {
 
 fn attempt(what: &str, e: kube::Error) -> Attempt {
     match &e {
+        // A 422 naming the fields it rejects is the object's schema or CEL rules refusing the change
+        // (a failed `test` op names none): retrying the same change cannot help.
+        kube::Error::Api(s) if s.code == 422 && s.details.as_ref().is_some_and(|d| !d.causes.is_empty()) => {
+            Attempt::Failed(RouterError::Permanent(format!("{what}: the API server refused the change: {}", s.message)))
+        }
         kube::Error::Api(s) if s.code == 409 || s.code == 422 => {
             Attempt::Conflict(format!("{what} changed while being written ({} {}): {}", s.code, s.reason, s.message))
         }
