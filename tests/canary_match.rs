@@ -118,7 +118,7 @@ fn vs(header_subset: Option<&str>) -> Value {
                       "route": [{ "destination": { "host": "agent-service", "subset": "v1-0-0" }, "weight": 100 },
                                 { "destination": { "host": "agent-service", "subset": "v1-1-0" }, "weight": 0 }] }));
     json!({ "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-            "metadata": { "name": "agent-service" }, "spec": { "hosts": ["agent-service"], "http": http } })
+            "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } }, "spec": { "hosts": ["agent-service"], "http": http } })
 }
 
 fn istio_router() -> RouterSpec {
@@ -135,7 +135,7 @@ async fn istio_case(test: &str, header_subset: Option<&str>) {
     for end in ENDS {
         let ns = k8s::namespace(&format!("{test}-{end:?}"));
         let dr = json!({ "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
-                         "metadata": { "name": "agent-service" },
+                         "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
                          "spec": { "host": "agent-service", "subsets": [
                              { "name": "v1-0-0", "labels": { "version": "v1.0.0" } },
                              { "name": "v1-0-9", "labels": { "version": "v1.0.9" } },
@@ -190,7 +190,7 @@ async fn istio_repoints_the_existing_header_route_and_restores_it_at_every_end()
 fn route() -> Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": { "name": "agent-service" },
+        "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
         "spec": { "parentRefs": [{ "name": "edge" }], "rules": [
             { "matches": [{ "path": { "type": "PathPrefix", "value": "/api" } }],
               "filters": [{ "type": "RequestHeaderModifier",
@@ -252,7 +252,7 @@ async fn gateway_api_adds_a_header_rule_and_removes_it_at_every_end() {
 fn main_ingress() -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": { "name": "agent-service-ingress" },
+        "metadata": { "name": "agent-service-ingress", "labels": { "vane.dev/managed": "true" } },
         "spec": { "ingressClassName": "nginx", "rules": [{ "host": "api.aiworkflow.com", "http": { "paths": [
             { "path": "/api/agents", "pathType": "Prefix",
               "backend": { "service": { "name": "agent-service-blue", "port": { "number": 8080 } } } } ] } }] }

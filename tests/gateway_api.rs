@@ -34,7 +34,7 @@ const WEIGHTED: usize = 1;
 fn http_object() -> Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": { "name": ROUTE, "labels": { "app": "agent-service" },
+        "metadata": { "name": ROUTE, "labels": { "app": "agent-service", "vane.dev/managed": "true" },
                       "annotations": { "team": "agents" } },
         "spec": {
             "parentRefs": [{ "name": "edge", "namespace": "gateways", "sectionName": "https" }],
@@ -63,7 +63,7 @@ fn http_object() -> Value {
 fn grpc_object() -> Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
-        "metadata": { "name": ROUTE, "labels": { "app": "agent-service" } },
+        "metadata": { "name": ROUTE, "labels": { "app": "agent-service", "vane.dev/managed": "true" } },
         "spec": {
             "parentRefs": [{ "name": "edge", "namespace": "gateways" }],
             "hostnames": ["grpc.aiworkflow.com"],

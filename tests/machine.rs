@@ -291,6 +291,7 @@ fn mirroring_comes_before_the_first_step_then_the_steps_follow() {
     assert_eq!(w.r.phase, Phase::Pending);
     assert!(w.r.message.starts_with("mirroring 50% of requests to v1.1.0"), "{}", w.r.message);
     let mirror_on = w.now;
+    assert_eq!(w.r.step_started_at, mirror_on, "the analysis window starts with the mirror");
     w.run_until(|r| r.applied_weight == Some(5), 20);
     assert!(w.now - mirror_on >= 300_000, "the first step waits for the whole mirror duration");
     assert!(!w.mirror_live, "the first weight write ends the mirror");

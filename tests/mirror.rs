@@ -21,7 +21,7 @@ use vane::traffic::{Router, RouterFactory, Routers};
 
 fn vs() -> Value {
     json!({ "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-            "metadata": { "name": "agent-service" },
+            "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
             "spec": { "hosts": ["agent-service"], "http": [
                 { "name": "primary", "timeout": "30s", "route": [
                     { "destination": { "host": "agent-service", "subset": "v1-0-0" }, "weight": 100 },
@@ -30,7 +30,7 @@ fn vs() -> Value {
 
 fn dr() -> Value {
     json!({ "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
-            "metadata": { "name": "agent-service" },
+            "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
             "spec": { "host": "agent-service", "subsets": [
                 { "name": "v1-0-0", "labels": { "version": "v1.0.0" } },
                 { "name": "v1-1-0", "labels": { "version": "v1.1.0" } } ] } })
@@ -39,7 +39,7 @@ fn dr() -> Value {
 /// Without filters on the weighted rule: the mirror filter is the only one, and must go entirely.
 fn route() -> Value {
     json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": { "name": "agent-service" },
+            "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
             "spec": { "parentRefs": [{ "name": "edge" }], "rules": [
                 { "matches": [{ "path": { "type": "PathPrefix", "value": "/api" } }],
                   "backendRefs": [{ "name": "agent-service-blue", "port": 8080, "weight": 100 },

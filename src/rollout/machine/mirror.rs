@@ -61,6 +61,8 @@ pub(super) fn on_mirror(r: &mut Rollout, result: Result<(), RouterError>, now: M
             r.router_failures = 0;
             r.router_retry_at = None;
             r.mirror_until = Some(now + m.duration.as_millis() as u64);
+            // The analysis windows (the sequential judge's "this step") start with the mirror.
+            r.step_started_at = now;
             r.last_progress_at = now;
             r.next_analysis_at = Some(now + interval(r));
             let msg = format!(
