@@ -335,6 +335,18 @@ fn an_abort_or_a_router_outage_while_mirroring_still_ends_the_mirror() {
     assert_eq!((w.r.phase, w.weights.clone()), (Phase::Aborted, vec![]));
 }
 
+#[test]
+fn a_gate_at_0_after_mirroring_ends_the_mirror_and_its_timeout_rolls_back() {
+    let mut p = mirrored(&[5, 100]);
+    p.gates = vec![Gate { at: 0, approval: Approval::Manual, timeout: Duration::from_secs(900), approvers: vec![] }];
+    let mut w = World::new(p);
+    w.run_until(|r| r.phase == Phase::AwaitingApproval && r.applied_weight == Some(0), 20);
+    assert_eq!((w.weights.clone(), w.mirror_live), (vec![0], false), "entering the gate writes 0 %, ending the mirror");
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!(w.r.phase, Phase::RolledBack, "{}", w.r.message);
+    assert!(w.weights.iter().all(|x| *x == 0) && !w.mirror_live);
+}
+
 // ---- properties ----
 
 #[derive(Debug, Clone)]
@@ -445,8 +457,12 @@ proptest! {
     /// manual promotion): no weight above 0 before the mirror stage passed, and a finished rollout
     /// never leaves the mirror on; a rollback from the mirror stage wrote only 0 %.
     #[test]
-    fn mirroring_never_serves_users_and_never_outlives_the_rollout(acts in proptest::collection::vec(act(), 1..80)) {
-        let mut w = World::new(mirrored(&[5, 25, 100]));
+    fn mirroring_never_serves_users_and_never_outlives_the_rollout(gate0 in any::<bool>(), acts in proptest::collection::vec(act(), 1..80)) {
+        let mut p = mirrored(&[5, 25, 100]);
+        if gate0 {
+            p.gates = vec![Gate { at: 0, approval: Approval::Manual, timeout: Duration::from_secs(900), approvers: vec![] }];
+        }
+        let mut w = World::new(p);
         for a in acts {
             if !matches!(a, Act::Promote(_)) {
                 let _ = w.act(a);

@@ -166,7 +166,8 @@ pub struct Rollout {
     #[serde(default)]
     pub observe_failures: u32,
     pub router_retry_at: Option<Millis>,
-    /// When the mirror stage ends (set once the router confirmed the mirror).
+    /// When the mirror stage ends. Set once the router confirmed the mirror, cleared by the next
+    /// confirmed weight write (which removes it): while set, vane's mirror may be live.
     #[serde(default)]
     pub mirror_until: Option<Millis>,
     pub busy: Vec<Busy>,

@@ -19,6 +19,7 @@ pub(super) fn schedule_mirror(r: &mut Rollout, now: Millis, out: &mut Output, du
         return schedule(r, now, out);
     };
     let Some(until) = r.mirror_until else {
+        // Not on yet (or, after a restart, unknown): turning it on is idempotent.
         if due_and_idle && router_busy(r).is_none() && r.router_retry_at.is_none_or(|t| t <= now) {
             let op = next_op(r);
             r.busy.push(Busy::Mirror { op });

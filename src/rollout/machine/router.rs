@@ -52,6 +52,7 @@ pub(super) fn on_router(r: &mut Rollout, op: u64, result: Result<(), RouterError
     match result {
         Ok(()) => {
             r.applied_weight = Some(weight);
+            r.mirror_until = None; // a weight write removes vane's mirror
             let recovered = r.router_failures > 0;
             r.router_failures = 0;
             r.router_retry_at = None;
