@@ -221,14 +221,18 @@ impl Rollout {
             }
             _ => None,
         };
-        let post_flip = match (self.phase, self.flipped_at) {
-            (Phase::Progressing, Some(f)) => Some(f + self.post_flip_ms()),
+        // The post-flip window only counts once the router confirmed the flip.
+        let post_flip = match (self.phase, self.flipped_at, self.applied_weight) {
+            (Phase::Progressing, Some(f), Some(100)) => Some(f + self.post_flip_ms()),
             _ => None,
         };
+        // A gate's timeout is armed only while waiting at it: a paused rollout keeps its wall-clock
+        // deadline for after the resume but must not wake (and spin) on it meanwhile.
+        let gate = self.gate_deadline.filter(|_| self.phase == Phase::AwaitingApproval);
         [
             (Timer::Analysis, analysis),
             (Timer::ProgressDeadline, deadline),
-            (Timer::GateTimeout, self.gate_deadline),
+            (Timer::GateTimeout, gate),
             (Timer::RouterRetry, self.router_retry_at),
             (Timer::PostFlip, post_flip),
         ]
@@ -485,6 +489,21 @@ mod tests {
         let armed: Vec<Timer> = r.timers().into_iter().filter(|(_, at)| at.is_some()).map(|(t, _)| t).collect();
         assert_eq!(armed, [Timer::RouterRetry]);
         r.phase = Phase::Succeeded;
+        assert_eq!(r.wake_at(), None);
+    }
+
+    #[test]
+    fn a_rollout_paused_at_a_gate_does_not_wake_on_the_gate_deadline() {
+        let req = crate::fixtures::request("s", "p");
+        let policy = crate::fixtures::policy("p", &[50, 100], std::time::Duration::from_secs(60), 1);
+        let (mut r, _) = machine::create("r".into(), &req, policy, "t", 1_000);
+        r.phase = Phase::AwaitingApproval;
+        r.gate_deadline = Some(2_000);
+        r.next_analysis_at = None;
+        assert_eq!(r.wake_at(), Some(2_000));
+        r.paused_from = Some(Phase::AwaitingApproval);
+        r.phase = Phase::Paused;
+        // Long past the deadline, a paused rollout has nothing to do until someone resumes it.
         assert_eq!(r.wake_at(), None);
     }
 }
