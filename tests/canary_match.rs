@@ -338,3 +338,44 @@ async fn gateway_api_route_without_room_for_the_header_rule_is_refused_clearly()
     let now = read(&client, &ns, &http_route(), "agent-service").await;
     assert_eq!(now.metadata.resource_version, before.metadata.resource_version, "nothing written");
 }
+
+/// GRPCRoute spells header matches like HTTPRoute; its rules may have no matches at all (all calls).
+#[tokio::test]
+async fn grpc_route_gets_the_header_rule_and_loses_it_again() {
+    let client = k8s::gateway_api_client().await;
+    let ns = k8s::namespace("grpc-header");
+    for name in ["agent-service-blue", "agent-service-green"] {
+        let svc = json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name },
+                          "spec": { "ports": [{ "port": 9090 }] } });
+        create(&client, &ns, &service(), svc).await;
+    }
+    let obj = json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
+        "spec": { "parentRefs": [{ "name": "edge" }], "rules": [
+            { "backendRefs": [{ "name": "agent-service-blue", "port": 9090, "weight": 100 },
+                              { "name": "agent-service-green", "port": 9090, "weight": 0 }] } ] } });
+    let ar = vane::traffic::k8s::grpc_route();
+    let before = create(&client, &ns, &ar, obj).await;
+    let mut req = fixtures::request("agent-service", "header");
+    req.namespace = ns.clone();
+    req.router = RouterSpec::GatewayApi {
+        http_route: None,
+        grpc_route: Some("agent-service".into()),
+        rule: None,
+        stable_backend: "agent-service-blue".into(),
+        canary_backend: "agent-service-green".into(),
+    };
+    let (rollout, _) = vane::rollout::machine::create("r".into(), &req, policy(End::Aborted), "test", 0);
+    let routers = vane::traffic::Routers::with_kube_client(client.clone());
+    let router = vane::traffic::RouterFactory::build(&routers, &rollout).unwrap();
+    router.validate().await.unwrap();
+    router.set_weight(5).await.expect("the header rule passes the GRPCRoute schema and CEL rules");
+    let now = read(&client, &ns, &ar, "agent-service").await;
+    let header = &now.data["spec"]["rules"][0];
+    assert_eq!(header["matches"], json!([{ "headers": [{ "type": "Exact", "name": "canary", "value": "true" }] }]));
+    assert_eq!(header["backendRefs"].as_array().map(|b| b.len()), Some(1));
+    assert_eq!(now.data["spec"]["rules"][1]["backendRefs"][1]["weight"], json!(5));
+    router.set_weight(0).await.unwrap();
+    let after = read(&client, &ns, &ar, "agent-service").await;
+    assert_eq!(comparable(&after), with_weights(&before, "/spec/rules/0/backendRefs", 100, 0));
+}
