@@ -96,20 +96,11 @@ pub enum Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Busy {
-    Router {
-        op: u64,
-        weight: u8,
-    },
-    Analysis {
-        op: u64,
-    },
-    Step {
-        op: u64,
-    },
-    /// A router call that turns mirroring on (serialised with weight changes like one).
-    Mirror {
-        op: u64,
-    },
+    Router { op: u64, weight: u8 },
+    Analysis { op: u64 },
+    Step { op: u64 },
+    // A router call that turns mirroring on (serialised with weight changes like one).
+    Mirror { op: u64 },
 }
 
 /// Why a rollout rolls back; decides RolledBack (controller) vs Aborted (a person).

@@ -15,7 +15,7 @@ pub(super) fn start_rollback(
     // Mirroring sent requests to the canary: the rollback's weight write (which ends the mirror) must
     // happen, though no user traffic moved.
     // (Also after the stage, e.g. waiting at a gate at 0 %, until a weight write removed it.)
-    let mirrored = r.mirror_until.is_some() || r.stage == Stage::Mirror && r.effective_phase() == Phase::Pending;
+    let mirrored = r.mirror_until.is_some() || (r.stage == Stage::Mirror && r.effective_phase() == Phase::Pending);
     r.rollback_kind = Some(kind);
     r.rollback_reason = Some(reason.clone());
     r.rollback_started_at = Some(now);
