@@ -20,7 +20,8 @@ pub struct Target {
     pub name: String,
 }
 
-/// The object whose weights the rollout's router writes, for a Kubernetes router.
+/// The object whose weights the rollout's router writes (VirtualService, Ingress, HTTPRoute or
+/// GRPCRoute), for a Kubernetes router.
 pub fn target(r: &Rollout) -> Option<Target> {
     let (resource, name) = match &r.router {
         RouterSpec::Istio { virtual_service, .. } => (k8s::virtual_service(), virtual_service.clone()),
@@ -28,6 +29,8 @@ pub fn target(r: &Rollout) -> Option<Target> {
             (Strategy::Canary, Some(k)) => (k8s::ingress(), k.clone()),
             _ => (k8s::ingress(), ingress.clone()),
         },
+        RouterSpec::GatewayApi { http_route: Some(name), .. } => (k8s::http_route(), name.clone()),
+        RouterSpec::GatewayApi { grpc_route: Some(name), .. } => (k8s::grpc_route(), name.clone()),
         _ => return None,
     };
     Some(Target { resource, namespace: r.namespace.clone(), name })
