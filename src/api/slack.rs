@@ -252,6 +252,8 @@ fn error_answer(e: ControllerError) -> Answer {
         ControllerError::NotFound(_) => answer(StatusCode::NOT_FOUND, e.to_string()),
         ControllerError::Command(c) => answer(StatusCode::CONFLICT, c.to_string()),
         ControllerError::Invalid(f) => answer(StatusCode::UNPROCESSABLE_ENTITY, f.to_string()),
+        // HA: Slack's clicks are not forwarded yet; another replica owns the rollout.
+        ControllerError::Elsewhere { .. } => answer(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again")),
         ControllerError::Store(s) => {
             tracing::error!(error = %s, "store error while handling a Slack interaction");
             answer(StatusCode::SERVICE_UNAVAILABLE, "vane cannot reach its store right now; try again")

@@ -1,10 +1,13 @@
-//! Durable state: the backends of the [`Store`](crate::rollout::ports::Store) port. sled today; a
-//! new backend is a module here that implements the port.
+//! Durable state: the backends of the [`Store`](crate::rollout::ports::Store) port. sled (embedded, one
+//! replica, the default) and etcd (several replicas, HA: `membership` holds leases and ownership).
 
+pub mod etcd;
+pub mod membership;
 pub mod sled;
 
 use std::path::Path;
 
+pub use self::etcd::EtcdStore;
 pub use self::sled::SledStore;
 pub use crate::rollout::ports::{Created, ListFilter, SharedStore as Store, StoreError};
 
