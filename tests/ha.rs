@@ -2,7 +2,7 @@
 //! replicas (the real binary) on loopback, rollouts through an exec router that logs every call with
 //! the pid of the replica that made it.
 //!
-//! - SIGKILL the replica owning the most rollouts, again and again, restarting it each time: every
+//! - SIGKILL the replica owning the most rollouts, 20 times, restarting it each time: every
 //!   rollout still succeeds, its events are gap-free, every step is decided exactly once, and every
 //!   router ends at 100 %.
 //! - SIGSTOP an owner past its lease, let the others take its rollouts over, SIGCONT it: from then on
@@ -24,6 +24,7 @@ use support::etcd::EtcdCluster;
 
 const STEPS: [u8; 5] = [5, 25, 50, 75, 100];
 const LEASE_TTL: &str = "2s";
+const KILLS: usize = 20;
 
 /// A test world: etcd, the replicas' directories, the router script and its call logs.
 struct World {
@@ -134,12 +135,18 @@ impl World {
             .collect()
     }
 
-    /// The replica id of the process serving `replica` (from its own log).
+    /// The replica id of the process serving `replica`: the live replica advertising its URL.
     fn replica_id(&self, replica: usize) -> String {
-        let log = std::fs::read_to_string(self.replicas[replica].dir.join("daemon.log")).unwrap();
-        let line = log.lines().rev().find(|l| l.contains("HA replica joined")).expect("the replica logged its id");
-        let start = line.find("replica=").expect("replica= in the log line") + "replica=".len();
-        line[start..].split_whitespace().next().unwrap().trim_matches('"').to_string()
+        let url = &self.replicas[replica].url;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.get(replica, "/api/v1/replicas");
+            if let Some(r) = v["items"].as_array().unwrap().iter().find(|r| r["url"] == url.as_str()) {
+                return r["id"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "{url} is not among the live replicas: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn all_rollouts(&self, via: usize) -> Vec<Value> {
@@ -204,14 +211,14 @@ fn signal(pid: u32, sig: &str) {
 
 #[test]
 fn rollouts_survive_repeated_sigkills_of_the_busiest_replica() {
-    let mut w = World::start(3, "1s");
+    let mut w = World::start(3, "3s");
     let seed: u64 = std::env::var("VANE_HA_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("HA test seed {seed} (rerun with VANE_HA_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let ids = w.create(30);
     let mut failovers = Vec::new();
-    for _ in 0..6 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
+    for _ in 0..KILLS {
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..800)));
         // The replica owning the most rollouts right now.
         let owned = w.owned(0);
         let Some(victim) = (0..w.replicas.len()).max_by_key(|i| owned.get(&w.replica_id(*i)).copied().unwrap_or(0))
@@ -247,8 +254,15 @@ fn rollouts_survive_repeated_sigkills_of_the_busiest_replica() {
     let items = w.wait_all_finished(0, Duration::from_secs(120));
     w.check_all_succeeded(&ids, &items);
     failovers.sort();
-    eprintln!("failover times (kill → every orphan owned again), lease {LEASE_TTL}: {failovers:?}");
-    assert!(!failovers.is_empty(), "at least one kill hit a replica that owned rollouts");
+    let pct = |p: usize| failovers[(failovers.len() * p / 100).min(failovers.len() - 1)];
+    assert!(failovers.len() >= KILLS / 2, "most kills hit a replica owning rollouts: {failovers:?}");
+    eprintln!(
+        "{} failovers (kill → every orphan owned again), lease {LEASE_TTL}: p50 {:?}, p99 {:?}, max {:?}",
+        failovers.len(),
+        pct(50),
+        pct(99),
+        failovers.last().unwrap()
+    );
     // A lease of 2 s plus a claim round of 0.5 s, with slack for a loaded machine.
     assert!(*failovers.last().unwrap() < Duration::from_secs(8), "{failovers:?}");
 }
