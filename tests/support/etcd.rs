@@ -106,15 +106,21 @@ impl EtcdCluster {
         self.members[i].child = Some(child);
     }
 
+    /// Wait until member `i` answers `GET /health` with `"health":"true"` (plain HTTP/1.0 over a
+    /// socket: usable from async tests too).
     fn wait_healthy(&self, i: usize) {
-        let url = format!("{}/health", self.members[i].client_url);
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+        let addr = self.members[i].client_url.trim_start_matches("http://").to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = http.get(&url).send()
-                && r.text().unwrap_or_default().contains("true")
-            {
-                return;
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.contains("\"health\":\"true\"") {
+                    return;
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
