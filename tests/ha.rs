@@ -54,8 +54,16 @@ fn replica_env(etcd: &EtcdCluster, port: u16) -> Vec<(String, String)> {
             ),
         ),
         ("VANE_SERVER_ADVERTISE".into(), format!("http://127.0.0.1:{port}")),
+        ("VANE_ALICE_TOKEN".into(), TOKEN.into()),
+        (
+            "VANE_SERVER_TOKENS".into(),
+            r#"[{ name = "alice", token_env = "VANE_ALICE_TOKEN", role = "operator" }]"#.into(),
+        ),
     ]
 }
+
+/// The operator token every replica accepts (the same configuration on every replica).
+const TOKEN: &str = "alice-operator-token-0123456789";
 
 impl World {
     fn start(replicas: usize, interval: &str) -> World {
@@ -82,7 +90,15 @@ impl World {
             root,
             script,
             replicas: vec![],
-            http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(15)).build().unwrap(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .default_headers(
+                    [(reqwest::header::AUTHORIZATION, format!("Bearer {TOKEN}").parse().unwrap())]
+                        .into_iter()
+                        .collect(),
+                )
+                .build()
+                .unwrap(),
         };
         for i in 0..replicas {
             let d = w.root.join(format!("replica-{i}"));
@@ -315,4 +331,45 @@ fn a_paused_owner_commits_nothing_and_moves_no_traffic_after_the_takeover() {
     let commits: Vec<&str> = after.lines().filter(|l| l.contains(" seq=")).collect();
     assert!(commits.is_empty(), "the fenced replica committed after the takeover:\n{}", commits.join("\n"));
     assert!(after.contains("no longer owns") || after.contains("another replica owns"), "it noticed:\n{after}");
+}
+
+#[test]
+fn a_command_at_any_replica_reaches_the_owner_as_its_caller() {
+    let w = World::start(3, "2s");
+    // Round-robin creation: replica i created, and owns, svc-0i.
+    let ids = w.create(3);
+    for (i, (service, id)) in ids.iter().enumerate() {
+        let owner = w.replica_id(i);
+        let r = w.get((i + 1) % 3, &format!("/api/v1/rollouts/{id}"));
+        assert_eq!(r["owner"], owner.as_str(), "{service}: the creating replica owns it");
+        let post = |via: usize, what: &str| {
+            w.http.post(format!("{}/api/v1/rollouts/{id}/{what}", w.replicas[via].url)).send().unwrap()
+        };
+        let res = post((i + 1) % 3, "pause");
+        assert_eq!(res.status(), 200, "{service}: pause through a non-owner");
+        assert_eq!(res.json::<Value>().unwrap()["phase"], "Paused");
+        // The owner's refusal comes back as is.
+        let res = post((i + 2) % 3, "pause");
+        assert_eq!(res.status(), 409, "{service}: pausing a paused rollout");
+        let res = post((i + 2) % 3, "resume");
+        assert_eq!(res.status(), 200, "{service}: resume through the other non-owner");
+        // A bad token is refused by the replica it reaches, before any forwarding.
+        let res = w
+            .http
+            .post(format!("{}/api/v1/rollouts/{id}/abort", w.replicas[(i + 1) % 3].url))
+            .header("authorization", "Bearer wrong-token-0123456789abcdef")
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        let events = w.get(i, &format!("/api/v1/rollouts/{id}/events"));
+        let by: Vec<(String, String)> = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "paused" || e["type"] == "resumed")
+            .map(|e| (e["type"].as_str().unwrap().to_string(), e["actor"].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(by, [("paused".into(), "alice".into()), ("resumed".into(), "alice".into())], "{service}");
+        assert_eq!(w.get(i, &format!("/api/v1/rollouts/{id}"))["owner"], owner.as_str(), "ownership did not move");
+    }
 }
