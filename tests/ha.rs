@@ -7,6 +7,9 @@
 //!   router ends at 100 %.
 //! - SIGSTOP an owner past its lease, let the others take its rollouts over, SIGCONT it: from then on
 //!   it commits nothing and calls no router (fencing).
+//! - Kill one etcd member: rollouts go on; kill a second: no router moves; bring them back: every
+//!   rollout finishes.
+//! - A command sent to any replica reaches the owner, as its caller.
 
 mod support {
     pub mod daemon;
@@ -172,7 +175,14 @@ impl World {
     fn wait_all_finished(&self, via: usize, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let items = self.all_rollouts(via);
+            // 503 while etcd has no quorum: wait.
+            let res = self.http.get(format!("{}/api/v1/rollouts?limit=1000", self.replicas[via].url)).send();
+            let Some(list) = res.ok().filter(|r| r.status().is_success()).and_then(|r| r.json::<Value>().ok()) else {
+                assert!(Instant::now() < deadline, "the store did not answer again");
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            let items = list["items"].as_array().unwrap().clone();
             if items
                 .iter()
                 .all(|r| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&r["phase"].as_str().unwrap()))
@@ -372,4 +382,37 @@ fn a_command_at_any_replica_reaches_the_owner_as_its_caller() {
         assert_eq!(by, [("paused".into(), "alice".into()), ("resumed".into(), "alice".into())], "{service}");
         assert_eq!(w.get(i, &format!("/api/v1/rollouts/{id}"))["owner"], owner.as_str(), "ownership did not move");
     }
+}
+
+#[test]
+fn rollouts_ride_out_one_etcd_member_and_hold_without_a_quorum() {
+    let mut w = World::start(3, "1s");
+    let ids = w.create(6);
+    let total_calls = |w: &World| ids.keys().map(|s| w.calls(s).len()).sum::<usize>();
+    let wait_for_calls = |w: &World, at_least: usize, why: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while total_calls(w) < at_least {
+            assert!(Instant::now() < deadline, "{why}: {} router calls, wanted {at_least}", total_calls(w));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for_calls(&w, ids.len(), "every rollout started");
+    // One member of three down: the quorum holds and the rollouts go on.
+    w.etcd.kill(0);
+    let before = total_calls(&w);
+    wait_for_calls(&w, before + ids.len(), "progress with one etcd member down");
+    // Two down: no commit can succeed, so no router is called (past the calls already committed).
+    w.etcd.kill(1);
+    let lost = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::thread::sleep(Duration::from_secs(5));
+    let grace = Duration::from_millis(500).as_nanos();
+    for service in ids.keys() {
+        let late: Vec<_> = w.calls(service).into_iter().filter(|(_, _, at)| *at > lost + grace).collect();
+        assert!(late.is_empty(), "{service}: a router moved without an etcd quorum: {late:?}");
+    }
+    // The quorum returns: every rollout finishes, nothing repeated or skipped.
+    w.etcd.restart(0);
+    w.etcd.restart(1);
+    let items = w.wait_all_finished(2, Duration::from_secs(90));
+    w.check_all_succeeded(&ids, &items);
 }
