@@ -24,6 +24,7 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Cmd::Policy(PolicyCmd::Check { paths }) => vane::cli::policy_check(paths),
+        Cmd::Store(cmd) => vane::cli::store(cmd).await,
         Cmd::Demo(args) => match vane::demo::run(args).await {
             Ok(code) => code.into(),
             Err(e) => {

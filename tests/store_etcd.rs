@@ -195,3 +195,51 @@ async fn one_replica_sends_a_sinks_queue() {
     assert_eq!(Store::queue_since(&a, 5).unwrap(), 5);
     assert_eq!(Store::queue_since(&b, 9).unwrap(), 5, "set once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_sled_to_etcd_and_back_keeps_every_rollout_and_event() {
+    use vane::store::migrate::{Location, MigrateError, migrate};
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let (from, back) = (dir.path().join("from"), dir.path().join("back"));
+    {
+        let s = SledStore::open(&from).unwrap();
+        fill(&s).await;
+        // A long history: more events than one etcd transaction may hold.
+        let (mut r, events) = rollout(50, "long", "prod");
+        s.create(&mut r, events, None).await.unwrap();
+        for _ in 0..250 {
+            let e = ev(&r);
+            s.commit(&mut r, vec![e]).await.unwrap();
+        }
+    }
+    let url = etcd.endpoints().join(",");
+    let to: Location = format!("etcd:{url}").parse().unwrap();
+    let n = migrate(&Location::Sled(from.clone()), &to, "/m/").await.expect("sled → etcd");
+    assert_eq!(n, 41);
+    // Into a store that is not empty: refused.
+    match migrate(&Location::Sled(from.clone()), &to, "/m/").await {
+        Err(MigrateError::NotEmpty(_, 41)) => {}
+        other => panic!("expected NotEmpty, got {other:?}"),
+    }
+    assert_eq!(migrate(&to, &Location::Sled(back.clone()), "/m/").await.expect("etcd → sled"), 41);
+    let (a, b) = (SledStore::open(&from).unwrap(), SledStore::open(&back).unwrap());
+    let all = ListFilter { limit: 1000, ..Default::default() };
+    assert_eq!(a.list(&all).unwrap(), b.list(&all).unwrap());
+    assert_eq!(ids(&a.active().unwrap()), ids(&b.active().unwrap()));
+    for r in a.list(&all).unwrap() {
+        assert_eq!(a.events(&r.id, 0).unwrap(), b.events(&r.id, 0).unwrap(), "{}", r.id);
+    }
+    assert_eq!(b.events("r0050", 0).unwrap().len(), 251);
+    drop((a, b)); // sled's lock: a store in use cannot be migrated
+    // In etcd the active rollouts were left without an owner, for the replicas to claim.
+    let e = replica(&etcd, "/m/", "x", true).await;
+    let view = e.view().await.unwrap();
+    assert_eq!(view.orphans().len(), Store::active(&e).unwrap().len());
+    assert!(!view.orphans().is_empty());
+    // With a replica alive on the prefix, a migration is refused.
+    match migrate(&Location::Sled(from), &to, "/m/").await {
+        Err(MigrateError::Live(_, who)) => assert_eq!(who, "x"),
+        other => panic!("expected Live, got {other:?}"),
+    }
+}

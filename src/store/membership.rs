@@ -122,6 +122,20 @@ impl EtcdStore {
             .await;
     }
 
+    /// Leave the cluster now: revoke the lease, so this replica's owner keys and registration go at
+    /// once (its rollouts become orphans for the others without waiting for the TTL).
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        let i = self.inner.clone();
+        self.run(async move {
+            let lease = i.me.lease.swap(0, Ordering::SeqCst);
+            if lease != 0 {
+                i.client.lease_client().revoke(lease).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Live replicas, owners and active rollouts, as of one moment.
     pub async fn view(&self) -> Result<ClusterView, StoreError> {
         let i = self.inner.clone();

@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod membership;
+pub mod migrate;
 pub mod sled;
 
 use std::path::Path;
