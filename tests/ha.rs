@@ -58,6 +58,7 @@ fn replica_env(etcd: &EtcdCluster, port: u16) -> Vec<(String, String)> {
         ),
         ("VANE_SERVER_ADVERTISE".into(), format!("http://127.0.0.1:{port}")),
         ("VANE_ALICE_TOKEN".into(), TOKEN.into()),
+        ("VANE_SLACK_SIGNING_SECRET".into(), SLACK_SECRET.into()),
         (
             "VANE_SERVER_TOKENS".into(),
             r#"[{ name = "alice", token_env = "VANE_ALICE_TOKEN", role = "operator" }]"#.into(),
@@ -67,6 +68,27 @@ fn replica_env(etcd: &EtcdCluster, port: u16) -> Vec<(String, String)> {
 
 /// The operator token every replica accepts (the same configuration on every replica).
 const TOKEN: &str = "alice-operator-token-0123456789";
+const SLACK_SECRET: &str = "slack-signing-secret-for-the-ha-test";
+
+/// A signed Slack click on the Abort button of `rollout`, as Slack would post it.
+fn slack_abort(http: &reqwest::blocking::Client, url: &str, rollout: &str) -> reqwest::blocking::Response {
+    let payload = json!({
+        "type": "block_actions",
+        "user": { "id": "U0ALICE", "username": "alice", "name": "alice", "team_id": "T1" },
+        "response_url": "",
+        "actions": [ { "action_id": "vane_abort", "block_id": "vane_gate", "value": rollout, "type": "button" } ],
+    });
+    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let signature = vane::sign::slack_signature(SLACK_SECRET.as_bytes(), &ts, body.as_bytes());
+    http.post(format!("{url}/api/v1/slack/interactions"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts)
+        .header("x-slack-signature", signature)
+        .body(body)
+        .send()
+        .unwrap()
+}
 
 impl World {
     fn start(replicas: usize, interval: &str) -> World {
@@ -344,7 +366,7 @@ fn a_paused_owner_commits_nothing_and_moves_no_traffic_after_the_takeover() {
 }
 
 #[test]
-fn a_command_at_any_replica_reaches_the_owner_as_its_caller() {
+fn commands_and_slack_clicks_at_any_replica_reach_the_owner_as_their_caller() {
     let w = World::start(3, "2s");
     // Round-robin creation: replica i created, and owns, svc-0i.
     let ids = w.create(3);
@@ -381,6 +403,14 @@ fn a_command_at_any_replica_reaches_the_owner_as_its_caller() {
             .collect();
         assert_eq!(by, [("paused".into(), "alice".into()), ("resumed".into(), "alice".into())], "{service}");
         assert_eq!(w.get(i, &format!("/api/v1/rollouts/{id}"))["owner"], owner.as_str(), "ownership did not move");
+        // A Slack click reaching a non-owner is applied by the owner, with Slack's signature.
+        let res = slack_abort(&w.http, &w.replicas[(i + 1) % 3].url, id);
+        assert_eq!(res.status(), 200, "{service}: Slack abort through a non-owner");
+        let phase = res.json::<Value>().unwrap()["phase"].as_str().unwrap().to_string();
+        assert!(["RollingBack", "Aborted"].contains(&phase.as_str()), "{service}: {phase}");
+        let events = w.get(i, &format!("/api/v1/rollouts/{id}/events"));
+        let aborted = events["items"].as_array().unwrap().iter().find(|e| e["type"] == "aborted").cloned();
+        assert_eq!(aborted.map(|e| e["actor"].clone()), Some(json!("slack:U0ALICE (alice)")), "{service}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! HA: a command for a rollout another replica owns is forwarded to that replica, one hop, with the
-//! caller's `Authorization` (so the owner authenticates the same caller) and `Idempotency-Key`. The
+//! caller's `Authorization` (so the owner authenticates the same caller) and `Idempotency-Key` (a Slack
+//! click: with Slack's signature headers, verified again by the owner). The
 //! owner's answer is returned as is. A request that was already forwarded once is never forwarded
 //! again (ownership moved meanwhile): the caller gets a 503 and retries.
 
@@ -46,7 +47,9 @@ pub async fn forward(
         return Err(unavailable(format!("replica {replica} advertises no usable URL")));
     }
     let mut req = client()?.post(format!("{owner}{path}")).header(FORWARDED, "1").body(body);
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("idempotency-key")] {
+    const KEPT: [&str; 5] =
+        ["authorization", "content-type", "idempotency-key", "x-slack-signature", "x-slack-request-timestamp"];
+    for name in KEPT.map(header::HeaderName::from_static) {
         if let Some(v) = headers.get(&name) {
             req = req.header(name, v);
         }
