@@ -37,7 +37,9 @@ fn rollout(i: u32, service: &str, namespace: &str) -> (Rollout, Vec<Event>) {
 }
 
 /// 40 rollouts of 4 services in 2 namespaces, the earlier ones of each service finished.
-async fn fill(store: &dyn Store) {
+/// Returns every commit's latency.
+async fn fill(store: &dyn Store) -> Vec<Duration> {
+    let mut took = Vec::new();
     let terminal = [Phase::Succeeded, Phase::RolledBack, Phase::Aborted, Phase::Failed];
     for i in 0..40u32 {
         let (mut r, events) = rollout(
@@ -49,8 +51,18 @@ async fn fill(store: &dyn Store) {
         r.phase =
             if i < 32 { terminal[(i % 4) as usize] } else { [Phase::Progressing, Phase::Paused][(i % 2) as usize] };
         let e = ev(&r);
+        let t = Instant::now();
         store.commit(&mut r, vec![e]).await.expect("commit");
+        took.push(t.elapsed());
     }
+    took
+}
+
+/// "p50 …, p99 …" of some latencies.
+fn percentiles(mut d: Vec<Duration>) -> String {
+    d.sort();
+    let at = |p: usize| d[(d.len() * p / 100).min(d.len() - 1)];
+    format!("p50 {:?}, p99 {:?}", at(50), at(99))
 }
 
 /// An event about `r`'s current state (the store numbers it).
@@ -77,8 +89,9 @@ async fn etcd_answers_every_query_as_sled_does() {
     let e = replica(&etcd, "/same/", "a", true).await;
     let dir = tempfile::tempdir().unwrap();
     let s = SledStore::open(dir.path()).unwrap();
-    fill(&e).await;
-    fill(&s).await;
+    let (etcd_took, sled_took) = (fill(&e).await, fill(&s).await);
+    // Side by side, one run (a 1-member etcd on loopback; both fsync before a commit returns).
+    eprintln!("commit latency: etcd {}; sled {}", percentiles(etcd_took), percentiles(sled_took));
     for service in [None, Some("cart"), Some("nope")] {
         for namespace in [None, Some("prod")] {
             for phase in [None, Some(Phase::Progressing), Some(Phase::Succeeded)] {
