@@ -29,6 +29,7 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::{from_json, number, to_json};
 use crate::BoxFut;
 use crate::config::EtcdConfig;
 use crate::rollout::ports::{Created, ListFilter, Owner, QueueKey, Queued, Replica, Store, StoreError};
@@ -77,23 +78,6 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct EtcdStore {
     pub(crate) inner: Arc<Inner>,
-}
-
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_else(|e| unreachable!("serialising a record: {e}"))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v)
-        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error: e.to_string() })
-}
-
-/// Assign consecutive seqs after the rollout's last one.
-fn number(r: &mut Rollout, events: &mut [Event]) {
-    for e in events.iter_mut() {
-        r.last_seq += 1;
-        e.seq = r.last_seq;
-    }
 }
 
 /// A runtime of the store's own (one worker), alive as long as the process.
