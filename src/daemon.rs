@@ -68,14 +68,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     });
     let controller = Controller::new(env, policies);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    let resumed = match etcd {
+    let (resumed, leaving) = match etcd {
         // HA: nothing is resumed wholesale; the membership loop claims orphaned rollouts by count.
         Some(etcd) => {
             tracing::info!(replica = etcd.replica_id(), url = %cfg.server.advertised_url(), "HA replica joined");
-            tokio::spawn(crate::ha::run(etcd, controller.clone()));
-            0
+            let membership = tokio::spawn(crate::ha::run(etcd.clone(), controller.clone()));
+            (0, Some((etcd, membership.abort_handle(), controller.clone())))
         }
-        None => controller.resume_all()?,
+        None => (controller.resume_all()?, None),
     };
     tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");
     let ready = Arc::new(AtomicBool::new(true));
@@ -88,6 +88,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .with_graceful_shutdown(async move {
             shutdown.await;
             ready.store(false, Ordering::Relaxed);
+            if let Some((etcd, membership, controller)) = leaving {
+                crate::ha::leave(&etcd, membership, &controller).await;
+            }
         })
         .await?;
     Ok(())

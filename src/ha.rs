@@ -55,6 +55,20 @@ pub async fn run(store: EtcdStore, controller: Controller) {
     }
 }
 
+/// A graceful shutdown: stop claiming, stop this replica's drivers, and revoke its lease, so the other
+/// replicas take its rollouts over at their next round instead of after the lease TTL.
+pub async fn leave(store: &EtcdStore, membership: tokio::task::AbortHandle, controller: &Controller) {
+    membership.abort();
+    let ids = controller.local_ids();
+    for id in &ids {
+        controller.release(id);
+    }
+    match store.leave().await {
+        Ok(()) => tracing::info!(rollouts = ids.len(), "HA: left the cluster; the other replicas take over now"),
+        Err(e) => tracing::warn!(error = %e, "HA: cannot revoke the lease; the others take over when it expires"),
+    }
+}
+
 async fn round(store: &EtcdStore, controller: &Controller, view: &ClusterView, seen: &mut HashMap<String, u32>) {
     let me = store.replica_id();
     // Another replica owns it now (this one was paused past its lease): stop at once. Its next

@@ -9,7 +9,8 @@
 //!   it commits nothing and calls no router (fencing).
 //! - Kill one etcd member: rollouts go on; kill a second: no router moves; bring them back: every
 //!   rollout finishes.
-//! - A command sent to any replica reaches the owner, as its caller.
+//! - A command or Slack click sent to any replica reaches the owner, as its caller.
+//! - A replica stopped with SIGTERM hands its rollouts over at once, not after its lease.
 
 mod support {
     pub mod daemon;
@@ -46,13 +47,13 @@ fn router_json(script: &Path) -> Value {
 }
 
 /// The environment a replica runs with: the etcd store, a short lease, its advertised URL.
-fn replica_env(etcd: &EtcdCluster, port: u16) -> Vec<(String, String)> {
+fn replica_env(etcd: &EtcdCluster, port: u16, lease_ttl: &str) -> Vec<(String, String)> {
     vec![
         ("VANE_STORE_BACKEND".into(), "etcd".into()),
         (
             "VANE_STORE_ETCD".into(),
             format!(
-                "{{ endpoints = {}, prefix = \"/vane-test/\", lease_ttl = \"{LEASE_TTL}\" }}",
+                "{{ endpoints = {}, prefix = \"/vane-test/\", lease_ttl = \"{lease_ttl}\" }}",
                 etcd.endpoints_toml()
             ),
         ),
@@ -92,6 +93,10 @@ fn slack_abort(http: &reqwest::blocking::Client, url: &str, rollout: &str) -> re
 
 impl World {
     fn start(replicas: usize, interval: &str) -> World {
+        World::start_with(replicas, interval, LEASE_TTL)
+    }
+
+    fn start_with(replicas: usize, interval: &str, lease_ttl: &str) -> World {
         vane::install_crypto_provider();
         let etcd = EtcdCluster::start(3);
         let dir = tempfile::tempdir().unwrap();
@@ -134,7 +139,7 @@ impl World {
             )
             .unwrap();
             let port = free_port();
-            let env = replica_env(&w.etcd, port);
+            let env = replica_env(&w.etcd, port, lease_ttl);
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             w.replicas.push(Daemon::start(&d, port, &env));
         }
@@ -444,5 +449,37 @@ fn rollouts_ride_out_one_etcd_member_and_hold_without_a_quorum() {
     w.etcd.restart(0);
     w.etcd.restart(1);
     let items = w.wait_all_finished(2, Duration::from_secs(90));
+    w.check_all_succeeded(&ids, &items);
+}
+
+#[test]
+fn a_replica_stopping_gracefully_hands_its_rollouts_over_at_once() {
+    // A 5 s lease: waiting for it to run out would take at least 3.3 s after the SIGTERM.
+    let mut w = World::start_with(3, "2s", "5s");
+    let ids = w.create(6);
+    let owned = w.owned(0);
+    let victim = (0..3).max_by_key(|i| owned.get(&w.replica_id(*i)).copied().unwrap_or(0)).unwrap();
+    let victim_id = w.replica_id(victim);
+    assert!(owned.get(&victim_id).copied().unwrap_or(0) > 0, "{owned:?}");
+    let other = (victim + 1) % 3;
+    let stopped = Instant::now();
+    signal(w.replicas[victim].child.id(), "-TERM");
+    loop {
+        let items = w.all_rollouts(other);
+        let active = items
+            .iter()
+            .filter(|r| !["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&r["phase"].as_str().unwrap()));
+        if active.clone().all(|r| r["owner"].is_string() && r["owner"].as_str() != Some(&victim_id)) {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(20), "never taken over: {items:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = stopped.elapsed();
+    eprintln!("graceful hand-over (SIGTERM → every rollout owned by another replica), lease 5s: {took:?}");
+    assert!(took < Duration::from_millis(2500), "the others waited for the lease instead: {took:?}");
+    let status = w.replicas[victim].child.wait().unwrap();
+    assert!(status.success(), "a SIGTERM is a clean exit: {status}");
+    let items = w.wait_all_finished(other, Duration::from_secs(60));
     w.check_all_succeeded(&ids, &items);
 }
