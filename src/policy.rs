@@ -245,7 +245,8 @@ pub struct AdaptiveSpec {
     /// rollout, all streams together).
     #[serde(default = "default_alpha")]
     pub alpha: f64,
-    /// The last step before 100 % is held for more evidence while its e-value is at least this.
+    /// The last step before 100 % is held for more evidence while the likelihood ratio at the
+    /// observed rate ratio (a worse canary against equal rates) is at least this.
     #[serde(default = "default_hold_above")]
     pub hold_above: f64,
     /// How long a suspicious step is held at most before it passes (default: 5 intervals).
@@ -500,8 +501,10 @@ impl Policy {
             if !(a.alpha > 0.0 && a.alpha < 0.5) {
                 return Err(FieldError::new("adaptive.alpha", "must be in (0, 0.5)"));
             }
-            if !(a.hold_above >= 1.0 && a.hold_above < 1.0 / a.alpha) {
-                return Err(FieldError::new("adaptive.holdAbove", "must be at least 1 and below 1/alpha"));
+            // The likelihood ratio is never below 1 (equal rates are among the candidates): 1 would
+            // hold every last step for maxHold.
+            if !(a.hold_above > 1.0 && a.hold_above < 1.0 / a.alpha) {
+                return Err(FieldError::new("adaptive.holdAbove", "must be above 1 and below 1/alpha"));
             }
         }
         let weights = self.weights();
@@ -729,7 +732,7 @@ mod tests {
     fn adaptive_settings_are_checked() {
         let base = "name: x\nstrategy: canary\nsteps: [10, 100]\njudge: adaptive\n";
         let pol = p(base).unwrap();
-        assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 1.5));
+        assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 2.0));
         let e = p(&format!("{base}adaptive:\n  holdAbove: 0.5\n")).unwrap_err();
         assert!(e.message.contains("adaptive.holdAbove"), "{e}");
         let e = p(&format!("{base}adaptive:\n  alpha: 0.7\n")).unwrap_err();
