@@ -733,8 +733,12 @@ mod tests {
         let base = "name: x\nstrategy: canary\nsteps: [10, 100]\njudge: adaptive\n";
         let pol = p(base).unwrap();
         assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 2.0));
-        let e = p(&format!("{base}adaptive:\n  holdAbove: 0.5\n")).unwrap_err();
-        assert!(e.message.contains("adaptive.holdAbove"), "{e}");
+        // The likelihood ratio is never below 1: holdAbove 1 would hold every last step.
+        for hold in ["0.5", "1"] {
+            let e = p(&format!("{base}adaptive:\n  holdAbove: {hold}\n")).unwrap_err();
+            assert!(e.message.contains("adaptive.holdAbove"), "{e}");
+        }
+        assert_eq!(p(&format!("{base}adaptive:\n  holdAbove: 1.5\n")).unwrap().adaptive().hold_above, 1.5);
         let e = p(&format!("{base}adaptive:\n  alpha: 0.7\n")).unwrap_err();
         assert!(e.message.contains("adaptive.alpha"), "{e}");
         let e = p("name: x\nstrategy: blue-green\njudge: adaptive\n").unwrap_err();
