@@ -115,8 +115,12 @@ pub enum RolloutCmd {
     /// Pass the current gate/step (or --full: straight to 100 %).
     Promote {
         id: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "gate")]
         full: bool,
+        /// Approve exactly the gate at this weight: refused unless the rollout waits there, so running
+        /// it twice (a retry) approves once and never skips the next step's analysis.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        gate: Option<u8>,
         #[command(flatten)]
         client: Client,
     },
@@ -281,8 +285,11 @@ pub async fn run(cmd: RolloutCmd) -> anyhow::Result<i32> {
             }
         }
         RolloutCmd::Watch { id, client, every } => return watch(&Api::new(&client)?, &id, every).await,
-        RolloutCmd::Promote { id, full, client } => {
-            let body = serde_json::json!({ "full": full });
+        RolloutCmd::Promote { id, full, gate, client } => {
+            let body = match gate {
+                Some(at) => serde_json::json!({ "gate": at }),
+                None => serde_json::json!({ "full": full }),
+            };
             control(&client, &id, "promote", Some(body)).await?;
         }
         RolloutCmd::Pause { id, client } => control(&client, &id, "pause", None).await?,

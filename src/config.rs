@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::scope::Namespaces;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -37,6 +39,10 @@ pub struct TokenConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     pub role: Role,
+    /// Namespaces (globs) this token sees and drives; rollouts elsewhere do not exist for it (404) and
+    /// creating one there is refused (403). Default: every namespace.
+    #[serde(default, skip_serializing_if = "Namespaces::is_all")]
+    pub namespaces: Namespaces,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,11 +118,27 @@ impl Default for Prometheus {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Kubernetes {
     pub kubeconfig: String,
     pub context: String,
+    /// The namespaces (globs) vane may touch at all; a rollout elsewhere is refused at create (422).
+    pub namespaces: Namespaces,
+    /// Patch only objects labelled `vane.dev/managed: "true"` (or created by vane); any other object
+    /// fails the rollout before traffic moves.
+    pub require_opt_in: bool,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Kubernetes {
+            kubeconfig: String::new(),
+            context: String::new(),
+            namespaces: Namespaces::default(),
+            require_opt_in: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,7 +205,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "min_window",
         ],
     ),
-    ("kubernetes", &["kubeconfig", "context"]),
+    ("kubernetes", &["kubeconfig", "context", "namespaces", "require_opt_in"]),
     ("slack", &["signing_secret_env", "webhook_url_env"]),
     ("notifications", &["webhooks", "hook_secret_env"]),
 ];
@@ -217,8 +239,19 @@ impl Config {
             }
         }
         let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "config".into());
-        Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::File { path: shown, message: e.to_string() })
+        let cfg = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::File { path: shown.clone(), message: e.to_string() })?;
+        cfg.check_scopes().map_err(|message| ConfigError::File { path: shown, message })?;
+        Ok(cfg)
+    }
+
+    /// Every namespace glob (tokens, `[kubernetes] namespaces`) is well-formed.
+    fn check_scopes(&self) -> Result<(), String> {
+        self.kubernetes.namespaces.validate().map_err(|e| format!("kubernetes.namespaces: {e}"))?;
+        for t in &self.server.tokens {
+            t.namespaces.validate().map_err(|e| format!("server.tokens {:?}: {e}", t.name))?;
+        }
+        Ok(())
     }
 }
 

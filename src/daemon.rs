@@ -65,7 +65,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         metrics: metrics.clone(),
         clock: Arc::new(SystemClock),
     });
-    let controller = Controller::new(env, policies);
+    let controller = Controller::new(env, policies).with_kubernetes_namespaces(cfg.kubernetes.namespaces.clone());
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let resumed = controller.resume_all()?;
     tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");

@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod notify;
 pub mod policy;
 pub mod rollout;
+pub mod scope;
 pub mod store;
 pub mod telemetry;
 pub mod traffic;

@@ -2,7 +2,8 @@
 //!
 //! Trees: `rollouts` (id → record), `events` (id/seq → event), `active` (namespace/service → id of the
 //! non-terminal rollout), `idempotency` (key → id + body hash), `by_service` (service/namespace/id → ∅,
-//! so a list filtered by service reads that service's rollouts only). A transition and its events are written
+//! so a list filtered by service reads that service's rollouts only), `targets` (router object → the
+//! active rollouts driving parts of it, see [`crate::rollout::RouterSpec::targets`]). A transition and its events are written
 //! in one transaction and flushed before the effect it decided runs, so after a crash the store never
 //! shows an effect whose decision is missing, and event seqs are gap-free.
 
@@ -23,6 +24,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("an active rollout for {namespace}/{service} already exists: {id}")]
     Conflict { namespace: String, service: String, id: String },
+    #[error("an active rollout already drives {target}{part}: {id}", part = if part == "*" { String::new() } else { format!(" (route {part:?})") })]
+    TargetConflict { target: String, part: String, id: String },
     #[error("Idempotency-Key was used before with a different request body")]
     IdempotencyMismatch,
     #[error("corrupt record {key}: {error}")]
@@ -48,6 +51,8 @@ pub struct ListFilter {
     pub namespace: Option<String>,
     pub phase: Option<Phase>,
     pub limit: usize,
+    /// Only these namespaces (a scoped token's view); None: all.
+    pub scope: Option<crate::scope::Namespaces>,
 }
 
 /// The fields a list filters on, decoded without the rest of the record.
@@ -71,6 +76,7 @@ impl ListFilter {
         self.service.as_ref().is_none_or(|s| *s == h.service)
             && self.namespace.as_ref().is_none_or(|n| *n == h.namespace)
             && self.phase.is_none_or(|p| p == h.phase)
+            && self.scope.as_ref().is_none_or(|s| s.allows(&h.namespace))
     }
 }
 
@@ -93,6 +99,15 @@ pub struct Store {
     active: sled::Tree,
     idem: sled::Tree,
     by_service: sled::Tree,
+    targets: sled::Tree,
+}
+
+/// The active rollouts driving parts of one router object: part (`*` = all of it) → rollout id.
+type Claims = std::collections::BTreeMap<String, String>;
+
+/// The claim in `claims` that `part` collides with, if any.
+fn clash<'a>(claims: &'a Claims, part: &str) -> Option<(&'a String, &'a String)> {
+    claims.iter().find(|(p, _)| part == "*" || p.as_str() == "*" || p.as_str() == part)
 }
 
 fn active_key(r: &Rollout) -> String {
@@ -140,6 +155,7 @@ impl Store {
             active: db.open_tree("active")?,
             idem: db.open_tree("idempotency")?,
             by_service: db.open_tree("by_service")?,
+            targets: db.open_tree("targets")?,
             flusher: Arc::default(),
             db,
         };
@@ -178,8 +194,9 @@ impl Store {
         let record = to_json(&staged);
         let akey = active_key(&staged);
         let skey = service_key(&staged.service, &staged.namespace, &staged.id);
-        let trees = (&self.rollouts, &self.events, &self.active, &self.idem, &self.by_service);
-        let res = trees.transaction(|(rt, et, at, it, st)| {
+        let targets = staged.router.targets(&staged.namespace);
+        let trees = (&self.rollouts, &self.events, &self.active, &self.idem, &self.by_service, &self.targets);
+        let res = trees.transaction(|(rt, et, at, it, st, tt)| {
             if let Some((key, body)) = idem
                 && let Some(prev) = it.get(key.as_bytes())?
             {
@@ -197,6 +214,18 @@ impl Store {
                     service: staged.service.clone(),
                     id: String::from_utf8_lossy(&id).into_owned(),
                 }));
+            }
+            for (target, part) in &targets {
+                let mut claims: Claims = match tt.get(target.as_bytes())? {
+                    Some(v) => serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?,
+                    None => Claims::new(),
+                };
+                if let Some((p, id)) = clash(&claims, part) {
+                    let (target, part, id) = (target.clone(), p.clone(), id.clone());
+                    return Err(ConflictableTransactionError::Abort(StoreError::TargetConflict { target, part, id }));
+                }
+                claims.insert(part.clone(), staged.id.clone());
+                tt.insert(target.as_bytes(), to_json(&claims))?;
             }
             rt.insert(staged.id.as_bytes(), record.as_slice())?;
             at.insert(akey.as_bytes(), staged.id.as_bytes())?;
@@ -229,14 +258,18 @@ impl Store {
         let record = to_json(&staged);
         let akey = active_key(&staged);
         let terminal = staged.is_terminal();
-        (&self.rollouts, &self.events, &self.active)
-            .transaction(|(rt, et, at)| {
+        let targets = if terminal { staged.router.targets(&staged.namespace) } else { vec![] };
+        (&self.rollouts, &self.events, &self.active, &self.targets)
+            .transaction(|(rt, et, at, tt)| {
                 rt.insert(staged.id.as_bytes(), record.as_slice())?;
                 for e in &events {
                     et.insert(event_key(&staged.id, e.seq), to_json(e))?;
                 }
                 if terminal && at.get(akey.as_bytes())?.as_deref() == Some(staged.id.as_bytes()) {
                     at.remove(akey.as_bytes())?;
+                }
+                for (target, part) in &targets {
+                    release(tt, target, part, &staged.id)?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
@@ -303,7 +336,7 @@ impl Store {
         records: impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>>,
         f: &ListFilter,
     ) -> Result<Vec<Rollout>, StoreError> {
-        let filtered = f.service.is_some() || f.namespace.is_some() || f.phase.is_some();
+        let filtered = f.service.is_some() || f.namespace.is_some() || f.phase.is_some() || f.scope.is_some();
         let mut out = Vec::new();
         for kv in records {
             let (id, v) = kv?;
@@ -372,6 +405,26 @@ impl Store {
     pub fn ping(&self) -> bool {
         self.rollouts.first().is_ok()
     }
+}
+
+/// Drop `id`'s claim on `target` (a finished rollout frees the object for the next one).
+fn release(
+    tt: &sled::transaction::TransactionalTree,
+    target: &str,
+    part: &str,
+    id: &str,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let Some(v) = tt.get(target.as_bytes())? else { return Ok(()) };
+    let mut claims: Claims = serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?;
+    if claims.get(part).is_some_and(|c| c == id) {
+        claims.remove(part);
+    }
+    if claims.is_empty() {
+        tt.remove(target.as_bytes())?;
+    } else {
+        tt.insert(target.as_bytes(), to_json(&claims))?;
+    }
+    Ok(())
 }
 
 fn abort_corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {

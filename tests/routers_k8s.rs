@@ -23,7 +23,7 @@ use vane::traffic::{Router, RouterFactory, Routers};
 fn standard_vs() -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-        "metadata": { "name": "agent-service", "labels": { "app": "agent-service" } },
+        "metadata": { "name": "agent-service", "labels": { "app": "agent-service", "vane.dev/managed": "true" } },
         "spec": {
             "hosts": ["agent-service"],
             "http": [
@@ -54,7 +54,7 @@ fn standard_dr(subsets: &[&str]) -> Value {
 fn standard_ingress() -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": { "name": "agent-service-ingress",
+        "metadata": { "name": "agent-service-ingress", "labels": { "vane.dev/managed": "true" },
             "annotations": { "nginx.ingress.kubernetes.io/upstream-vhost": "agent-service-blue.ai-workflow-prod.svc.cluster.local" } },
         "spec": { "ingressClassName": "nginx", "rules": [{ "host": "api.aiworkflow.com", "http": { "paths": [
             { "path": "/api/agents", "pathType": "Prefix",

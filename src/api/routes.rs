@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::auth::{Operator, Viewer};
+use super::auth::{Caller, Operator, Viewer};
 use super::error::{ApiError, ErrorBody};
 use crate::policy::Policy;
 use crate::rollout::machine::Command;
@@ -29,6 +29,11 @@ pub struct PromoteBody {
     /// Go straight to 100 % instead of passing only the current gate/step.
     #[serde(default)]
     pub full: bool,
+    /// Approve exactly the gate at this weight (%): refused (409) unless the rollout waits at it, so a
+    /// retried request approves once and never passes the step after the gate. Not with `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
+    pub gate: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -139,6 +144,7 @@ pub async fn create_rollout(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CreateRequest = parse_json(body, false)?.unwrap_or_else(|| unreachable!("required body"));
+    caller.check_create(&req.namespace)?;
     let idem = match headers.get("idempotency-key") {
         Some(v) => {
             let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
@@ -146,7 +152,7 @@ pub async fn create_rollout(
             })?;
             // Canonical body: the parsed request re-serialised, so formatting differences don't matter.
             let canonical = serde_json::to_string(&req).unwrap_or_default();
-            Some((key.to_string(), canonical))
+            Some((caller.idempotency_key(key), canonical))
         }
         None => None,
     };
@@ -161,7 +167,7 @@ pub async fn create_rollout(
     security(("bearer" = [])))]
 pub async fn list_rollouts(
     State(s): State<AppState>,
-    _viewer: Viewer,
+    Viewer(caller): Viewer,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Items<RolloutView>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -184,6 +190,7 @@ pub async fn list_rollouts(
         namespace: q.namespace.filter(|s| !s.is_empty()),
         phase,
         limit,
+        scope: (!caller.namespaces.is_all()).then(|| caller.namespaces.clone()),
     };
     let items = s.controller.list(&f)?.iter().map(RolloutView::from).collect();
     Ok(Json(Items { items }))
@@ -195,10 +202,12 @@ pub async fn list_rollouts(
     security(("bearer" = [])))]
 pub async fn get_rollout(
     State(s): State<AppState>,
-    _viewer: Viewer,
+    Viewer(caller): Viewer,
     RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
-    Ok(Json(RolloutView::from(&s.controller.get(&id)?)))
+    let r = s.controller.get(&id)?;
+    caller.check_visible(&id, &r.namespace)?;
+    Ok(Json(RolloutView::from(&r)))
 }
 
 /// A rollout's ordered, append-only history.
@@ -207,14 +216,18 @@ pub async fn get_rollout(
     security(("bearer" = [])))]
 pub async fn rollout_events(
     State(s): State<AppState>,
-    _viewer: Viewer,
+    Viewer(caller): Viewer,
     RolloutId(id): RolloutId,
 ) -> Result<Json<Items<Event>>, ApiError> {
+    caller.check_visible(&id, &s.controller.get(&id)?.namespace)?;
     Ok(Json(Items { items: s.controller.events(&id)? }))
 }
 
-async fn command(s: &AppState, id: &str, c: Command, actor: &str) -> Result<Json<RolloutView>, ApiError> {
-    Ok(Json(RolloutView::from(&s.controller.command(id, c, actor).await?)))
+/// Run a command for `caller`; a rollout outside its namespaces is not found (a rollout's namespace
+/// never changes, so checking it first cannot race with the command).
+async fn command(s: &AppState, id: &str, c: Command, caller: &Caller) -> Result<Json<RolloutView>, ApiError> {
+    caller.check_visible(id, &s.controller.get(id)?.namespace)?;
+    Ok(Json(RolloutView::from(&s.controller.command(id, c, &caller.name).await?)))
 }
 
 /// Pass the current gate/step, or with `full` go straight to 100 %.
@@ -232,7 +245,13 @@ pub async fn promote(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
     let b: PromoteBody = parse_json(body, true)?.unwrap_or_default();
-    command(&s, &id, Command::Promote { full: b.full }, &c.name).await
+    let cmd = match b.gate {
+        Some(_) if b.full => return Err(ApiError::unprocessable("gate", "give either full or gate, not both")),
+        Some(at) if at > 100 => return Err(ApiError::unprocessable("gate", "a gate is a weight of 0-100")),
+        Some(at) => Command::ApproveGate { at },
+        None => Command::Promote { full: b.full },
+    };
+    command(&s, &id, cmd, &c).await
 }
 
 /// Hold the rollout where it is.
@@ -245,7 +264,7 @@ pub async fn pause(
     Operator(c): Operator,
     RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
-    command(&s, &id, Command::Pause, &c.name).await
+    command(&s, &id, Command::Pause, &c).await
 }
 
 /// Continue a paused rollout.
@@ -258,7 +277,7 @@ pub async fn resume(
     Operator(c): Operator,
     RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
-    command(&s, &id, Command::Resume, &c.name).await
+    command(&s, &id, Command::Resume, &c).await
 }
 
 /// Roll back now.
@@ -278,7 +297,7 @@ pub async fn abort(
     if b.reason.as_ref().is_some_and(|r| r.len() > 1000) {
         return Err(ApiError::unprocessable("reason", "at most 1000 characters"));
     }
-    command(&s, &id, Command::Abort { reason: b.reason }, &c.name).await
+    command(&s, &id, Command::Abort { reason: b.reason }, &c).await
 }
 
 /// The loaded policies.

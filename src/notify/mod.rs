@@ -12,6 +12,7 @@
 pub mod hooks;
 pub mod interactions;
 pub mod outbox;
+pub mod replay;
 pub mod sign;
 pub mod slack;
 pub mod webhook;

@@ -24,6 +24,10 @@ use crate::traffic::RouterError;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Promote { full: bool },
+    /// Approve the gate at `at` % — only while the rollout waits at exactly that gate. Unlike a plain
+    /// `Promote`, a second delivery (a double click, a retried request, a replayed button of an older
+    /// gate) is refused instead of passing whatever comes next, so a step is never left unanalysed.
+    ApproveGate { at: u8 },
     Pause,
     Resume,
     Abort { reason: Option<String> },
@@ -34,6 +38,7 @@ impl Command {
         match self {
             Command::Promote { full: true } => "promote --full",
             Command::Promote { full: false } => "promote",
+            Command::ApproveGate { .. } => "approve the gate of",
             Command::Pause => "pause",
             Command::Resume => "resume",
             Command::Abort { .. } => "abort",
@@ -115,6 +120,8 @@ pub struct Output {
 pub enum CommandError {
     #[error("cannot {action} a rollout that is {phase}{hint}", phase = phase.as_str())]
     NotAllowed { action: &'static str, phase: Phase, hint: &'static str },
+    #[error("the gate at {at}% is not the current gate: the rollout is {phase} at {weight}% canary", phase = phase.as_str())]
+    GateNotCurrent { at: u8, phase: Phase, weight: u8 },
 }
 
 pub const CONTROLLER: &str = "controller";
@@ -458,6 +465,16 @@ fn on_command(
     let deny = |hint: &'static str| Err(CommandError::NotAllowed { action, phase: r.phase, hint });
     let effective = if r.phase == Paused { r.paused_from.unwrap_or(Progressing) } else { r.phase };
     match command {
+        Command::ApproveGate { at } => {
+            let waiting = effective == AwaitingApproval
+                && r.canary_weight == at
+                && !r.gates_passed.contains(&at)
+                && r.policy.gate_at(at).is_some();
+            if !waiting {
+                return Err(CommandError::GateNotCurrent { at, phase: r.phase, weight: r.canary_weight });
+            }
+            return on_command(r, Command::Promote { full: false }, actor, now, out);
+        }
         Command::Promote { full: true } => {
             if !matches!(r.phase, Pending | Progressing | Paused | AwaitingApproval) {
                 return deny("");

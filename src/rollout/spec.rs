@@ -68,6 +68,28 @@ impl RouterSpec {
         }
     }
 
+    /// Does it drive Kubernetes objects (and so fall under `[kubernetes]`'s limits)?
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(self, RouterSpec::Istio { .. } | RouterSpec::NginxIngress { .. })
+    }
+
+    /// The objects (and parts of them) this router writes, for the uniqueness rule "two active
+    /// rollouts never drive the same target": (`namespace/Kind/name`, part), where part `*` is the
+    /// whole object and conflicts with every part. An istio route left unnamed is whichever route
+    /// has the two subsets, so it claims the whole VirtualService (name the route to share one).
+    pub fn targets(&self, namespace: &str) -> Vec<(String, String)> {
+        match self {
+            RouterSpec::Istio { virtual_service, route, .. } => {
+                vec![(format!("{namespace}/VirtualService/{virtual_service}"), route.clone().unwrap_or("*".into()))]
+            }
+            RouterSpec::NginxIngress { ingress, canary_ingress, .. } => std::iter::once(ingress)
+                .chain(canary_ingress)
+                .map(|i| (format!("{namespace}/Ingress/{i}"), "*".to_string()))
+                .collect(),
+            RouterSpec::Nginx { .. } | RouterSpec::Exec { .. } => vec![],
+        }
+    }
+
     pub fn validate(&self, strategy: Strategy) -> Result<(), FieldError> {
         let need = |v: &str, f: &str| {
             if v.trim().is_empty() { Err(FieldError::new(format!("router.{f}"), "must not be empty")) } else { Ok(()) }

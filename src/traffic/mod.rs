@@ -72,6 +72,11 @@ impl Routers {
     pub fn with_kube_client(client: kube::Client) -> Self {
         Routers { kube: Arc::new(KubeAccess::with_client(client)) }
     }
+
+    /// Routers talking to the cluster through this client under these `[kubernetes]` limits.
+    pub fn with_kube_client_and(client: kube::Client, kubernetes: &config::Kubernetes) -> Self {
+        Routers { kube: Arc::new(KubeAccess::with_client_and(client, kubernetes.clone())) }
+    }
 }
 
 impl RouterFactory for Routers {
@@ -135,7 +140,7 @@ mod tests {
 
     #[test]
     fn every_kind_builds_without_touching_the_cluster() {
-        let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), context: String::new() });
+        let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), ..Default::default() });
         let istio = RouterSpec::Istio {
             virtual_service: "vs".into(),
             route: None,
