@@ -212,7 +212,8 @@ impl SlackInteractions {
             Ok(r) => r,
             Err(e) => return error_answer(e),
         };
-        if let Err(a) = at_gate(&r, gate, promote).and_then(|()| if promote { may_promote(&r, &p.user.id) } else { Ok(()) })
+        if let Err(a) =
+            at_gate(&r, gate, promote).and_then(|()| if promote { may_promote(&r, &p.user.id) } else { Ok(()) })
         {
             tracing::warn!(rollout = %r.id, %actor, "Slack {} refused: {}", action.action_id, a.1["text"]);
             return a;

@@ -23,14 +23,20 @@ use crate::traffic::RouterError;
 /// Someone asking the rollout to do something.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Promote { full: bool },
+    Promote {
+        full: bool,
+    },
     /// Approve the gate at `at` % — only while the rollout waits at exactly that gate. Unlike a plain
     /// `Promote`, a second delivery (a double click, a retried request, a replayed button of an older
     /// gate) is refused instead of passing whatever comes next, so a step is never left unanalysed.
-    ApproveGate { at: u8 },
+    ApproveGate {
+        at: u8,
+    },
     Pause,
     Resume,
-    Abort { reason: Option<String> },
+    Abort {
+        reason: Option<String>,
+    },
 }
 
 impl Command {

@@ -170,7 +170,12 @@ impl IstioRouter {
     }
 
     async fn vs(&self) -> Result<Obj, RouterError> {
-        Ok(Obj::new(self.kube.client_in(&self.namespace).await?, &k8s::virtual_service(), &self.namespace, &self.virtual_service))
+        Ok(Obj::new(
+            self.kube.client_in(&self.namespace).await?,
+            &k8s::virtual_service(),
+            &self.namespace,
+            &self.virtual_service,
+        ))
     }
 
     fn locate(&self, vs: &Obj, o: &DynamicObject) -> Result<WeightedRoute, RouterError> {

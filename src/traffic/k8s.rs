@@ -329,10 +329,8 @@ mod tests {
 
     #[tokio::test]
     async fn missing_kubeconfig_is_a_clear_permanent_error() {
-        let k = KubeAccess::new(config::Kubernetes {
-            kubeconfig: "/nonexistent/kubeconfig".into(),
-            ..Default::default()
-        });
+        let k =
+            KubeAccess::new(config::Kubernetes { kubeconfig: "/nonexistent/kubeconfig".into(), ..Default::default() });
         let e = k.client().await.err().map(|e| (e.is_permanent(), e.to_string()));
         let (permanent, msg) = e.unwrap_or_default();
         assert!(permanent && msg.contains("no Kubernetes access") && msg.contains("/nonexistent/kubeconfig"), "{msg}");

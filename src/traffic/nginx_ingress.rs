@@ -342,7 +342,13 @@ impl NginxIngressRouter {
     }
 
     /// Both objects may be written: the main one is opted in, the canary one (if any) is vane's.
-    fn check_owned(&self, main: &Obj, m: &DynamicObject, kobj: &Obj, k: Option<&DynamicObject>) -> Result<(), RouterError> {
+    fn check_owned(
+        &self,
+        main: &Obj,
+        m: &DynamicObject,
+        kobj: &Obj,
+        k: Option<&DynamicObject>,
+    ) -> Result<(), RouterError> {
         self.kube.check_opt_in(m, &main.describe())?;
         match k {
             Some(k) => check_canary_owned(k, &kobj.describe()).map_err(RouterError::Permanent),
