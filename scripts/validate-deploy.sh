@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 K8S_VERSION=${K8S_VERSION:-1.32.0}
-OVERLAYS=(development staging production)
+OVERLAYS=(development staging production cluster-wide)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -87,6 +87,28 @@ for d in docs:
                 if "for" in r and not DURATION.match(str(r["for"])): err(f"{name}: {rid}: bad for {r['for']!r}")
                 for k in ("labels", "annotations"):
                     if not all(isinstance(v, str) for v in r.get(k, {}).values()): err(f"{name}: {rid}: {k} values must be strings")
+
+# Kubernetes reach: namespace by namespace, the RBAC and VANE_KUBERNETES_NAMESPACES agreeing; a
+# cluster-wide binding only in the overlay named for it.
+import json
+crb = [d for d in kinds("ClusterRoleBinding") if any(s.get("name") == "vane" for s in d.get("subjects", []))]
+granted = sorted(d["metadata"].get("namespace") for d in kinds("RoleBinding") if d["roleRef"]["name"] == "vane-router")
+env = {e["name"]: e.get("value") for s in kinds("StatefulSet") for c in s["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+allowed = json.loads(env.get("VANE_KUBERNETES_NAMESPACES") or "null")
+if overlay == "cluster-wide":
+    if not crb or allowed != ["*"]: err("the cluster-wide overlay needs its ClusterRoleBinding and VANE_KUBERNETES_NAMESPACES=[\"*\"]")
+else:
+    if crb: err(f"cluster-wide binding {[d['metadata']['name'] for d in crb]} outside the cluster-wide overlay")
+    if not granted: err("no namespace granted (overlays/<env>/access/<namespace>)")
+    if allowed != granted: err(f"VANE_KUBERNETES_NAMESPACES {allowed} must list exactly the namespaces with a vane-router RoleBinding {granted}")
+# /metrics only from the monitoring namespace.
+for np in kinds("NetworkPolicy"):
+    for rule in np["spec"].get("ingress", []):
+        if not rule.get("ports"):
+            err(f"NetworkPolicy/{np['metadata']['name']}: an ingress rule without ports admits the metrics port too")
+        elif any(p.get("port") == 9102 for p in rule["ports"]):
+            if rule.get("from") != [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]:
+                err(f"NetworkPolicy/{np['metadata']['name']}: the metrics port must admit the monitoring namespace only")
 
 rules = kinds("PrometheusRule")
 if (overlay == "production") != bool(rules): err(f"PrometheusRule must be rendered by the production overlay only (found {len(rules)})")

@@ -53,11 +53,20 @@ pub struct Server {
     /// How long series of finished rollouts stay in /metrics.
     #[serde(with = "humantime_serde")]
     pub metrics_retention: Duration,
+    /// When set, `/metrics` is served only here (with copies of the probes), not on `listen`: the API
+    /// port then shows nothing to unauthenticated callers, and a NetworkPolicy can admit scrapes
+    /// from the monitoring namespace alone.
+    pub metrics_listen: String,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { listen: "127.0.0.1:8080".into(), tokens: vec![], metrics_retention: Duration::from_secs(3600) }
+        Server {
+            listen: "127.0.0.1:8080".into(),
+            tokens: vec![],
+            metrics_retention: Duration::from_secs(3600),
+            metrics_listen: String::new(),
+        }
     }
 }
 
@@ -189,7 +198,7 @@ pub enum ConfigError {
 }
 
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("server", &["listen", "tokens", "metrics_retention"]),
+    ("server", &["listen", "tokens", "metrics_retention", "metrics_listen"]),
     ("store", &["path"]),
     ("policies", &["dir"]),
     (

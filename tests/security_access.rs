@@ -537,3 +537,18 @@ async fn a_double_promote_click_at_a_gate_approves_once_and_the_next_step_is_ana
     let analysed_50 = seq(&|e| e["type"] == "analysis" && e["canaryWeight"] == 50);
     assert!(analysed_50.iter().any(|s| *s > at_50 && *s < at_100), "50% analysed before 100%: {events:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_metrics_port_the_api_port_serves_no_metrics() {
+    let ops = free_port();
+    let addr = format!("127.0.0.1:{ops}");
+    let w = world(&[("VANE_SERVER_METRICS_LISTEN", &addr)]).await;
+    let get = |url: String| async move { reqwest::get(url).await.expect("answers").status().as_u16() };
+    assert_eq!(get(format!("{}/metrics", w.daemon.url)).await, 404, "rollout names are not shown on the API port");
+    assert_eq!(get(format!("http://{addr}/metrics")).await, 200);
+    for probe in ["/health/live", "/health/ready"] {
+        assert_eq!(get(format!("{}{probe}", w.daemon.url)).await, 200);
+        assert_eq!(get(format!("http://{addr}{probe}")).await, 200);
+    }
+    assert_eq!(get(format!("http://{addr}/api/v1/rollouts")).await, 404, "the metrics port serves no API");
+}
