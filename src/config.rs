@@ -312,6 +312,34 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_reach_defaults_to_opt_in_everywhere_and_globs_are_checked() {
+        let c = Config::load(None, vec![]).unwrap();
+        assert!(c.kubernetes.require_opt_in);
+        assert!(c.kubernetes.namespaces.is_all());
+        let c = Config::load(
+            None,
+            env(&[
+                ("VANE_KUBERNETES_NAMESPACES", r#"["ai-workflow-*"]"#),
+                ("VANE_SERVER_TOKENS", r#"[{ name = "a", token = "x", role = "viewer", namespaces = ["team-a-*"] }]"#),
+            ]),
+        )
+        .unwrap();
+        assert!(c.kubernetes.namespaces.allows("ai-workflow-prod") && !c.kubernetes.namespaces.allows("payments"));
+        assert!(c.server.tokens[0].namespaces.allows("team-a-x"));
+        let e = Config::load(None, env(&[("VANE_KUBERNETES_NAMESPACES", r#"["Prod/x"]"#)])).unwrap_err().to_string();
+        assert!(e.contains("kubernetes.namespaces") && e.contains("Prod/x"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_deploy_config_loads_and_reaches_no_namespace_by_itself() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/vane.toml");
+        let c = Config::load(Some(&f), vec![]).unwrap();
+        assert!(c.kubernetes.require_opt_in);
+        assert!(!c.kubernetes.namespaces.allows("default"), "overlays grant namespaces");
+        assert_eq!(c.server.metrics_listen, "0.0.0.0:9102");
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("vane.toml");
