@@ -230,12 +230,13 @@ async fn command(s: &AppState, id: &str, c: Command, caller: &Caller) -> Result<
     Ok(Json(RolloutView::from(&s.controller.command(id, c, &caller.name).await?)))
 }
 
-/// Pass the current gate/step, or with `full` go straight to 100 %.
+/// Pass the current gate/step, or with `full` go straight to 100 %, or with `gate` approve exactly
+/// that gate (once: safe to retry).
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/promote", tag = "control", params(("id" = String, Path)),
     request_body(content = Option<PromoteBody>, description = "optional (empty or null: pass the current gate/step)"),
     responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "not valid in the current phase", body = ErrorBody),
+        (status = 409, description = "not valid in the current phase, or `gate` is not the gate the rollout waits at", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn promote(
