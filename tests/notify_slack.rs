@@ -347,3 +347,21 @@ async fn without_a_signing_secret_the_endpoint_is_off() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// Buttons posted by an older vane carry the bare rollout id: Promote cannot tell which gate it was
+/// for (409, nothing changes); Abort can only move traffic back to stable, so it is still accepted.
+#[tokio::test]
+async fn a_bare_rollout_id_may_abort_but_not_promote() {
+    let a = api().await;
+    let r = a.at_gate("cart").await;
+    let before = a.snapshot(&r.id);
+    let (s, j) = a.signed(&click("vane_promote", &r.id, "U123", "alice", "")).await;
+    assert_eq!(s, 409, "{j}");
+    assert!(j["text"].as_str().unwrap().contains("--gate"), "says what to do instead: {j}");
+    assert_eq!(a.snapshot(&r.id), before);
+    let (s, j) = a.signed(&click("vane_abort", &r.id, "U123", "alice", "")).await;
+    assert_eq!(s, 200, "{j}");
+    wait_phase(&a.c, &r.id, Phase::Aborted, WAIT).await;
+    // A value whose gate is not a weight is malformed.
+    assert_eq!(a.signed(&click("vane_abort", &format!("{}:x", r.id), "U123", "alice", "")).await.0, 400);
+}
