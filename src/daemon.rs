@@ -13,7 +13,7 @@ use crate::api::{self, AppState, Auth};
 use crate::config::Config;
 use crate::rollout::controller::Controller;
 use crate::rollout::driver::{Env, SystemClock};
-use crate::store::Store;
+use crate::rollout::ports::SharedStore;
 use crate::telemetry::Metrics;
 use crate::traffic::Routers;
 
@@ -51,7 +51,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("policies in {} do not load:\n{}", cfg.policies.dir.display(), lines.join("\n"))
     })?;
-    let store = Store::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+    let store =
+        SharedStore::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
     let metrics = Arc::new(Metrics::new(cfg.server.metrics_retention));
     let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
     let analyzer: Arc<dyn Analyzer> =
@@ -77,7 +78,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let resumed = controller.resume_all()?;
     tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");
     let ready = Arc::new(AtomicBool::new(true));
-    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: notify.slack };
+    let slack = match notify.slack {
+        Some(secret) => Some(Arc::new(api::slack::SlackInteractions::new(secret)?)),
+        None => None,
+    };
+    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack };
     let app = match ops {
         Some(ops) => {
             tracing::info!(addr = %ops.local_addr()?, "serving /metrics and probes on their own port");

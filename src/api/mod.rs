@@ -3,7 +3,9 @@
 pub mod auth;
 pub mod error;
 pub mod openapi;
+pub mod replay;
 pub mod routes;
+pub mod slack;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +15,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::rollout::controller::Controller;
-use crate::telemetry::Metrics;
+use crate::rollout::ports::RolloutMetrics;
 pub use auth::Auth;
 
 /// Largest accepted request body.
@@ -23,22 +25,11 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     pub controller: Controller,
     pub auth: Auth,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn RolloutMetrics>,
     /// Set once the store is open, policies loaded and rollouts resumed.
     pub ready: Arc<AtomicBool>,
-    /// Extra routes (e.g. Slack interactions) are merged by their modules.
-    pub slack: Option<Arc<dyn SlackHandler>>,
-}
-
-/// The Slack interactions endpoint, implemented by `notify::slack`.
-pub trait SlackHandler: Send + Sync + 'static {
-    /// Verify and handle one request; returns the HTTP status and a JSON body.
-    fn handle<'a>(
-        &'a self,
-        controller: &'a Controller,
-        headers: &'a axum::http::HeaderMap,
-        body: &'a [u8],
-    ) -> crate::BoxFut<'a, (axum::http::StatusCode, serde_json::Value)>;
+    /// The Slack buttons' endpoint; None: Slack's signing secret is not configured.
+    pub slack: Option<Arc<slack::SlackInteractions>>,
 }
 
 impl AppState {
@@ -80,7 +71,7 @@ fn routes(state: AppState, with_metrics: bool) -> Router {
         .route("/api/v1/rollouts/{id}/resume", post(resume))
         .route("/api/v1/rollouts/{id}/abort", post(abort))
         .route("/api/v1/policies", get(list_policies))
-        .route("/api/v1/slack/interactions", post(slack_interactions))
+        .route("/api/v1/slack/interactions", post(slack::interactions))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready));

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::sign::SLACK_MAX_SKEW_SECS;
+use crate::sign::SLACK_MAX_SKEW_SECS;
 
 /// Default bound: far above what people clicking buttons produce in 10 minutes.
 pub const DEFAULT_CAPACITY: usize = 10_000;
