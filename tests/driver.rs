@@ -319,4 +319,20 @@ async fn two_active_rollouts_never_drive_the_same_router_target() {
     h.done(&other.id).await;
     let (_, created) = h.c.create(istio("shop2", None), "ci", None).await.unwrap();
     assert!(created, "finished rollouts free the VirtualService");
+    // Gateway API: the rule of an HTTPRoute, likewise.
+    let gateway = |service: &str, rule: Option<&str>| {
+        let mut req = fixtures::request(service, "c");
+        req.router = RouterSpec::GatewayApi {
+            http_route: Some("edge".into()),
+            grpc_route: None,
+            rule: rule.map(Into::into),
+            stable_backend: format!("{service}-blue"),
+            canary_backend: format!("{service}-green"),
+        };
+        req
+    };
+    h.c.create(gateway("g1", Some("api")), "ci", None).await.unwrap();
+    let e = h.c.create(gateway("g2", None), "ci", None).await.unwrap_err();
+    assert!(e.to_string().contains("HTTPRoute/edge"), "{e}");
+    assert!(h.c.create(gateway("g3", Some("web")), "ci", None).await.is_ok(), "another rule of the route");
 }

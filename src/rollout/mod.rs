@@ -86,6 +86,8 @@ pub enum Stage {
     PreRollout,
     /// Blue/green: consecutive health checks of the new version.
     Preflight,
+    /// The policy's `mirror`: shadow traffic to the canary, analysed, before any user request reaches it.
+    Mirror,
     Ready,
 }
 
@@ -97,6 +99,8 @@ pub enum Busy {
     Router { op: u64, weight: u8 },
     Analysis { op: u64 },
     Step { op: u64 },
+    // A router call that turns mirroring on (serialised with weight changes like one).
+    Mirror { op: u64 },
 }
 
 /// Why a rollout rolls back; decides RolledBack (controller) vs Aborted (a person).
@@ -153,6 +157,10 @@ pub struct Rollout {
     #[serde(default)]
     pub observe_failures: u32,
     pub router_retry_at: Option<Millis>,
+    /// When the mirror stage ends. Set once the router confirmed the mirror, cleared by the next
+    /// confirmed weight write (which removes it): while set, vane's mirror may be live.
+    #[serde(default)]
+    pub mirror_until: Option<Millis>,
     pub busy: Vec<Busy>,
     pub next_op: u64,
     /// Last event sequence number written for this rollout.
@@ -258,10 +266,12 @@ pub enum EventKind {
     RolledBack,
     Succeeded,
     Failed,
+    /// The router mirrors a share of the requests to the canary (policy `mirror`).
+    Mirror,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Created,
         EventKind::Stage,
         EventKind::Step,
@@ -280,6 +290,7 @@ impl EventKind {
         EventKind::RolledBack,
         EventKind::Succeeded,
         EventKind::Failed,
+        EventKind::Mirror,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -302,6 +313,7 @@ impl EventKind {
             EventKind::RolledBack => "rolled-back",
             EventKind::Succeeded => "succeeded",
             EventKind::Failed => "failed",
+            EventKind::Mirror => "mirror",
         }
     }
 
