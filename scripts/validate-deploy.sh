@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 K8S_VERSION=${K8S_VERSION:-1.32.0}
-OVERLAYS=(development staging production ha)
+OVERLAYS=(development staging production ha cluster-wide)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -91,6 +91,28 @@ for d in docs:
                 for k in ("labels", "annotations"):
                     if not all(isinstance(v, str) for v in r.get(k, {}).values()): err(f"{name}: {rid}: {k} values must be strings")
 
+# Kubernetes reach: namespace by namespace, the RBAC and VANE_KUBERNETES_NAMESPACES agreeing; a
+# cluster-wide binding only in the overlay named for it.
+import json
+crb = [d for d in kinds("ClusterRoleBinding") if any(s.get("name") == "vane" for s in d.get("subjects", []))]
+granted = sorted(d["metadata"].get("namespace") for d in kinds("RoleBinding") if d["roleRef"]["name"] == "vane-router")
+env = {e["name"]: e.get("value") for s in kinds("StatefulSet") for c in s["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+allowed = json.loads(env.get("VANE_KUBERNETES_NAMESPACES") or "null")
+if overlay == "cluster-wide":
+    if not crb or allowed != ["*"]: err("the cluster-wide overlay needs its ClusterRoleBinding and VANE_KUBERNETES_NAMESPACES=[\"*\"]")
+else:
+    if crb: err(f"cluster-wide binding {[d['metadata']['name'] for d in crb]} outside the cluster-wide overlay")
+    if not granted: err("no namespace granted (overlays/<env>/access/<namespace>)")
+    if allowed != granted: err(f"VANE_KUBERNETES_NAMESPACES {allowed} must list exactly the namespaces with a vane-router RoleBinding {granted}")
+# /metrics only from the monitoring namespace.
+for np in kinds("NetworkPolicy"):
+    for rule in np["spec"].get("ingress", []):
+        if not rule.get("ports"):
+            err(f"NetworkPolicy/{np['metadata']['name']}: an ingress rule without ports admits the metrics port too")
+        elif any(p.get("port") == 9102 for p in rule["ports"]):
+            if rule.get("from") != [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]:
+                err(f"NetworkPolicy/{np['metadata']['name']}: the metrics port must admit the monitoring namespace only")
+
 rules = kinds("PrometheusRule")
 if (overlay in ("production", "ha")) != bool(rules): err(f"PrometheusRule must be rendered by the production and ha overlays only (found {len(rules)})")
 if overlay == "ha" and (kinds("StatefulSet") or len(kinds("Deployment")) != 1): err("ha runs one Deployment and no StatefulSet (etcd store)")
@@ -123,16 +145,18 @@ kubectl kustomize deploy/base >"$tmp/base.yaml" 2>"$tmp/err" || { cat "$tmp/err"
 validate_k8s "$tmp/base.yaml" base
 ! grep -q '^apiVersion: monitoring.coreos.com/' "$tmp/base.yaml" || fail "base renders Prometheus Operator kinds: keep them in deploy/components"
 diff -r policies deploy/base/policies >"$tmp/err" 2>&1 || { cat "$tmp/err" >&2; fail "deploy/base/policies differs from policies/ (copy them: cp policies/*.yaml deploy/base/policies/)"; }
-python3 - "$tmp/base.yaml" <<'PY' || fail "checks above failed"
+# The router Role each overlay grants per namespace (deploy/rbac/router-access) is part of the table.
+kubectl kustomize deploy/rbac/router-access >"$tmp/router-access.yaml" 2>"$tmp/err" || { cat "$tmp/err" >&2; fail "kubectl kustomize deploy/rbac/router-access failed"; }
+python3 - "$tmp/base.yaml" "$tmp/router-access.yaml" <<'PY' || fail "checks above failed"
 import glob, os, re, sys, yaml
 errors = []
 kust = yaml.safe_load(open("deploy/base/kustomization.yaml"))
 listed = sorted(f for g in kust.get("configMapGenerator", []) if g["name"] == "vane-policies" for f in g.get("files", []))
 shipped = sorted("policies/" + os.path.basename(f) for f in glob.glob("policies/*.yaml"))
 if listed != shipped: errors.append(f"vane-policies ConfigMap lists {listed}, policies/ has {shipped}")
-# The RBAC table of docs/deploy.md against the rendered Roles and ClusterRoles.
+# The RBAC table of docs/deploy.md against the rendered Roles and ClusterRoles (base + router Role).
 rendered = {}
-for d in yaml.safe_load_all(open(sys.argv[1])):
+for d in [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f))]:
     if d and d["kind"] in ("Role", "ClusterRole"):
         for r in d.get("rules", []):
             for g in r.get("apiGroups", []):

@@ -205,8 +205,12 @@ pub enum RolloutCmd {
         /// A rollout id, or namespace/service.
         id: String,
         /// Straight to 100 %, past every remaining step and gate.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "gate")]
         full: bool,
+        /// Approve exactly the gate at this weight: refused unless the rollout waits there, so running
+        /// it twice (a retry) approves once and never skips the next step's analysis.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        gate: Option<u8>,
         #[command(flatten)]
         client: Client,
     },
@@ -377,8 +381,11 @@ pub async fn run(cmd: RolloutCmd) -> Result<i32, CliError> {
             )?;
             return watch::watch(&api, &id, &opts).await;
         }
-        RolloutCmd::Promote { id, full, client } => {
-            let body = serde_json::json!({ "full": full });
+        RolloutCmd::Promote { id, full, gate, client } => {
+            let body = match gate {
+                Some(at) => serde_json::json!({ "gate": at }),
+                None => serde_json::json!({ "full": full }),
+            };
             control(&api(&client)?, &id, "promote", Some(body)).await?;
         }
         RolloutCmd::Pause { id, client } => control(&api(&client)?, &id, "pause", None).await?,

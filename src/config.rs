@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::scope::Namespaces;
+
 /// Analysis windows shorter than this are widened: a range needs at least two scrapes to have a rate.
 pub const DEFAULT_MIN_WINDOW: Duration = Duration::from_secs(30);
 
@@ -40,6 +42,10 @@ pub struct TokenConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     pub role: Role,
+    /// Namespaces (globs) this token sees and drives; rollouts elsewhere do not exist for it (404) and
+    /// creating one there is refused (403). Default: every namespace.
+    #[serde(default, skip_serializing_if = "Namespaces::is_all")]
+    pub namespaces: Namespaces,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +59,10 @@ pub struct Server {
     /// HA: the URL other replicas use to reach this one (commands for its rollouts are forwarded
     /// there). Empty: `http://` + `listen`.
     pub advertise: String,
+    /// When set, `/metrics` is served only here (with copies of the probes), not on `listen`: the API
+    /// port then shows nothing to unauthenticated callers, and a NetworkPolicy can admit scrapes
+    /// from the monitoring namespace alone.
+    pub metrics_listen: String,
 }
 
 impl Default for Server {
@@ -62,6 +72,7 @@ impl Default for Server {
             tokens: vec![],
             metrics_retention: Duration::from_secs(3600),
             advertise: String::new(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -168,11 +179,27 @@ impl Default for Prometheus {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Kubernetes {
     pub kubeconfig: String,
     pub context: String,
+    /// The namespaces (globs) vane may touch at all; a rollout elsewhere is refused at create (422).
+    pub namespaces: Namespaces,
+    /// Patch only objects labelled `vane.dev/managed: "true"` (or created by vane); any other object
+    /// fails the rollout before traffic moves.
+    pub require_opt_in: bool,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Kubernetes {
+            kubeconfig: String::new(),
+            context: String::new(),
+            namespaces: Namespaces::default(),
+            require_opt_in: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +244,17 @@ impl Default for Notifications {
 mod load;
 
 pub use load::{ConfigError, Source, Sources, defaults};
+
+impl Config {
+    /// Every namespace glob (tokens, `[kubernetes] namespaces`) is well-formed.
+    fn check_scopes(&self) -> Result<(), String> {
+        self.kubernetes.namespaces.validate().map_err(|e| format!("kubernetes.namespaces: {e}"))?;
+        for t in &self.server.tokens {
+            t.namespaces.validate().map_err(|e| format!("server.tokens {:?}: {e}", t.name))?;
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -285,6 +323,34 @@ mod tests {
         std::fs::write(&f, "[store]\nbackend = \"zookeeper\"\n").unwrap();
         let e = Config::load(Some(&f), vec![]).unwrap_err().to_string();
         assert!(e.contains("zookeeper"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_reach_defaults_to_opt_in_everywhere_and_globs_are_checked() {
+        let c = Config::load(None, vec![]).unwrap();
+        assert!(c.kubernetes.require_opt_in);
+        assert!(c.kubernetes.namespaces.is_all());
+        let c = Config::load(
+            None,
+            env(&[
+                ("VANE_KUBERNETES_NAMESPACES", r#"["ai-workflow-*"]"#),
+                ("VANE_SERVER_TOKENS", r#"[{ name = "a", token = "x", role = "viewer", namespaces = ["team-a-*"] }]"#),
+            ]),
+        )
+        .unwrap();
+        assert!(c.kubernetes.namespaces.allows("ai-workflow-prod") && !c.kubernetes.namespaces.allows("payments"));
+        assert!(c.server.tokens[0].namespaces.allows("team-a-x"));
+        let e = Config::load(None, env(&[("VANE_KUBERNETES_NAMESPACES", r#"["Prod/x"]"#)])).unwrap_err().to_string();
+        assert!(e.contains("kubernetes.namespaces") && e.contains("Prod/x"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_deploy_config_loads_and_reaches_no_namespace_by_itself() {
+        let f = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/vane.toml");
+        let c = Config::load(Some(&f), vec![]).unwrap();
+        assert!(c.kubernetes.require_opt_in);
+        assert!(!c.kubernetes.namespaces.allows("default"), "overlays grant namespaces");
+        assert_eq!(c.server.metrics_listen, "0.0.0.0:9102");
     }
 
     #[test]

@@ -66,8 +66,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         metrics: metrics.clone(),
         clock: Arc::new(SystemClock),
     });
-    let controller = Controller::new(env, policies);
+    let controller = Controller::new(env, policies).with_kubernetes_namespaces(cfg.kubernetes.namespaces.clone());
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let ops = match cfg.server.metrics_listen.as_str() {
+        "" => None,
+        m => {
+            let a: SocketAddr = m.parse().with_context(|| format!("server.metrics_listen {m:?}"))?;
+            Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?)
+        }
+    };
     let (resumed, leaving) = match etcd {
         // HA: nothing is resumed wholesale; the membership loop claims orphaned rollouts by count.
         Some(etcd) => {
@@ -84,7 +91,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         None => None,
     };
     let state = AppState { controller, auth, metrics, ready: ready.clone(), slack };
-    axum::serve(listener, api::router(state))
+    let app = match ops {
+        Some(ops) => {
+            tracing::info!(addr = %ops.local_addr()?, "serving /metrics and probes on their own port");
+            let ops_app = api::ops_router(state.clone());
+            tokio::spawn(async move { axum::serve(ops, ops_app).await });
+            api::router_without_metrics(state)
+        }
+        None => api::router(state),
+    };
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             ready.store(false, Ordering::Relaxed);

@@ -21,6 +21,7 @@ pub mod human;
 pub mod notify;
 pub mod policy;
 pub mod rollout;
+pub mod scope;
 pub mod sign;
 pub mod store;
 pub mod telemetry;

@@ -29,8 +29,20 @@ async fn serve() -> Api {
     gated.progress_deadline = Duration::from_secs(36_000);
     let controller = Controller::new(env, vec![gated]);
     let tokens = vec![
-        TokenConfig { name: "ci".into(), token: Some(OP.into()), token_env: None, role: Role::Operator },
-        TokenConfig { name: "grafana".into(), token: Some(VIEW.into()), token_env: None, role: Role::Viewer },
+        TokenConfig {
+            name: "ci".into(),
+            token: Some(OP.into()),
+            token_env: None,
+            role: Role::Operator,
+            namespaces: Default::default(),
+        },
+        TokenConfig {
+            name: "grafana".into(),
+            token: Some(VIEW.into()),
+            token_env: None,
+            role: Role::Viewer,
+            namespaces: Default::default(),
+        },
     ];
     let auth = Auth::from_config(&tokens, |_| None).unwrap();
     let state = AppState { controller, auth, metrics, ready: Arc::new(AtomicBool::new(true)), slack: None };

@@ -137,6 +137,40 @@ fn refuses_a_non_loopback_address_without_tokens() {
     assert!(!dir.path().join("data").exists(), "refused before touching the store");
 }
 
+#[test]
+fn promote_gate_approves_once_and_a_retry_is_refused() {
+    let (dir, d) = setup();
+    std::fs::write(
+        dir.path().join("policies/gated.yaml"),
+        "name: gated\nstrategy: canary\nsteps: [20, 100]\ninterval: 150ms\nthreshold: 2\n\
+         gates: [{at: 20, approval: manual, timeout: 10m}]\n",
+    )
+    .unwrap();
+    let mut d = d;
+    d.restart(); // load the new policy
+    let spec =
+        std::fs::read_to_string(dir.path().join("rollout.yaml")).unwrap().replace("policy: quick", "policy: gated");
+    std::fs::write(dir.path().join("gated.yaml"), spec).unwrap();
+    let out = vane(&d, &["rollout", "start", "-f", dir.path().join("gated.yaml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !text(&vane(&d, &["rollout", "get", &id])).contains("AwaitingApproval") {
+        assert!(std::time::Instant::now() < deadline, "never reached the gate");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = vane(&d, &["rollout", "promote", &id, "--gate", "50"]);
+    assert!(!out.status.success() && text(&out).contains("not the current gate"), "{}", text(&out));
+    let out = vane(&d, &["rollout", "promote", &id, "--gate", "20"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = vane(&d, &["rollout", "promote", &id, "--gate", "20"]);
+    assert!(!out.status.success(), "a retry is refused: {}", text(&out));
+    assert!(text(&out).contains("409"), "{}", text(&out));
+    assert!(!vane(&d, &["rollout", "promote", &id, "--gate", "20", "--full"]).status.success());
+    let out = vane(&d, &["rollout", "watch", &id, "--every", "50ms"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 /// Start a rollout of `ns/svc` with `policy`; its id.
 fn start(d: &Daemon, ns: &str, svc: &str, policy: &str) -> String {
     let out = vane(

@@ -262,3 +262,97 @@ fn restart_resumes_from_the_store() {
     assert_eq!(w.last(), Some(&100));
     assert!(!w.contains(&0), "no rollback on restart: {w:?}");
 }
+
+/// Two deliveries of one gate approval at the same moment (two Slack clicks, a retried request):
+/// one approves, the other is refused, and the step after the gate still gets its analysis.
+#[tokio::test(start_paused = true)]
+async fn a_gate_approved_twice_at_once_passes_once_and_the_next_step_is_analysed() {
+    let mut p = canary("gated");
+    p.gates = vec![Gate { at: 25, approval: Approval::Manual, timeout: 30 * MIN, approvers: vec![] }];
+    let h = harness(vec![p]);
+    let id = h.start("cart", "gated").await;
+    h.until(&id, "gate", |r| r.phase == Phase::AwaitingApproval).await;
+    let approve = || h.c.command(&id, Command::ApproveGate { at: 25 }, "slack:U1");
+    let (a, b) = tokio::join!(approve(), approve());
+    let refused = [&a, &b].iter().filter(|r| r.is_err()).count();
+    assert_eq!(refused, 1, "exactly one approval applies: {:?} / {:?}", a.as_ref().err(), b.as_ref().err());
+    let e = a.err().or(b.err()).unwrap();
+    assert!(e.to_string().contains("not the current gate"), "{e}");
+    let approved_at = tokio::time::Instant::now();
+    let r = h.done(&id).await;
+    assert_eq!(r.phase, Phase::Succeeded);
+    assert_eq!(h.routers.get("cart").weights(), vec![5, 25, 50, 100]);
+    let events = h.c.events(&id).unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "promoted").count(), 1);
+    assert!(
+        events.iter().any(|e| e.kind == "analysis" && e.canary_weight == 50),
+        "50% was analysed before 100%: {:?}",
+        events.iter().map(|e| (&e.kind, e.canary_weight)).collect::<Vec<_>>()
+    );
+    assert!(approved_at.elapsed() >= MIN, "a full interval at 50% before promoting");
+}
+
+/// The router's object is part of the uniqueness key: another service cannot drive a VirtualService
+/// (route) or Ingress an active rollout drives; a different named route can; a finished rollout
+/// frees it.
+#[tokio::test(start_paused = true)]
+async fn two_active_rollouts_never_drive_the_same_router_target() {
+    use vane::rollout::RouterSpec;
+    let h = harness(vec![canary("c")]);
+    let istio = |service: &str, route: Option<&str>| {
+        let mut req = fixtures::request(service, "c");
+        req.router = RouterSpec::Istio {
+            virtual_service: "shared".into(),
+            route: route.map(Into::into),
+            stable_subset: "v1".into(),
+            canary_subset: "v2".into(),
+        };
+        req
+    };
+    let (first, _) = h.c.create(istio("cart", Some("primary")), "ci", None).await.unwrap();
+    for (req, why) in [(istio("shop", Some("primary")), "same route"), (istio("shop", None), "unnamed route")] {
+        let e = h.c.create(req, "ci", None).await.unwrap_err();
+        assert!(matches!(e, ControllerError::Store(vane::store::StoreError::TargetConflict { .. })), "{why}: {e}");
+        assert!(e.to_string().contains("VirtualService/shared") && e.to_string().contains(&first.id), "{e}");
+    }
+    let (other, created) = h.c.create(istio("shop", Some("secondary")), "ci", None).await.unwrap();
+    assert!(created, "another named route of the same VirtualService is another target");
+    let ingress = |service: &str, main: &str, canary: &str| {
+        let mut req = fixtures::request(service, "c");
+        req.router = RouterSpec::NginxIngress {
+            ingress: main.into(),
+            canary_ingress: Some(canary.into()),
+            canary_service: Some(format!("{service}-canary")),
+            stable_service: None,
+        };
+        req
+    };
+    h.c.create(ingress("a", "main-a", "canary-a"), "ci", None).await.unwrap();
+    let e = h.c.create(ingress("b", "main-b", "canary-a"), "ci", None).await.unwrap_err();
+    assert!(e.to_string().contains("Ingress/canary-a"), "{e}");
+    h.c.command(&first.id, Command::Abort { reason: None }, "ci").await.unwrap();
+    h.done(&first.id).await;
+    // `other` still holds route "secondary", which an unnamed route may turn out to be.
+    let e = h.c.create(istio("shop2", None), "ci", None).await.unwrap_err();
+    assert!(e.to_string().contains(&other.id), "{e}");
+    h.c.command(&other.id, Command::Abort { reason: None }, "ci").await.unwrap();
+    h.done(&other.id).await;
+    let (_, created) = h.c.create(istio("shop2", None), "ci", None).await.unwrap();
+    assert!(created, "finished rollouts free the VirtualService");
+    // Gateway API: the rule of an HTTPRoute, likewise.
+    let gateway = |service: &str, rule: Option<&str>| {
+        let mut req = fixtures::request(service, "c");
+        req.router = RouterSpec::GatewayApi {
+            http_route: Some("edge".into()),
+            grpc_route: None,
+            rule: rule.map(Into::into),
+            stable_backend: format!("{service}-blue"),
+            canary_backend: format!("{service}-green"),
+        };
+        req
+    };
+    h.c.create(gateway("g1", Some("api")), "ci", None).await.unwrap();
+    let e = h.c.create(gateway("g2", None), "ci", None).await.unwrap_err();
+    assert!(e.to_string().contains("HTTPRoute/edge"), "{e}");
+    assert!(h.c.create(gateway("g3", Some("web")), "ci", None).await.is_ok(), "another rule of the route");
+}

@@ -52,7 +52,7 @@ async fn istio_weight_changes_are_events_on_the_virtual_service() {
         &virtual_service(),
         json!({
             "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-            "metadata": { "name": "checkout" },
+            "metadata": { "name": "checkout", "labels": { "vane.dev/managed": "true" } },
             "spec": { "hosts": ["checkout"], "http": [{ "route": [
                 { "destination": { "host": "checkout", "subset": "stable" }, "weight": 100 },
                 { "destination": { "host": "checkout", "subset": "canary" }, "weight": 0 } ] }] }
@@ -115,7 +115,7 @@ async fn gateway_api_weight_changes_are_events_on_the_http_route() {
         &http_route(),
         json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": { "name": "web" },
+            "metadata": { "name": "web", "labels": { "vane.dev/managed": "true" } },
             "spec": { "parentRefs": [{ "name": "edge" }], "rules": [{ "backendRefs": [
                 { "name": "web-stable", "port": 8080, "weight": 100 },
                 { "name": "web-canary", "port": 8080, "weight": 0 } ] }] }

@@ -543,3 +543,129 @@ fn a_router_that_cannot_be_read_back_is_surfaced_at_once() {
     w.feed(Input::Observed { weight: Err(gone) }).unwrap();
     assert_eq!(w.events.iter().filter(|e| *e == "router-error").count(), 2, "1st and 2nd (powers of two) only");
 }
+
+// ---- gate approval (ApproveGate): double delivery approves once ----
+
+fn gated(steps: &[u8], at: u8) -> Policy {
+    let mut p = canary(steps);
+    p.gates = vec![Gate { at, approval: Approval::Manual, timeout: Duration::from_secs(3600), approvers: vec![] }];
+    p
+}
+
+/// The canary weight each analysis judged.
+fn analysed_at(events: &[vane::rollout::Event]) -> Vec<u8> {
+    events.iter().filter(|e| e.kind == "analysis").map(|e| e.canary_weight).collect()
+}
+
+#[test]
+fn approving_a_gate_twice_approves_once_and_the_next_step_is_still_analysed() {
+    let mut w = World::new(gated(&[5, 25, 50, 100], 25));
+    w.run_until(|r| r.phase == Phase::AwaitingApproval, 10);
+    assert_eq!(w.r.canary_weight, 25);
+    w.cmd(Command::ApproveGate { at: 25 }).expect("the current gate is approved");
+    assert_eq!((w.r.phase, w.r.canary_weight), (Phase::Progressing, 50));
+    // The second click / retried request: refused, nothing changes.
+    let before = w.r.clone();
+    let e = w.cmd(Command::ApproveGate { at: 25 }).unwrap_err();
+    assert!(matches!(e, machine::CommandError::GateNotCurrent { at: 25, weight: 50, .. }), "{e}");
+    assert_eq!(w.r, before);
+    w.run_until(|r| r.is_terminal(), 10);
+    assert_eq!(w.r.phase, Phase::Succeeded);
+    assert_eq!(w.weights, vec![5, 25, 50, 100]);
+    // 50 % was analysed before 100 % (a plain Promote here would have skipped it).
+    let kinds: Vec<&str> = w.events.iter().map(String::as_str).collect();
+    let promoted = kinds.iter().position(|k| *k == "promoted").unwrap();
+    assert!(kinds[promoted..].contains(&"analysis"), "no analysis after the gate: {kinds:?}");
+}
+
+#[test]
+fn a_gate_approval_for_another_or_no_gate_is_refused_and_changes_nothing() {
+    let mut w = World::new(gated(&[5, 25, 50, 100], 50));
+    w.run_until(|r| r.applied_weight == Some(25), 10);
+    // Not at a gate yet (25 % is a plain step), and 50 is not current either.
+    for at in [25, 50, 5, 100] {
+        let before = w.r.clone();
+        assert!(matches!(w.cmd(Command::ApproveGate { at }), Err(machine::CommandError::GateNotCurrent { .. })));
+        assert_eq!(w.r, before, "gate {at}");
+    }
+    w.run_until(|r| r.phase == Phase::AwaitingApproval, 10);
+    assert!(w.cmd(Command::ApproveGate { at: 25 }).is_err(), "an earlier weight is not this gate");
+    // Paused at the gate: approving it still works (as promote does).
+    w.cmd(Command::Pause).unwrap();
+    w.cmd(Command::ApproveGate { at: 50 }).unwrap();
+    assert_eq!(w.r.canary_weight, 100);
+    // Finished: refused like any command.
+    w.run_until(|r| r.is_terminal(), 10);
+    assert!(w.cmd(Command::ApproveGate { at: 50 }).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// With only time passing and gate approvals — any gate, delivered any number of times, in any
+    /// order — every weight the router leaves below 100 % was analysed (and passed) while it was
+    /// live: a duplicate approval can never skip a step's analysis. Refused approvals change nothing.
+    #[test]
+    fn duplicate_gate_approvals_never_skip_an_analysis(
+        steps in steps(),
+        gate_picks in proptest::collection::btree_set(0usize..5, 0..3),
+        acts in proptest::collection::vec(prop_oneof![2 => Just(None), 3 => (0usize..6).prop_map(Some)], 1..60),
+    ) {
+        let mut p = canary(&steps);
+        let below: Vec<u8> = steps.iter().copied().filter(|w| *w < 100).collect();
+        p.gates = gate_picks
+            .iter()
+            .filter_map(|i| below.get(*i))
+            .map(|at| Gate { at: *at, approval: Approval::Manual, timeout: Duration::from_secs(3600), approvers: vec![] })
+            .collect();
+        let mut r = new(p);
+        let mut now = T0;
+        let mut events: Vec<vane::rollout::Event> = vec![];
+        let mut pending: Vec<Input> = vec![Input::Tick];
+        for act in acts {
+            let input = match act {
+                None => {
+                    now = r.wake_at().unwrap_or(now).max(now);
+                    Input::Tick
+                }
+                Some(i) => Input::Command {
+                    command: Command::ApproveGate { at: steps.get(i).copied().unwrap_or(0) },
+                    actor: "slack:U1".into(),
+                },
+            };
+            pending.push(input);
+            while let Some(input) = pending.pop() {
+                let before = r.clone();
+                match machine::step(&mut r, input, now) {
+                    Ok(out) => {
+                        events.extend(out.events);
+                        for eff in out.effects {
+                            pending.push(match eff {
+                                Effect::SetWeight { op, .. } | Effect::SetMirror { op, .. } => {
+                                    Input::RouterDone { op, result: Ok(()) }
+                                }
+                                Effect::Validate { op } | Effect::Preflight { op } => Input::StageDone { op, result: Ok(()) },
+                                Effect::CallHooks { op: Some(op), .. } => Input::StageDone { op, result: Ok(()) },
+                                Effect::CallHooks { op: None, .. } | Effect::Observe => continue,
+                                Effect::Analyse { op } => Input::Analysis {
+                                    op,
+                                    report: AnalysisReport { at: now, verdict: Verdict::Pass, metrics: vec![], summary: String::new() },
+                                },
+                            });
+                        }
+                    }
+                    Err(_) => prop_assert_eq!(&r, &before, "a refused approval changed the rollout"),
+                }
+            }
+        }
+        // Walk the weights the router applied: leaving w (< 100) needs an analysis at w.
+        let analysed = analysed_at(&events);
+        let applied: Vec<u8> = events.iter().filter(|e| e.kind == "weight-set").map(|e| e.canary_weight).collect();
+        for pair in applied.windows(2) {
+            let (from, to) = (pair[0], pair[1]);
+            if from > 0 && from < 100 && to > from {
+                prop_assert!(analysed.contains(&from), "left {from}% for {to}% without analysis; applied {applied:?}, analysed {analysed:?}");
+            }
+        }
+    }
+}

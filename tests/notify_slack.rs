@@ -86,7 +86,8 @@ async fn messages_for_start_each_step_the_gate_and_success() {
         .iter()
         .map(|b| (b["action_id"].as_str().unwrap().into(), b["value"].as_str().unwrap().into()))
         .collect();
-    assert_eq!(buttons, [("vane_promote".to_string(), r.id.clone()), ("vane_abort".to_string(), r.id.clone())]);
+    let value = format!("{}:50", r.id);
+    assert_eq!(buttons, [("vane_promote".to_string(), value.clone()), ("vane_abort".to_string(), value)]);
     assert!(all_text(&gate).contains("<@U123>, <@U456>"), "approvers are mentioned");
 
     c.command(&r.id, Command::Promote { full: false }, "ci").await.unwrap();
@@ -166,6 +167,11 @@ fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
+/// The value of the buttons of the gate at 50 % (the "gated" policy's gate).
+fn gate50(r: &Rollout) -> String {
+    vane::notify::slack::button_value(&r.id, 50)
+}
+
 /// Slack's form body for a button click.
 fn click(action: &str, rollout: &str, user: &str, name: &str, response_url: &str) -> String {
     let payload = json!({
@@ -223,7 +229,7 @@ impl Api {
 async fn a_signed_promote_from_an_approver_passes_the_gate_and_is_recorded() {
     let a = api().await;
     let r = a.at_gate("cart").await;
-    let body = click("vane_promote", &r.id, "U123", "alice", &a.rx.url("/response/1"));
+    let body = click("vane_promote", &gate50(&r), "U123", "alice", &a.rx.url("/response/1"));
     let (status, json) = a.signed(&body).await;
     assert_eq!(status, 200, "{json}");
     assert!(json["text"].as_str().unwrap().contains("approved by <@U123>"), "{json}");
@@ -243,7 +249,7 @@ async fn refused_interactions_get_the_right_status_and_change_nothing() {
     let a = api().await;
     let r = a.at_gate("cart").await;
     let before = a.snapshot(&r.id);
-    let body = click("vane_promote", &r.id, "U123", "alice", &a.rx.url("/response/x"));
+    let body = click("vane_promote", &gate50(&r), "U123", "alice", &a.rx.url("/response/x"));
     let ts = now();
 
     // Wrong signing secret.
@@ -256,7 +262,7 @@ async fn refused_interactions_get_the_right_status_and_change_nothing() {
     let future = ts + 301;
     assert_eq!(a.post(&body, future, &sign(SIGNING_SECRET, future, &body)).await.0, 401);
     // Tampered body: signed for one user, sent for another.
-    let forged = click("vane_promote", &r.id, "U456", "mallory", &a.rx.url("/response/x"));
+    let forged = click("vane_promote", &gate50(&r), "U456", "mallory", &a.rx.url("/response/x"));
     assert_eq!(a.post(&forged, ts, &sign(SIGNING_SECRET, ts, &body)).await.0, 401);
     // No signature at all.
     assert_eq!(a.post(&body, ts, "").await.0, 401);
@@ -265,7 +271,7 @@ async fn refused_interactions_get_the_right_status_and_change_nothing() {
     assert_eq!(s, 404, "{j}");
     assert_eq!(a.signed(&click("vane_promote", "../../etc", "U123", "alice", "")).await.0, 404);
     // A user not on the gate's approver list.
-    let (s, j) = a.signed(&click("vane_promote", &r.id, "U999", "eve", &a.rx.url("/response/eve"))).await;
+    let (s, j) = a.signed(&click("vane_promote", &gate50(&r), "U999", "eve", &a.rx.url("/response/eve"))).await;
     assert_eq!(s, 403, "{j}");
     assert!(j["text"].as_str().unwrap().contains("<@U123>, <@U456>"), "says who may approve: {j}");
     assert_eq!(j["response_type"], "ephemeral");
@@ -273,7 +279,7 @@ async fn refused_interactions_get_the_right_status_and_change_nothing() {
     assert_eq!((told["response_type"].as_str(), told["replace_original"].as_bool()), (Some("ephemeral"), Some(false)));
     // Malformed: not a form, unknown action, other interaction types.
     assert_eq!(a.signed("{\"type\":\"block_actions\"}").await.0, 400);
-    assert_eq!(a.signed(&click("vane_delete", &r.id, "U123", "alice", "")).await.0, 400);
+    assert_eq!(a.signed(&click("vane_delete", &gate50(&r), "U123", "alice", "")).await.0, 400);
     let view = serde_urlencoded::to_string([(
         "payload",
         json!({"type": "view_submission", "user": {"id": "U123"}}).to_string(),
@@ -292,7 +298,7 @@ async fn abort_from_slack_rolls_back_and_records_the_user() {
     let a = api().await;
     let r = a.at_gate("cart").await;
     // Abort is open to anyone who can click (it only ever moves traffic back to stable).
-    let (s, j) = a.signed(&click("vane_abort", &r.id, "U999", "eve", "")).await;
+    let (s, j) = a.signed(&click("vane_abort", &gate50(&r), "U999", "eve", "")).await;
     assert_eq!(s, 200, "{j}");
     wait_phase(&a.c, &r.id, Phase::Aborted, WAIT).await;
     assert_eq!(a.w.weights("cart"), [20, 50, 0]);
@@ -300,9 +306,9 @@ async fn abort_from_slack_rolls_back_and_records_the_user() {
     let aborted = ev.iter().find(|e| e.kind == "aborted").unwrap();
     assert_eq!(aborted.actor, "slack:U999 (eve)");
     // Buttons of a finished rollout: 409, nothing happens.
-    let (s, j) = a.signed(&click("vane_abort", &r.id, "U123", "alice", "")).await;
+    let (s, j) = a.signed(&click("vane_abort", &gate50(&r), "U123", "alice", "")).await;
     assert_eq!(s, 409, "{j}");
-    let (s, _) = a.signed(&click("vane_promote", &r.id, "U123", "alice", "")).await;
+    let (s, _) = a.signed(&click("vane_promote", &gate50(&r), "U123", "alice", "")).await;
     assert_eq!(s, 409);
     assert_eq!(events(&a.c, &r.id).len(), ev.len());
 }
@@ -314,7 +320,7 @@ async fn promote_from_a_stale_gate_message_does_not_skip_a_step() {
     a.c.command(&r.id, Command::Promote { full: false }, "ci").await.unwrap(); // passed via the API
     wait_phase(&a.c, &r.id, Phase::Succeeded, WAIT).await;
     let n = events(&a.c, &r.id).len();
-    let (s, j) = a.signed(&click("vane_promote", &r.id, "U123", "alice", "")).await;
+    let (s, j) = a.signed(&click("vane_promote", &gate50(&r), "U123", "alice", "")).await;
     assert_eq!(s, 409, "{j}");
     assert_eq!(events(&a.c, &r.id).len(), n);
 }
@@ -340,4 +346,22 @@ async fn without_a_signing_secret_the_endpoint_is_off() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+}
+
+/// Buttons posted by an older vane carry the bare rollout id: Promote cannot tell which gate it was
+/// for (409, nothing changes); Abort can only move traffic back to stable, so it is still accepted.
+#[tokio::test]
+async fn a_bare_rollout_id_may_abort_but_not_promote() {
+    let a = api().await;
+    let r = a.at_gate("cart").await;
+    let before = a.snapshot(&r.id);
+    let (s, j) = a.signed(&click("vane_promote", &r.id, "U123", "alice", "")).await;
+    assert_eq!(s, 409, "{j}");
+    assert!(j["text"].as_str().unwrap().contains("--gate"), "says what to do instead: {j}");
+    assert_eq!(a.snapshot(&r.id), before);
+    let (s, j) = a.signed(&click("vane_abort", &r.id, "U123", "alice", "")).await;
+    assert_eq!(s, 200, "{j}");
+    wait_phase(&a.c, &r.id, Phase::Aborted, WAIT).await;
+    // A value whose gate is not a weight is malformed.
+    assert_eq!(a.signed(&click("vane_abort", &format!("{}:x", r.id), "U123", "alice", "")).await.0, 400);
 }

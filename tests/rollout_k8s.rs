@@ -28,7 +28,7 @@ const INTERVAL: Duration = Duration::from_millis(200);
 fn vs_object() -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-        "metadata": { "name": "agent-service" },
+        "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
         "spec": { "hosts": ["agent-service"], "http": [
             { "match": [{ "headers": { "canary": { "exact": "true" } } }],
               "route": [{ "destination": { "host": "agent-service", "subset": "v1-1-0" } }] },

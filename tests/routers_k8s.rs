@@ -21,7 +21,7 @@ use vane::traffic::{Router, RouterFactory, Routers};
 fn standard_vs() -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-        "metadata": { "name": "agent-service", "labels": { "app": "agent-service" } },
+        "metadata": { "name": "agent-service", "labels": { "app": "agent-service", "vane.dev/managed": "true" } },
         "spec": {
             "hosts": ["agent-service"],
             "http": [
@@ -52,7 +52,7 @@ fn standard_dr(subsets: &[&str]) -> Value {
 fn standard_ingress() -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": { "name": "agent-service-ingress",
+        "metadata": { "name": "agent-service-ingress", "labels": { "vane.dev/managed": "true" },
             "annotations": { "nginx.ingress.kubernetes.io/upstream-vhost": "agent-service-blue.ai-workflow-prod.svc.cluster.local" } },
         "spec": { "ingressClassName": "nginx", "rules": [{ "host": "api.aiworkflow.com", "http": { "paths": [
             { "path": "/api/agents", "pathType": "Prefix",
@@ -320,4 +320,41 @@ async fn nginx_ingress_missing_main_ingress_is_refused() {
     };
     let e = build(client, &ns, spec, canary_policy()).validate().await.unwrap_err();
     assert!(e.is_permanent() && e.to_string().contains("Ingress") && e.to_string().contains("not found"), "{e}");
+}
+
+/// `[kubernetes]` limits inside the router itself (they also bind rollouts resumed after the
+/// configuration was narrowed): an unlabelled object is refused unless opt-in is off, and a
+/// namespace outside the allow-list is refused before any request is made.
+#[tokio::test]
+async fn routers_honour_opt_in_and_the_namespace_allow_list() {
+    let client = k8s::shared_client().await;
+    let ns = k8s::namespace("opt-in");
+    let mut vs = standard_vs();
+    vs["metadata"]["labels"] = json!({ "app": "agent-service" });
+    create(&client, &ns, &virtual_service(), vs).await;
+    create(&client, &ns, &destination_rule(), standard_dr(&["v1-0-0", "v1-1-0"])).await;
+    let router = |settings: vane::config::Kubernetes| {
+        let mut req = fixtures::request("agent-service", "canary");
+        req.namespace = ns.clone();
+        req.router = istio_spec();
+        let (rollout, _) = machine::create("r".into(), &req, canary_policy(), "test", 0);
+        Routers::with_kube_client_and(client.clone(), &settings).build(&rollout).expect("router builds")
+    };
+    let rv = read(&client, &ns, &virtual_service(), "agent-service").await.metadata.resource_version;
+    let strict = router(Default::default());
+    for e in [strict.validate().await.unwrap_err(), strict.set_weight(5).await.unwrap_err()] {
+        assert!(e.is_permanent() && e.to_string().contains("vane.dev/managed"), "{e}");
+    }
+    assert_eq!(read(&client, &ns, &virtual_service(), "agent-service").await.metadata.resource_version, rv);
+    let elsewhere = router(vane::config::Kubernetes {
+        namespaces: vane::scope::Namespaces(vec!["payments-*".into()]),
+        require_opt_in: false,
+        ..Default::default()
+    });
+    let e = elsewhere.set_weight(5).await.unwrap_err();
+    assert!(e.is_permanent() && e.to_string().contains("payments-*"), "{e}");
+    let relaxed = router(vane::config::Kubernetes { require_opt_in: false, ..Default::default() });
+    relaxed.validate().await.expect("opt-in off: any object in an allowed namespace");
+    relaxed.set_weight(5).await.expect("written");
+    assert_eq!(vs_weights(&client, &ns).await, (95, 5));
 }

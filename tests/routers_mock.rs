@@ -117,7 +117,8 @@ fn istio() -> RouterSpec {
 fn vs(rv: &str, stable: i64, canary: i64) -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-        "metadata": { "name": "agent-service", "namespace": "prod", "resourceVersion": rv },
+        "metadata": { "name": "agent-service", "namespace": "prod", "resourceVersion": rv,
+                      "labels": { "vane.dev/managed": "true" } },
         "spec": { "hosts": ["agent-service"], "http": [
             { "match": [{ "headers": { "canary": { "exact": "true" } } }],
               "route": [{ "destination": { "host": "agent-service", "subset": "v1-1-0" } }] },
@@ -237,7 +238,8 @@ async fn istio_validate_refuses_a_missing_subset() {
 fn ingress(name: &str, rv: &str, service: &str, annotations: Value) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": { "name": name, "namespace": "prod", "resourceVersion": rv, "annotations": annotations },
+        "metadata": { "name": name, "namespace": "prod", "resourceVersion": rv, "annotations": annotations,
+                      "labels": { "vane.dev/managed": "true" } },
         "spec": { "rules": [{ "host": "api.aiworkflow.com", "http": { "paths": [{ "path": "/api/agents", "pathType": "Prefix",
             "backend": { "service": { "name": service, "port": { "number": 8080 } } } }] } }] }
     })
@@ -281,7 +283,7 @@ async fn nginx_ingress_canary_creates_the_canary_ingress_by_cloning_the_main_one
     let wanted = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
         "metadata": { "name": "agent-service-canary", "namespace": "prod",
-            "labels": { "app.kubernetes.io/managed-by": "vane" },
+            "labels": { "vane.dev/managed": "true", "app.kubernetes.io/managed-by": "vane" },
             "annotations": { "team": "agents", "nginx.ingress.kubernetes.io/canary": "true",
                              "nginx.ingress.kubernetes.io/canary-weight": "5", "vane.dev/stable-service": "agent-service-blue" } },
         "spec": { "rules": [{ "host": "api.aiworkflow.com", "http": { "paths": [{ "path": "/api/agents", "pathType": "Prefix",
@@ -342,7 +344,7 @@ async fn nginx_ingress_canary_weight_is_an_annotation_patch() {
 
 #[tokio::test]
 async fn a_kubernetes_router_without_cluster_access_fails_permanently_not_with_a_panic() {
-    let cfg = vane::config::Kubernetes { kubeconfig: "/nonexistent/kubeconfig".into(), context: String::new() };
+    let cfg = vane::config::Kubernetes { kubeconfig: "/nonexistent/kubeconfig".into(), ..Default::default() };
     let mut req = fixtures::request("agent-service", "canary");
     req.router = istio();
     let (rollout, _) = machine::create("r1".into(), &req, canary_policy(), "test", 0);

@@ -101,6 +101,7 @@ async fn etcd_answers_every_query_as_sled_does() {
                         namespace: namespace.map(Into::into),
                         phase,
                         limit,
+                        ..Default::default()
                     };
                     assert_eq!(ids(&Store::list(&e, &f).unwrap()), ids(&s.list(&f).unwrap()), "{f:?}");
                 }

@@ -35,7 +35,13 @@ fn filters() -> Vec<ListFilter> {
         for n in namespaces {
             for p in phases {
                 for limit in [1, 3, 1000] {
-                    out.push(ListFilter { service: s.map(Into::into), namespace: n.map(Into::into), phase: p, limit });
+                    out.push(ListFilter {
+                        service: s.map(Into::into),
+                        namespace: n.map(Into::into),
+                        phase: p,
+                        limit,
+                        scope: None,
+                    });
                 }
             }
         }

@@ -73,7 +73,7 @@ impl From<ControllerError> for ApiError {
         match e {
             ControllerError::NotFound(_) => ApiError::not_found(e.to_string()),
             ControllerError::Invalid(f) => ApiError::unprocessable(f.field.clone(), f.to_string()),
-            ControllerError::Command(c) => ApiError::new(StatusCode::CONFLICT, "invalid_phase", c.to_string()),
+            ControllerError::Command(c) => ApiError::new(StatusCode::CONFLICT, command_code(&c), c.to_string()),
             ControllerError::Store(s) => s.into(),
             // The API forwards commands to the owner; this is the answer when it cannot.
             ControllerError::Elsewhere { .. } => {
@@ -86,7 +86,9 @@ impl From<ControllerError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::Conflict { .. } | StoreError::TargetConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             StoreError::IdempotencyMismatch => {
                 ApiError::unprocessable("Idempotency-Key", e.to_string()).with_code("idempotency_mismatch")
             }
@@ -103,5 +105,13 @@ impl ApiError {
     fn with_code(mut self, code: &'static str) -> Self {
         self.code = code;
         self
+    }
+}
+
+/// `gate_not_current` for an approval of a gate the rollout does not wait at, else `invalid_phase`.
+fn command_code(c: &crate::rollout::machine::CommandError) -> &'static str {
+    match c {
+        crate::rollout::machine::CommandError::GateNotCurrent { .. } => "gate_not_current",
+        crate::rollout::machine::CommandError::NotAllowed { .. } => "invalid_phase",
     }
 }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod error;
 pub mod forward;
 pub mod openapi;
+pub mod replay;
 pub mod routes;
 pub mod slack;
 
@@ -38,9 +39,31 @@ impl AppState {
     }
 }
 
+/// Every route: the API, the probes and `/metrics`, on one port.
 pub fn router(state: AppState) -> Router {
+    routes(state, true)
+}
+
+/// The API and the probes without `/metrics`, for a daemon serving metrics on their own port.
+pub fn router_without_metrics(state: AppState) -> Router {
+    routes(state, false)
+}
+
+/// `/metrics` and the probes only (`[server] metrics_listen`).
+pub fn ops_router(state: AppState) -> Router {
     use routes::*;
     Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+fn routes(state: AppState, with_metrics: bool) -> Router {
+    use routes::*;
+    let r = Router::new()
         .route("/api/v1/rollouts", post(create_rollout).get(list_rollouts))
         .route("/api/v1/rollouts/{id}", get(get_rollout))
         .route("/api/v1/rollouts/{id}/events", get(rollout_events))
@@ -54,9 +77,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/policy.schema.json", get(openapi::serve_policy_schema))
         .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
+        .route("/health/ready", get(ready));
+    let r = if with_metrics { r.route("/metrics", get(metrics)) } else { r };
+    r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), count_request))

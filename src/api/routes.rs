@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::auth::{Operator, Viewer};
+use super::auth::{Caller, Operator, Viewer};
 use super::error::{ApiError, ErrorBody};
 use crate::policy::Policy;
 use crate::rollout::controller::ControllerError;
@@ -30,6 +30,11 @@ pub struct PromoteBody {
     /// Go straight to 100 % instead of passing only the current gate/step.
     #[serde(default)]
     pub full: bool,
+    /// Approve exactly the gate at this weight (%): refused (409) unless the rollout waits at it, so a
+    /// retried request approves once and never passes the step after the gate. Not with `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
+    pub gate: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -154,6 +159,7 @@ pub async fn create_rollout(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CreateRequest = parse_json(body, false)?.unwrap_or_else(|| unreachable!("required body"));
+    caller.check_create(&req.namespace)?;
     let idem = match headers.get("idempotency-key") {
         Some(v) => {
             let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
@@ -161,7 +167,7 @@ pub async fn create_rollout(
             })?;
             // Canonical body: the parsed request re-serialised, so formatting differences don't matter.
             let canonical = serde_json::to_string(&req).unwrap_or_default();
-            Some((key.to_string(), canonical))
+            Some((caller.idempotency_key(key), canonical))
         }
         None => None,
     };
@@ -176,7 +182,7 @@ pub async fn create_rollout(
     security(("bearer" = [])))]
 pub async fn list_rollouts(
     State(s): State<AppState>,
-    _viewer: Viewer,
+    Viewer(caller): Viewer,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Items<RolloutView>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -199,6 +205,7 @@ pub async fn list_rollouts(
         namespace: q.namespace.filter(|s| !s.is_empty()),
         phase,
         limit,
+        scope: (!caller.namespaces.is_all()).then(|| caller.namespaces.clone()),
     };
     let owners = s.controller.env().store.owners()?;
     let items = s
@@ -216,10 +223,12 @@ pub async fn list_rollouts(
     security(("bearer" = [])))]
 pub async fn get_rollout(
     State(s): State<AppState>,
-    _viewer: Viewer,
+    Viewer(caller): Viewer,
     RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
-    Ok(Json(s.view(s.controller.get(&id)?)))
+    let r = s.controller.get(&id)?;
+    caller.check_visible(&id, &r.namespace)?;
+    Ok(Json(s.view(r)))
 }
 
 /// A rollout's ordered, append-only history.
@@ -228,15 +237,19 @@ pub async fn get_rollout(
     security(("bearer" = [])))]
 pub async fn rollout_events(
     State(s): State<AppState>,
-    _viewer: Viewer,
+    Viewer(caller): Viewer,
     RolloutId(id): RolloutId,
 ) -> Result<Json<Items<Event>>, ApiError> {
+    caller.check_visible(&id, &s.controller.get(&id)?.namespace)?;
     Ok(Json(Items { items: s.controller.events(&id)? }))
 }
 
-/// Apply a command here, or (HA) forward the request to the replica that owns the rollout.
-async fn command(s: &AppState, id: &str, c: Command, actor: &str, fwd: Forward) -> Result<Response, ApiError> {
-    match s.controller.command(id, c, actor).await {
+/// Run a command for `caller` here, or (HA) forward the request to the replica that owns the
+/// rollout. A rollout outside the caller's namespaces is not found (a rollout's namespace never
+/// changes, so checking it first cannot race with the command).
+async fn command(s: &AppState, id: &str, c: Command, caller: &Caller, fwd: Forward) -> Result<Response, ApiError> {
+    caller.check_visible(id, &s.controller.get(id)?.namespace)?;
+    match s.controller.command(id, c, &caller.name).await {
         Ok(r) => Ok(Json(s.view(r)).into_response()),
         Err(ControllerError::Elsewhere { replica, url, .. }) => {
             super::forward::forward(&url, &replica, &fwd.path, &fwd.headers, fwd.body).await
@@ -259,12 +272,13 @@ impl Forward {
     }
 }
 
-/// Pass the current gate/step, or with `full` go straight to 100 %.
+/// Pass the current gate/step, or with `full` go straight to 100 %, or with `gate` approve exactly
+/// that gate (once: safe to retry).
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/promote", tag = "control", params(("id" = String, Path)),
     request_body(content = Option<PromoteBody>, description = "optional (empty or null: pass the current gate/step)"),
     responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "not valid in the current phase", body = ErrorBody),
+        (status = 409, description = "not valid in the current phase, or `gate` is not the gate the rollout waits at", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn promote(
@@ -277,7 +291,13 @@ pub async fn promote(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
     let b: PromoteBody = parse_json(Ok(body.clone()), true)?.unwrap_or_default();
-    command(&s, &id, Command::Promote { full: b.full }, &c.name, Forward::new(&uri, headers, body)).await
+    let cmd = match b.gate {
+        Some(_) if b.full => return Err(ApiError::unprocessable("gate", "give either full or gate, not both")),
+        Some(at) if at > 100 => return Err(ApiError::unprocessable("gate", "a gate is a weight of 0-100")),
+        Some(at) => Command::ApproveGate { at },
+        None => Command::Promote { full: b.full },
+    };
+    command(&s, &id, cmd, &c, Forward::new(&uri, headers, body)).await
 }
 
 /// Hold the rollout where it is.
@@ -292,7 +312,7 @@ pub async fn pause(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    command(&s, &id, Command::Pause, &c.name, Forward::new(&uri, headers, Bytes::new())).await
+    command(&s, &id, Command::Pause, &c, Forward::new(&uri, headers, Bytes::new())).await
 }
 
 /// Continue a paused rollout.
@@ -307,7 +327,7 @@ pub async fn resume(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    command(&s, &id, Command::Resume, &c.name, Forward::new(&uri, headers, Bytes::new())).await
+    command(&s, &id, Command::Resume, &c, Forward::new(&uri, headers, Bytes::new())).await
 }
 
 /// Roll back now.
@@ -330,7 +350,7 @@ pub async fn abort(
     if b.reason.as_ref().is_some_and(|r| r.len() > 1000) {
         return Err(ApiError::unprocessable("reason", "at most 1000 characters"));
     }
-    command(&s, &id, Command::Abort { reason: b.reason }, &c.name, Forward::new(&uri, headers, body)).await
+    command(&s, &id, Command::Abort { reason: b.reason }, &c, Forward::new(&uri, headers, body)).await
 }
 
 /// HA (etcd store): every live replica, its advertised URL, lease expiry and the rollouts it owns.

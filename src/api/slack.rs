@@ -2,15 +2,23 @@
 //!
 //! Order of checks, each answering before anything changes:
 //! 1. Slack's signature: `X-Slack-Request-Timestamp` within 5 minutes of now (either direction) and
-//!    `X-Slack-Signature` = `v0=HMAC-SHA256(secret, "v0:<ts>:<raw body>")`, compared in constant time
-//!    → otherwise **401**;
-//! 2. the form body `payload=<JSON>` of type `block_actions` with a known `action_id` → otherwise **400**;
+//!    `X-Slack-Signature` = `v0=HMAC-SHA256(secret, "v0:<ts>:<raw body>")`, compared in constant time,
+//!    and not seen before (a captured request replayed within the window) → otherwise **401**;
+//! 2. the form body `payload=<JSON>` of type `block_actions` with a known `action_id` and a button
+//!    `value` of `<rollout id>:<gate weight>` → otherwise **400**;
 //! 3. the rollout exists → otherwise **404**;
-//! 4. Promote: the rollout waits at a gate → otherwise **409**; the gate's `approvers` (if any) list the
-//!    clicking user → otherwise **403**. Abort is open to anyone who can click: rolling back is always
-//!    the safe direction (an operator token can do the same from the CLI);
+//! 4. the rollout waits at exactly that gate → otherwise **409** (a button of an earlier gate, or of a
+//!    gate already passed); Promote also needs the gate's `approvers` (if any) to list the clicking
+//!    user → otherwise **403**. Abort is open to anyone who can click: rolling back is always the
+//!    safe direction (an operator token can do the same from the CLI);
 //! 5. the controller applies the command (at most 2.5 s, Slack wants an answer within 3 s) → **200**,
-//!    or **409** when the phase does not allow it.
+//!    or **409** when the phase does not allow it. Promote is the machine's `ApproveGate { at }`, so
+//!    a second click on the same button — even one racing the first — is a 409 and never passes the
+//!    step after the gate.
+//!
+//! A `value` that is a bare rollout id (the format of SPEC §5 before gates were named) cannot say
+//! which gate it was for: Promote with it is refused (409), Abort with it is accepted (it can only
+//! move traffic back to stable).
 //!
 //! The acting user is recorded in the rollout's events as `slack:<user id> (<name>)`. Because Slack
 //! ignores the HTTP body of a `block_actions` answer, the outcome is also posted to the payload's
@@ -31,6 +39,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::replay::SeenSignatures;
 use super::routes::body_bytes;
 use crate::notify::slack::{ABORT_ACTION, PROMOTE_ACTION, esc};
 use crate::rollout::controller::{Controller, ControllerError};
@@ -78,6 +87,7 @@ pub struct SlackInteractions {
     reply_prefix: String,
     client: reqwest::Client,
     command_timeout: Duration,
+    seen: SeenSignatures,
 }
 
 type Answer = (StatusCode, Value);
@@ -112,6 +122,7 @@ impl SlackInteractions {
             reply_prefix: SLACK_RESPONSE_PREFIX.into(),
             client,
             command_timeout: Duration::from_millis(2500),
+            seen: SeenSignatures::default(),
         })
     }
 
@@ -155,6 +166,13 @@ impl SlackInteractions {
             };
             return (answer(StatusCode::UNAUTHORIZED, text), None);
         }
+        // Verified, so both headers are present and the timestamp parses.
+        let ts = header("x-slack-request-timestamp").and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or_default();
+        let sig = header("x-slack-signature").unwrap_or_default();
+        if let Err(e) = self.seen.check_and_insert(ts, sig, now_secs()) {
+            tracing::warn!(error = %e, "refused a Slack interaction");
+            return (answer(StatusCode::UNAUTHORIZED, e.to_string()), None);
+        }
         let p = match parse(body) {
             Ok(p) => p,
             Err(why) => return (answer(StatusCode::BAD_REQUEST, why), None),
@@ -178,7 +196,14 @@ impl SlackInteractions {
             ABORT_ACTION => false,
             other => return answer(StatusCode::BAD_REQUEST, format!("unknown action {other:?}")),
         };
-        let id = action.value.as_deref().unwrap_or_default().trim();
+        let value = action.value.as_deref().unwrap_or_default().trim();
+        let (id, gate) = match value.split_once(':') {
+            Some((id, at)) => match at.parse::<u8>() {
+                Ok(at) if at <= 100 => (id, Some(at)),
+                _ => return answer(StatusCode::BAD_REQUEST, format!("button value {value:?} does not name a gate")),
+            },
+            None => (value, None),
+        };
         let name = p.user.username.as_deref().or(p.user.name.as_deref()).map(clean_name).unwrap_or_default();
         let actor =
             if name.is_empty() { format!("slack:{}", p.user.id) } else { format!("slack:{} ({name})", p.user.id) };
@@ -189,14 +214,15 @@ impl SlackInteractions {
             Ok(r) => r,
             Err(e) => return error_answer(e),
         };
-        let command = if promote {
-            if let Err(a) = may_promote(&r, &p.user.id) {
-                tracing::warn!(rollout = %r.id, %actor, "Slack promote refused: {}", a.1["text"]);
-                return a;
-            }
-            Command::Promote { full: false }
-        } else {
-            Command::Abort { reason: Some("aborted from Slack".into()) }
+        if let Err(a) =
+            at_gate(&r, gate, promote).and_then(|()| if promote { may_promote(&r, &p.user.id) } else { Ok(()) })
+        {
+            tracing::warn!(rollout = %r.id, %actor, "Slack {} refused: {}", action.action_id, a.1["text"]);
+            return a;
+        }
+        let command = match gate {
+            Some(at) if promote => Command::ApproveGate { at },
+            _ => Command::Abort { reason: Some("aborted from Slack".into()) },
         };
         match tokio::time::timeout(self.command_timeout, controller.command(id, command, &actor)).await {
             Ok(Ok(after)) => {
@@ -204,7 +230,7 @@ impl SlackInteractions {
                 let text = if promote {
                     format!(
                         "✅ Gate at {}% approved by {user}: *{}* `{}` continues.",
-                        r.canary_weight,
+                        gate.unwrap_or(r.canary_weight),
                         esc(&r.service),
                         esc(&r.version)
                     )
@@ -226,14 +252,39 @@ impl SlackInteractions {
     }
 }
 
-/// Promote from Slack only at a gate, and only by its approvers (if it lists any).
-fn may_promote(r: &Rollout, user: &str) -> Result<(), Answer> {
-    if r.effective_phase() != Phase::AwaitingApproval {
-        return Err(answer(
+/// The button's gate must be the one the rollout waits at (a bare id: only Abort, see the module doc).
+fn at_gate(r: &Rollout, gate: Option<u8>, promote: bool) -> Result<(), Answer> {
+    let waiting = r.effective_phase() == Phase::AwaitingApproval;
+    match gate {
+        None if promote => Err(answer(
             StatusCode::CONFLICT,
-            format!("{} is {}, not waiting at a gate: nothing to approve", r.service, r.phase.as_str()),
-        ));
+            "this button does not say which gate it approves (a message from an older vane): \
+             promote with `vane rollout promote --gate <weight>` instead",
+        )),
+        None => Ok(()),
+        Some(at) if waiting && r.canary_weight == at => Ok(()),
+        Some(at) if waiting => Err(answer(
+            StatusCode::CONFLICT,
+            format!(
+                "this button is for the gate at {at}%; {} now waits at {}%: use that message's buttons",
+                esc(&r.service),
+                r.canary_weight
+            ),
+        )),
+        Some(at) => Err(answer(
+            StatusCode::CONFLICT,
+            format!(
+                "the gate at {at}% is no longer current: {} is {} at {}% canary",
+                esc(&r.service),
+                r.phase.as_str(),
+                r.canary_weight
+            ),
+        )),
     }
+}
+
+/// Promote from Slack only by the gate's approvers (if it lists any).
+fn may_promote(r: &Rollout, user: &str) -> Result<(), Answer> {
     if let Some(g) = r.policy.gate_at(r.canary_weight)
         && !g.approvers.is_empty()
         && !g.approvers.iter().any(|a| a == user)

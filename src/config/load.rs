@@ -135,6 +135,7 @@ impl Config {
                 }
             }
         })?;
+        cfg.check_scopes().map_err(|message| ConfigError::Read { path: "configuration".into(), message })?;
         Ok((cfg, sources))
     }
 }

@@ -14,9 +14,15 @@ use crate::policy::Strategy;
 use crate::rollout::ports::MetricVerdict;
 use crate::rollout::{Event, EventKind, Phase, Rollout};
 
-/// `action_id` of the gate's buttons; their `value` is the rollout id.
+/// `action_id` of the gate's buttons; their `value` names the rollout and the gate, see [`button_value`].
 pub const PROMOTE_ACTION: &str = "vane_promote";
 pub const ABORT_ACTION: &str = "vane_abort";
+
+/// A gate button's `value`: `<rollout id>:<gate weight>`, so a click can only ever act on the gate
+/// its message showed (a later gate of the same rollout is another value).
+pub fn button_value(id: &str, gate_at: u8) -> String {
+    format!("{id}:{gate_at}")
+}
 
 /// Escape text for mrkdwn (Slack interprets `&`, `<`, `>`).
 pub fn esc(s: &str) -> String {
@@ -102,9 +108,9 @@ pub fn message(r: &Rollout, e: &Event, history: impl FnOnce() -> Vec<Event>) -> 
                 blocks.push(context(format!("Approvers: {}", who.join(", "))));
             }
             blocks.push(json!({ "type": "actions", "block_id": "vane_gate", "elements": [
-                { "type": "button", "action_id": PROMOTE_ACTION, "style": "primary", "value": r.id,
+                { "type": "button", "action_id": PROMOTE_ACTION, "style": "primary", "value": button_value(&r.id, w),
                   "text": { "type": "plain_text", "text": "Promote" } },
-                { "type": "button", "action_id": ABORT_ACTION, "style": "danger", "value": r.id,
+                { "type": "button", "action_id": ABORT_ACTION, "style": "danger", "value": button_value(&r.id, w),
                   "text": { "type": "plain_text", "text": "Abort" },
                   "confirm": {
                       "title": { "type": "plain_text", "text": "Abort the rollout?" },

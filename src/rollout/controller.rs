@@ -10,6 +10,7 @@ use super::machine::{self, Command, CommandError};
 use super::ports::{Created, ListFilter, StoreError};
 use super::{CreateRequest, Event, Rollout};
 use crate::policy::{FieldError, Policy};
+use crate::scope::Namespaces;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -48,11 +49,24 @@ pub struct Controller {
     env: Arc<Env>,
     policies: Arc<RwLock<Arc<Vec<Policy>>>>,
     drivers: Drivers,
+    /// `[kubernetes] namespaces`: where Kubernetes routers may be used at all.
+    kube_namespaces: Namespaces,
 }
 
 impl Controller {
     pub fn new(env: Arc<Env>, policies: Vec<Policy>) -> Controller {
-        Controller { env, policies: Arc::new(RwLock::new(Arc::new(policies))), drivers: Arc::default() }
+        Controller {
+            env,
+            policies: Arc::new(RwLock::new(Arc::new(policies))),
+            drivers: Arc::default(),
+            kube_namespaces: Namespaces::all(),
+        }
+    }
+
+    /// Refuse (422) rollouts with a Kubernetes router outside these namespaces.
+    pub fn with_kubernetes_namespaces(mut self, namespaces: Namespaces) -> Self {
+        self.kube_namespaces = namespaces;
+        self
     }
 
     pub fn env(&self) -> &Arc<Env> {
@@ -93,6 +107,17 @@ impl Controller {
         idempotency: Option<(String, String)>,
     ) -> Result<(Rollout, bool), ControllerError> {
         let policy = req.resolve(&self.policies())?;
+        if req.router.is_kubernetes() && !self.kube_namespaces.allows(&req.namespace) {
+            return Err(FieldError::new(
+                "namespace",
+                format!(
+                    "vane may not touch Kubernetes objects in namespace {:?} ([kubernetes] namespaces: {})",
+                    req.namespace,
+                    self.kube_namespaces.describe()
+                ),
+            )
+            .into());
+        }
         let now = self.env.clock.now();
         let id = ulid::Ulid::new().to_string();
         let (mut r, out) = machine::create(id, &req, policy, actor, now);

@@ -209,6 +209,9 @@ pub enum StoreError {
     Backend(String),
     #[error("an active rollout for {namespace}/{service} already exists: {id}")]
     Conflict { namespace: String, service: String, id: String },
+    /// Another active rollout drives this router object (see [`super::RouterSpec::targets`]).
+    #[error("an active rollout already drives {target}{}: {id}", if part == "*" { String::new() } else { format!(" (route {part:?})") })]
+    TargetConflict { target: String, part: String, id: String },
     #[error("Idempotency-Key was used before with a different request body")]
     IdempotencyMismatch,
     #[error("corrupt record {key}: {error}")]
@@ -232,6 +235,8 @@ pub struct ListFilter {
     pub namespace: Option<String>,
     pub phase: Option<Phase>,
     pub limit: usize,
+    /// Only these namespaces (a scoped token's view); None: all.
+    pub scope: Option<crate::scope::Namespaces>,
 }
 
 impl ListFilter {
@@ -240,6 +245,7 @@ impl ListFilter {
         self.service.as_ref().is_none_or(|s| s == service)
             && self.namespace.as_ref().is_none_or(|n| n == namespace)
             && self.phase.is_none_or(|p| p == phase)
+            && self.scope.as_ref().is_none_or(|s| s.allows(namespace))
     }
 }
 

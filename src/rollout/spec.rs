@@ -83,6 +83,37 @@ impl RouterSpec {
         }
     }
 
+    /// Does it drive Kubernetes objects (and so fall under `[kubernetes]`'s limits)?
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(self, RouterSpec::Istio { .. } | RouterSpec::NginxIngress { .. } | RouterSpec::GatewayApi { .. })
+    }
+
+    /// The objects (and parts of them) this router writes, for the uniqueness rule "two active
+    /// rollouts never drive the same target": (`namespace/Kind/name`, part), where part `*` is the
+    /// whole object and conflicts with every part. An istio route left unnamed is whichever route
+    /// has the two subsets, so it claims the whole VirtualService (name the route to share one); the
+    /// same for a Gateway API rule.
+    pub fn targets(&self, namespace: &str) -> Vec<(String, String)> {
+        match self {
+            RouterSpec::Istio { virtual_service, route, .. } => {
+                vec![(format!("{namespace}/VirtualService/{virtual_service}"), route.clone().unwrap_or("*".into()))]
+            }
+            RouterSpec::NginxIngress { ingress, canary_ingress, .. } => std::iter::once(ingress)
+                .chain(canary_ingress)
+                .map(|i| (format!("{namespace}/Ingress/{i}"), "*".to_string()))
+                .collect(),
+            RouterSpec::GatewayApi { http_route, grpc_route, rule, .. } => {
+                let (kind, name) = match (http_route, grpc_route) {
+                    (Some(h), _) => ("HTTPRoute", h),
+                    (None, Some(g)) => ("GRPCRoute", g),
+                    (None, None) => return vec![],
+                };
+                vec![(format!("{namespace}/{kind}/{name}"), rule.clone().unwrap_or("*".into()))]
+            }
+            RouterSpec::Nginx { .. } | RouterSpec::Exec { .. } => vec![],
+        }
+    }
+
     /// Whether the router can read its live weight back, so hand edits can be detected (drift).
     pub fn supports_drift_check(&self) -> bool {
         match self {

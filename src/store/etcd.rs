@@ -210,7 +210,7 @@ impl Inner {
     }
 
     async fn list(&self, f: ListFilter) -> Result<Vec<Rollout>, StoreError> {
-        let filtered = f.service.is_some() || f.namespace.is_some() || f.phase.is_some();
+        let filtered = f.service.is_some() || f.namespace.is_some() || f.phase.is_some() || f.scope.is_some();
         let mut opts = GetOptions::new().with_sort(SortTarget::Key, SortOrder::Descend);
         if !filtered {
             opts = opts.with_limit(f.limit as i64);

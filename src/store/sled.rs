@@ -2,7 +2,8 @@
 //!
 //! Trees: `rollouts` (id → record), `events` (id/seq → event), `active` (namespace/service → id of the
 //! non-terminal rollout), `idempotency` (key → id + body hash), `by_service` (service/namespace/id → ∅,
-//! so a list filtered by service reads that service's rollouts only). A transition and its events are written
+//! so a list filtered by service reads that service's rollouts only), `targets` (router object → the
+//! active rollouts driving parts of it, see [`crate::rollout::RouterSpec::targets`]). A transition and its events are written
 //! in one transaction and flushed before the effect it decided runs, so after a crash the store never
 //! shows an effect whose decision is missing, and event seqs are gap-free. The notification queue:
 //! `deliveries` (sink, NUL, generated id → entry), `delivery-cursors` (rollout id → last queued seq),
@@ -76,6 +77,15 @@ pub struct SledStore {
     queue: sled::Tree,
     cursors: sled::Tree,
     queue_meta: sled::Tree,
+    targets: sled::Tree,
+}
+
+/// The active rollouts driving parts of one router object: part (`*` = all of it) → rollout id.
+type Claims = std::collections::BTreeMap<String, String>;
+
+/// The claim in `claims` that `part` collides with, if any.
+fn clash<'a>(claims: &'a Claims, part: &str) -> Option<(&'a String, &'a String)> {
+    claims.iter().find(|(p, _)| part == "*" || p.as_str() == "*" || p.as_str() == part)
 }
 
 fn active_key(r: &Rollout) -> String {
@@ -108,6 +118,7 @@ impl SledStore {
             active: db.open_tree("active")?,
             idem: db.open_tree("idempotency")?,
             by_service: db.open_tree("by_service")?,
+            targets: db.open_tree("targets")?,
             flusher: Arc::default(),
             db,
         };
@@ -146,8 +157,9 @@ impl SledStore {
         let record = to_json(&staged);
         let akey = active_key(&staged);
         let skey = service_key(&staged.service, &staged.namespace, &staged.id);
-        let trees = (&self.rollouts, &self.events, &self.active, &self.idem, &self.by_service);
-        let res = trees.transaction(|(rt, et, at, it, st)| {
+        let targets = staged.router.targets(&staged.namespace);
+        let trees = (&self.rollouts, &self.events, &self.active, &self.idem, &self.by_service, &self.targets);
+        let res = trees.transaction(|(rt, et, at, it, st, tt)| {
             if let Some((key, body)) = idem
                 && let Some(prev) = it.get(key.as_bytes())?
             {
@@ -165,6 +177,18 @@ impl SledStore {
                     service: staged.service.clone(),
                     id: String::from_utf8_lossy(&id).into_owned(),
                 }));
+            }
+            for (target, part) in &targets {
+                let mut claims: Claims = match tt.get(target.as_bytes())? {
+                    Some(v) => serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?,
+                    None => Claims::new(),
+                };
+                if let Some((p, id)) = clash(&claims, part) {
+                    let (target, part, id) = (target.clone(), p.clone(), id.clone());
+                    return Err(ConflictableTransactionError::Abort(StoreError::TargetConflict { target, part, id }));
+                }
+                claims.insert(part.clone(), staged.id.clone());
+                tt.insert(target.as_bytes(), to_json(&claims))?;
             }
             rt.insert(staged.id.as_bytes(), record.as_slice())?;
             at.insert(akey.as_bytes(), staged.id.as_bytes())?;
@@ -197,14 +221,18 @@ impl SledStore {
         let record = to_json(&staged);
         let akey = active_key(&staged);
         let terminal = staged.is_terminal();
-        (&self.rollouts, &self.events, &self.active)
-            .transaction(|(rt, et, at)| {
+        let targets = if terminal { staged.router.targets(&staged.namespace) } else { vec![] };
+        (&self.rollouts, &self.events, &self.active, &self.targets)
+            .transaction(|(rt, et, at, tt)| {
                 rt.insert(staged.id.as_bytes(), record.as_slice())?;
                 for e in &events {
                     et.insert(event_key(&staged.id, e.seq), to_json(e))?;
                 }
                 if terminal && at.get(akey.as_bytes())?.as_deref() == Some(staged.id.as_bytes()) {
                     at.remove(akey.as_bytes())?;
+                }
+                for (target, part) in &targets {
+                    release(tt, target, part, &staged.id)?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
@@ -271,7 +299,7 @@ impl SledStore {
         records: impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>>,
         f: &ListFilter,
     ) -> Result<Vec<Rollout>, StoreError> {
-        let filtered = f.service.is_some() || f.namespace.is_some() || f.phase.is_some();
+        let filtered = f.service.is_some() || f.namespace.is_some() || f.phase.is_some() || f.scope.is_some();
         let mut out = Vec::new();
         for kv in records {
             let (id, v) = kv?;
@@ -341,6 +369,26 @@ impl SledStore {
     pub fn ping(&self) -> bool {
         self.rollouts.first().is_ok()
     }
+}
+
+/// Drop `id`'s claim on `target` (a finished rollout frees the object for the next one).
+fn release(
+    tt: &sled::transaction::TransactionalTree,
+    target: &str,
+    part: &str,
+    id: &str,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let Some(v) = tt.get(target.as_bytes())? else { return Ok(()) };
+    let mut claims: Claims = serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?;
+    if claims.get(part).is_some_and(|c| c == id) {
+        claims.remove(part);
+    }
+    if claims.is_empty() {
+        tt.remove(target.as_bytes())?;
+    } else {
+        tt.insert(target.as_bytes(), to_json(&claims))?;
+    }
+    Ok(())
 }
 
 fn abort_corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {

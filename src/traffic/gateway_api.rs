@@ -267,7 +267,7 @@ impl GatewayApiRouter {
     }
 
     async fn route(&self) -> Result<Obj, RouterError> {
-        Ok(Obj::new(self.kube.client().await?, &self.kind.resource(), &self.namespace, &self.route))
+        Ok(Obj::new(self.kube.client_in(&self.namespace).await?, &self.kind.resource(), &self.namespace, &self.route))
     }
 
     fn locate(&self, route: &Obj, o: &DynamicObject) -> Result<WeightedRule, RouterError> {
@@ -279,6 +279,7 @@ impl GatewayApiRouter {
     /// One read-decide-write round.
     async fn try_set(&self, route: &Obj, canary: u8) -> Result<(), Attempt> {
         let o = route.get().await?;
+        self.kube.check_opt_in(&o, &route.describe())?;
         let r = self.locate(route, &o)?;
         let mut ops = if r.holds(canary) { vec![] } else { weight_ops(&r, canary) };
         let path = format!("/spec/rules/{}/backendRefs/{}", r.rule_index, r.canary_index);
@@ -301,6 +302,7 @@ impl GatewayApiRouter {
 impl GatewayApiRouter {
     async fn try_mirror(&self, route: &Obj, percent: u8) -> Result<(), Attempt> {
         let o = route.get().await?;
+        self.kube.check_opt_in(&o, &route.describe())?;
         let r = self.locate(route, &o)?;
         let base = format!("/spec/rules/{}", r.rule_index);
         let rule = o.data.pointer(&base).cloned().unwrap_or(Value::Null);
@@ -324,6 +326,7 @@ impl Router for GatewayApiRouter {
         Box::pin(k8s::bounded("gateway-api validate", async move {
             let route = self.route().await?;
             let o = route.get().await?;
+            self.kube.check_opt_in(&o, &route.describe())?;
             let r = self.locate(&route, &o)?;
             let rules = o.data.pointer("/spec/rules").and_then(Value::as_array).map_or(0, Vec::len);
             let target = o.data.pointer(&format!("/spec/rules/{}/backendRefs/{}", r.rule_index, r.canary_index));
@@ -339,7 +342,7 @@ impl Router for GatewayApiRouter {
                     self.canary
                 )));
             }
-            let client = self.kube.client().await?;
+            let client = self.kube.client_in(&self.namespace).await?;
             for name in [&self.stable, &self.canary] {
                 let svc = Obj::new(client.clone(), &k8s::service(), &self.namespace, name);
                 if svc.get_opt().await?.is_none() {

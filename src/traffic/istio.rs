@@ -250,7 +250,12 @@ impl IstioRouter {
     }
 
     async fn vs(&self) -> Result<Obj, RouterError> {
-        Ok(Obj::new(self.kube.client().await?, &k8s::virtual_service(), &self.namespace, &self.virtual_service))
+        Ok(Obj::new(
+            self.kube.client_in(&self.namespace).await?,
+            &k8s::virtual_service(),
+            &self.namespace,
+            &self.virtual_service,
+        ))
     }
 
     fn locate(&self, vs: &Obj, o: &DynamicObject) -> Result<WeightedRoute, RouterError> {
@@ -262,6 +267,7 @@ impl IstioRouter {
     /// One read-decide-write round.
     async fn try_set(&self, vs: &Obj, canary: u8) -> Result<(), Attempt> {
         let o = vs.get().await?;
+        self.kube.check_opt_in(&o, &vs.describe())?;
         let r = self.locate(vs, &o)?;
         let mut ops = vec![];
         if r.canary_weight != Some(canary as i64) || r.stable_weight != Some(100 - canary as i64) {
@@ -287,6 +293,7 @@ impl IstioRouter {
 impl IstioRouter {
     async fn try_mirror(&self, vs: &Obj, percent: u8) -> Result<(), Attempt> {
         let o = vs.get().await?;
+        self.kube.check_opt_in(&o, &vs.describe())?;
         let r = self.locate(vs, &o)?;
         let base = format!("/spec/http/{}", r.http_index);
         let route = o.data.pointer(&base).cloned().unwrap_or(Value::Null);
@@ -308,8 +315,10 @@ impl Router for IstioRouter {
     fn validate(&self) -> BoxFut<'_, Result<(), RouterError>> {
         Box::pin(k8s::bounded("istio validate", async move {
             let vs = self.vs().await?;
-            let r = self.locate(&vs, &vs.get().await?)?;
-            let client = self.kube.client().await?;
+            let o = vs.get().await?;
+            self.kube.check_opt_in(&o, &vs.describe())?;
+            let r = self.locate(&vs, &o)?;
+            let client = self.kube.client_in(&self.namespace).await?;
             let drs: kube::Api<DynamicObject> =
                 kube::Api::namespaced_with(client, &self.namespace, &k8s::destination_rule());
             let rules = drs

@@ -17,6 +17,25 @@ use tokio::sync::OnceCell;
 use super::RouterError;
 use crate::config;
 
+/// The label by which an object's owners let vane patch it (`[kubernetes] require_opt_in`).
+pub const MANAGED_LABEL: &str = "vane.dev/managed";
+/// The label vane puts on the objects it creates (e.g. a canary Ingress).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "vane");
+
+fn label<'a>(o: &'a DynamicObject, key: &str) -> Option<&'a str> {
+    o.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
+}
+
+/// Labelled `vane.dev/managed: "true"` by its owners.
+pub fn opted_in(o: &DynamicObject) -> bool {
+    label(o, MANAGED_LABEL) == Some("true")
+}
+
+/// Created by vane (it carries vane's `app.kubernetes.io/managed-by`).
+pub fn created_by_vane(o: &DynamicObject) -> bool {
+    label(o, MANAGED_BY.0) == Some(MANAGED_BY.1)
+}
+
 /// Attempts of one guarded write before the conflict is reported as transient.
 pub const CONFLICT_ATTEMPTS: u32 = 6;
 /// Upper bound of one router call (all reads, writes and conflict retries).
@@ -36,7 +55,36 @@ impl KubeAccess {
 
     /// Use this client instead of loading a configuration (tests, embedding).
     pub fn with_client(client: kube::Client) -> Self {
-        KubeAccess { settings: config::Kubernetes::default(), client: OnceCell::new_with(Some(client)) }
+        KubeAccess::with_client_and(client, config::Kubernetes::default())
+    }
+
+    /// This client, under these `[kubernetes]` limits (namespaces, opt-in).
+    pub fn with_client_and(client: kube::Client, settings: config::Kubernetes) -> Self {
+        KubeAccess { settings, client: OnceCell::new_with(Some(client)) }
+    }
+
+    /// The client for objects in `namespace`, which `[kubernetes] namespaces` must allow (checked
+    /// again here, not only at create, so a narrowed configuration also binds resumed rollouts).
+    pub async fn client_in(&self, namespace: &str) -> Result<kube::Client, RouterError> {
+        if !self.settings.namespaces.allows(namespace) {
+            return Err(RouterError::Permanent(format!(
+                "vane may not touch namespace {namespace} ([kubernetes] namespaces: {})",
+                self.settings.namespaces.describe()
+            )));
+        }
+        self.client().await
+    }
+
+    /// May vane patch `o` (described as `what`)? With `require_opt_in` only objects its owners
+    /// labelled `vane.dev/managed: "true"`, or that vane created, are written.
+    pub fn check_opt_in(&self, o: &DynamicObject, what: &str) -> Result<(), RouterError> {
+        if !self.settings.require_opt_in || opted_in(o) || created_by_vane(o) {
+            return Ok(());
+        }
+        Err(RouterError::Permanent(format!(
+            "{what} is not labelled {MANAGED_LABEL}: \"true\"; vane only changes objects their owners opted in \
+             (add the label, or set [kubernetes] require_opt_in = false)"
+        )))
     }
 
     /// The client; a configuration that cannot be loaded is a permanent error (nothing to retry
@@ -303,10 +351,8 @@ mod tests {
 
     #[tokio::test]
     async fn missing_kubeconfig_is_a_clear_permanent_error() {
-        let k = KubeAccess::new(config::Kubernetes {
-            kubeconfig: "/nonexistent/kubeconfig".into(),
-            context: String::new(),
-        });
+        let k =
+            KubeAccess::new(config::Kubernetes { kubeconfig: "/nonexistent/kubeconfig".into(), ..Default::default() });
         let e = k.client().await.err().map(|e| (e.is_permanent(), e.to_string()));
         let (permanent, msg) = e.unwrap_or_default();
         assert!(permanent && msg.contains("no Kubernetes access") && msg.contains("/nonexistent/kubeconfig"), "{msg}");

@@ -50,6 +50,11 @@ impl Routers {
     pub fn without_events(self) -> Self {
         Routers { events: false, ..self }
     }
+
+    /// Routers talking to the cluster through this client under these `[kubernetes]` limits.
+    pub fn with_kube_client_and(client: kube::Client, kubernetes: &config::Kubernetes) -> Self {
+        Routers { kube: Arc::new(KubeAccess::with_client_and(client, kubernetes.clone())), events: true }
+    }
 }
 
 impl RouterFactory for Routers {
@@ -139,7 +144,7 @@ mod tests {
 
     #[test]
     fn every_kind_builds_without_touching_the_cluster() {
-        let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), context: String::new() });
+        let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), ..Default::default() });
         let istio = RouterSpec::Istio {
             virtual_service: "vs".into(),
             route: None,

@@ -11,6 +11,10 @@
 //! `canaryService` (0 → 100) and back (→ 0), with an `upstream-vhost` annotation that names the old
 //! service rewritten along.
 //!
+//! vane never takes over a canary Ingress it did not create: an existing `canaryIngress` must carry
+//! vane's `app.kubernetes.io/managed-by: vane` (set on every clone) or its owners' opt-in label
+//! `vane.dev/managed: "true"`; otherwise the rollout fails before traffic moves.
+//!
 //! Every write is a JSON patch guarded by the resourceVersion read just before; each intermediate
 //! state of a multi-object change keeps at least the previous canary share, so a crash between two
 //! writes never sends traffic back to the old version by surprise.
@@ -183,7 +187,7 @@ pub fn canary_clone(
     annotations.insert(STABLE_SERVICE.into(), json!(stable));
     let mut labels: Map<String, Value> =
         main.metadata.labels.iter().flatten().map(|(k, v)| (k.clone(), json!(v))).collect();
-    labels.insert("app.kubernetes.io/managed-by".into(), json!("vane"));
+    labels.insert(k8s::MANAGED_BY.0.into(), json!(k8s::MANAGED_BY.1));
     serde_json::from_value(json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
@@ -191,6 +195,20 @@ pub fn canary_clone(
         "spec": spec,
     }))
     .map_err(|e| format!("cannot build the canary Ingress: {e}"))
+}
+
+/// An existing canary Ingress is vane's to drive only if vane created it or its owners opted it in.
+pub fn check_canary_owned(k: &DynamicObject, what: &str) -> Result<(), String> {
+    if k8s::created_by_vane(k) || k8s::opted_in(k) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} exists and was not created by vane (no label {}: {} nor {}: \"true\"); vane does not take \
+         over another canary Ingress: name another router.canaryIngress, delete it, or label it",
+        k8s::MANAGED_BY.0,
+        k8s::MANAGED_BY.1,
+        k8s::MANAGED_LABEL
+    ))
 }
 
 /// The services of a canary rollout: (stable, canary).
@@ -327,7 +345,7 @@ impl NginxIngressRouter {
     }
 
     async fn objects(&self) -> Result<(Obj, Option<Obj>), RouterError> {
-        let client = self.kube.client().await?;
+        let client = self.kube.client_in(&self.namespace).await?;
         let main = Obj::new(client.clone(), &k8s::ingress(), &self.namespace, &self.ingress);
         let canary = match &self.mode {
             Mode::Canary { canary_ingress } => Some(Obj::new(client, &k8s::ingress(), &self.namespace, canary_ingress)),
@@ -354,11 +372,27 @@ impl NginxIngressRouter {
         }
     }
 
+    /// Both objects may be written: the main one is opted in, the canary one (if any) is vane's.
+    fn check_owned(
+        &self,
+        main: &Obj,
+        m: &DynamicObject,
+        kobj: &Obj,
+        k: Option<&DynamicObject>,
+    ) -> Result<(), RouterError> {
+        self.kube.check_opt_in(m, &main.describe())?;
+        match k {
+            Some(k) => check_canary_owned(k, &kobj.describe()).map_err(RouterError::Permanent),
+            None => Ok(()),
+        }
+    }
+
     /// Read both objects and take canary steps until the state is reached (a conflict restarts).
     async fn try_canary(&self, main: &Obj, kobj: &Obj, weight: u8) -> Result<(), Attempt> {
         for _ in 0..6 {
             let m = main.get().await?;
             let k = kobj.get_opt().await?;
+            self.check_owned(main, &m, kobj, k.as_ref())?;
             let (s, c) = self.resolve(&m, k.as_ref(), kobj)?;
             let next = next_canary_step(&m, k.as_ref(), &s, &c, &kobj.name, weight).map_err(RouterError::Permanent)?;
             let next = match (next, &k) {
@@ -394,6 +428,7 @@ impl NginxIngressRouter {
         let (s, c) = self.blue_green_services()?;
         let (from, to) = if weight == 100 { (s, c) } else { (c, s) };
         let m = main.get().await?;
+        self.kube.check_opt_in(&m, &main.describe())?;
         let ops = rewrite_ops(&m, from, to);
         if ops.is_empty() {
             return Ok(());
@@ -415,8 +450,15 @@ impl Router for NginxIngressRouter {
             let (main, kobj) = self.objects().await?;
             let m = main.get().await?;
             let (s, c) = match &kobj {
-                Some(kobj) => self.resolve(&m, kobj.get_opt().await?.as_ref(), kobj)?,
-                None => self.blue_green_services().map(|(s, c)| (s.to_string(), c.to_string()))?,
+                Some(kobj) => {
+                    let k = kobj.get_opt().await?;
+                    self.check_owned(&main, &m, kobj, k.as_ref())?;
+                    self.resolve(&m, k.as_ref(), kobj)?
+                }
+                None => {
+                    self.kube.check_opt_in(&m, &main.describe())?;
+                    self.blue_green_services().map(|(s, c)| (s.to_string(), c.to_string()))?
+                }
             };
             if !has_service(&m, &s) && !has_service(&m, &c) {
                 let found = services(&m);

@@ -1,4 +1,4 @@
-//! What people ask: promote (a step or straight to 100 %), pause, resume, abort.
+//! What people ask: promote (a step or straight to 100 %), approve one gate, pause, resume, abort.
 
 use serde_json::json;
 
@@ -17,6 +17,16 @@ pub(super) fn on_command(
     let deny = |hint: &'static str| Err(CommandError::NotAllowed { action, phase: r.phase, hint });
     let effective = r.effective_phase();
     match command {
+        Command::ApproveGate { at } => {
+            let waiting = effective == AwaitingApproval
+                && r.canary_weight == at
+                && !r.gates_passed.contains(&at)
+                && r.policy.gate_at(at).is_some();
+            if !waiting {
+                return Err(CommandError::GateNotCurrent { at, phase: r.phase, weight: r.canary_weight });
+            }
+            return on_command(r, Command::Promote { full: false }, actor, now, out);
+        }
         Command::Promote { full: true } => {
             if !matches!(r.phase, Pending | Progressing | Paused | AwaitingApproval) {
                 return deny("");

@@ -40,10 +40,20 @@ use timers::check_timers;
 /// Someone asking the rollout to do something.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Promote { full: bool },
+    Promote {
+        full: bool,
+    },
+    /// Approve the gate at `at` % — only while the rollout waits at exactly that gate. Unlike a plain
+    /// `Promote`, a second delivery (a double click, a retried request, a replayed button of an older
+    /// gate) is refused instead of passing whatever comes next, so a step is never left unanalysed.
+    ApproveGate {
+        at: u8,
+    },
     Pause,
     Resume,
-    Abort { reason: Option<String> },
+    Abort {
+        reason: Option<String>,
+    },
 }
 
 impl Command {
@@ -51,6 +61,7 @@ impl Command {
         match self {
             Command::Promote { full: true } => "promote --full",
             Command::Promote { full: false } => "promote",
+            Command::ApproveGate { .. } => "approve the gate of",
             Command::Pause => "pause",
             Command::Resume => "resume",
             Command::Abort { .. } => "abort",
@@ -138,6 +149,8 @@ pub struct Output {
 pub enum CommandError {
     #[error("cannot {action} a rollout that is {phase}{hint}", phase = phase.as_str())]
     NotAllowed { action: &'static str, phase: Phase, hint: &'static str },
+    #[error("the gate at {at}% is not the current gate: the rollout is {phase} at {weight}% canary", phase = phase.as_str())]
+    GateNotCurrent { at: u8, phase: Phase, weight: u8 },
 }
 
 pub const CONTROLLER: &str = "controller";
