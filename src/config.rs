@@ -17,6 +17,7 @@ pub struct Config {
     pub kubernetes: Kubernetes,
     pub slack: Slack,
     pub notifications: Notifications,
+    pub routers: RouterProfiles,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,11 +48,69 @@ pub struct Server {
     /// How long series of finished rollouts stay in /metrics.
     #[serde(with = "humantime_serde")]
     pub metrics_retention: Duration,
+    // Limits (see [`ServerLimits`]); flat keys of `[server]` as SPEC §2 spells them.
+    /// A connection that has not sent a complete request head within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request not answered within this gets a 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Open connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Creating a rollout while this many are active is a 429.
+    pub max_active_rollouts: usize,
+    /// The smallest `overrides.interval` a request may set (422 below it).
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { listen: "127.0.0.1:8080".into(), tokens: vec![], metrics_retention: Duration::from_secs(3600) }
+        let l = ServerLimits::default();
+        Server {
+            listen: "127.0.0.1:8080".into(),
+            tokens: vec![],
+            metrics_retention: Duration::from_secs(3600),
+            header_read_timeout: l.header_read_timeout,
+            request_timeout: l.request_timeout,
+            max_connections: l.max_connections,
+            max_active_rollouts: l.max_active_rollouts,
+            min_interval: l.min_interval,
+        }
+    }
+}
+
+/// The server's limits (issue 10: every limit explicit), as the API and the listener use them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub max_active_rollouts: usize,
+    pub min_interval: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_active_rollouts: 1000,
+            min_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Server {
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            max_active_rollouts: self.max_active_rollouts,
+            min_interval: self.min_interval,
+        }
     }
 }
 
@@ -59,11 +118,14 @@ impl Default for Server {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// Finished rollouts, their events and idempotency keys older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: "./vane-data".into() }
+        StoreConfig { path: "./vane-data".into(), retention: Duration::from_secs(30 * 24 * 3600) }
     }
 }
 
@@ -158,6 +220,70 @@ impl Default for Notifications {
     }
 }
 
+/// `[routers.exec.NAME]` and `[routers.nginx.NAME]`: the commands and files a rollout may use, by
+/// name. A request names a profile and never a command or a path (SPEC §2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterProfiles {
+    pub exec: BTreeMap<String, ExecProfile>,
+    pub nginx: BTreeMap<String, NginxProfile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProfile {
+    /// argv; run without a shell.
+    pub command: Vec<String>,
+    /// Names of daemon environment variables the command inherits (besides PATH and VANE_*).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Namespaces (globs) whose rollouts may use this profile.
+    #[serde(default = "any_namespace")]
+    pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxProfile {
+    pub config_file: PathBuf,
+    pub variable: String,
+    #[serde(default)]
+    pub test: Option<Vec<String>>,
+    pub reload: Vec<String>,
+    #[serde(default = "any_namespace")]
+    pub namespaces: Vec<String>,
+}
+
+fn any_namespace() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl RouterProfiles {
+    /// Every profile well-formed: commands non-empty, NGINX variable a plain name, absolute paths.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, p) in &self.exec {
+            if p.command.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err(format!("routers.exec.{name}.command: give the command as an argv list"));
+            }
+        }
+        for (name, p) in &self.nginx {
+            if p.variable.is_empty() || !p.variable.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("routers.nginx.{name}.variable: must be an NGINX variable name ([A-Za-z0-9_]+)"));
+            }
+            if p.config_file.file_name().is_none() {
+                return Err(format!("routers.nginx.{name}.config_file: must name a file"));
+            }
+            if p.reload.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err(format!("routers.nginx.{name}.reload: give the reload command as an argv list"));
+            }
+            if p.test.as_ref().is_some_and(|t| t.first().is_none_or(|c| c.trim().is_empty())) {
+                return Err(format!("routers.nginx.{name}.test: leave test out or give an argv list"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {message}")]
@@ -167,8 +293,20 @@ pub enum ConfigError {
 }
 
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("server", &["listen", "tokens", "metrics_retention"]),
-    ("store", &["path"]),
+    (
+        "server",
+        &[
+            "listen",
+            "tokens",
+            "metrics_retention",
+            "header_read_timeout",
+            "request_timeout",
+            "max_connections",
+            "max_active_rollouts",
+            "min_interval",
+        ],
+    ),
+    ("store", &["path", "retention"]),
     ("policies", &["dir"]),
     (
         "prometheus",
@@ -186,6 +324,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("kubernetes", &["kubeconfig", "context"]),
     ("slack", &["signing_secret_env", "webhook_url_env"]),
     ("notifications", &["webhooks", "hook_secret_env"]),
+    ("routers", &["exec", "nginx"]),
 ];
 
 impl Config {
@@ -217,8 +356,10 @@ impl Config {
             }
         }
         let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "config".into());
-        Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::File { path: shown, message: e.to_string() })
+        let cfg = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::File { path: shown.clone(), message: e.to_string() })?;
+        cfg.routers.validate().map_err(|message| ConfigError::File { path: shown, message })?;
+        Ok(cfg)
     }
 }
 

@@ -5,14 +5,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use crate::analysis::{Analyzer, PromAnalyzer};
-use crate::api::{self, AppState, Auth};
+use crate::api::{self, Admission, AppState, Auth};
 use crate::config::Config;
 use crate::rollout::controller::Controller;
-use crate::rollout::driver::{Env, SystemClock};
+use crate::rollout::driver::{Clock, Env, SystemClock};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::traffic::Routers;
@@ -56,9 +57,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
     let analyzer: Arc<dyn Analyzer> =
         Arc::new(PromAnalyzer::from_config(&cfg.prometheus, notify.hooks.clone(), metrics.clone())?);
+    let routers = Routers::new(&cfg.kubernetes).with_profiles(cfg.routers.clone(), notify.redactor.clone());
+    spawn_retention(store.clone(), cfg.store.retention);
     let env = Arc::new(Env {
         store,
-        routers: Arc::new(Routers::new(&cfg.kubernetes)),
+        routers: Arc::new(routers),
         analyzer,
         hooks: notify.hooks,
         notifier: notify.notifier,
@@ -70,14 +73,36 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let resumed = controller.resume_all()?;
     tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");
     let ready = Arc::new(AtomicBool::new(true));
-    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: notify.slack };
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            ready.store(false, Ordering::Relaxed);
-        })
-        .await?;
+    let limits = cfg.server.limits();
+    let admission = Admission::new(limits);
+    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: notify.slack, admission };
+    api::serve::serve(listener, api::router(state), limits, async move {
+        shutdown.await;
+        ready.store(false, Ordering::Relaxed);
+    })
+    .await?;
     Ok(())
+}
+
+/// `[store] retention`: delete finished rollouts older than it, checked every retention/10 (between
+/// one second and one hour).
+fn spawn_retention(store: Store, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let cutoff = SystemClock.now().saturating_sub(retention.as_millis() as u64);
+            match store.sweep(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, retention = %humantime::format_duration(retention), "retention: finished rollouts deleted")
+                }
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed; retrying at the next tick"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

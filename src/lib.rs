@@ -13,8 +13,10 @@ pub mod demo;
 pub mod demo_app;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod glob;
 pub mod notify;
 pub mod policy;
+pub mod redact;
 pub mod rollout;
 pub mod store;
 pub mod telemetry;

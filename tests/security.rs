@@ -148,7 +148,7 @@ impl Fixture {
 fn create_body(service: &str) -> Vec<u8> {
     format!(
         r#"{{"service":"{service}","namespace":"shop","version":"v2","stableVersion":"v1","policy":"slow",
-            "router":{{"kind":"exec","command":["true"]}}}}"#
+            "router":{{"kind":"exec","profile":"noop"}}}}"#
     )
     .into_bytes()
 }

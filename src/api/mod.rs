@@ -2,16 +2,19 @@
 
 pub mod auth;
 pub mod error;
+pub mod guard;
 pub mod openapi;
 pub mod routes;
+pub mod serve;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
+use crate::config::ServerLimits;
 use crate::rollout::controller::Controller;
 use crate::telemetry::Metrics;
 pub use auth::Auth;
@@ -28,6 +31,22 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Extra routes (e.g. Slack interactions) are merged by their modules.
     pub slack: Option<Arc<dyn SlackHandler>>,
+    /// The `[server]` limits the API enforces.
+    pub admission: Admission,
+}
+
+/// What the API admits: the `[server]` limits, and the creates in flight (counted against
+/// `max_active_rollouts` with the running ones, so concurrent creates cannot overshoot it).
+#[derive(Clone, Default)]
+pub struct Admission {
+    pub limits: ServerLimits,
+    pub creating: Arc<AtomicUsize>,
+}
+
+impl Admission {
+    pub fn new(limits: ServerLimits) -> Self {
+        Admission { limits, creating: Arc::default() }
+    }
 }
 
 /// The Slack interactions endpoint, implemented by `notify::slack`.
@@ -49,6 +68,7 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     use routes::*;
+    let request_timeout = state.admission.limits.request_timeout;
     Router::new()
         .route("/api/v1/rollouts", post(create_rollout).get(list_rollouts))
         .route("/api/v1/rollouts/{id}", get(get_rollout))
@@ -66,5 +86,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::open_mode))
+        .layer(axum::middleware::from_fn_with_state(request_timeout, guard::deadline))
         .with_state(state)
 }

@@ -80,6 +80,8 @@ pub struct Wiring {
     pub notifier: std::sync::Arc<dyn Notifier>,
     /// Set when the Slack signing secret is.
     pub slack: Option<std::sync::Arc<dyn crate::api::SlackHandler>>,
+    /// Every configured secret, for the other adapters whose text may carry one (command output).
+    pub redactor: std::sync::Arc<crate::redact::Redactor>,
 }
 
 /// Build hooks, outbox (started, with its catch-up done) and the Slack handler. Call it inside the
@@ -93,7 +95,11 @@ pub fn wire(
 ) -> anyhow::Result<Wiring> {
     use std::sync::Arc;
     let var = |name: &str| Some(name).filter(|n| !n.is_empty()).and_then(&env).filter(|v| !v.trim().is_empty());
-    let hooks = Arc::new(hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?);
+    let redactor = Arc::new(crate::redact::Redactor::from_config(cfg, &env));
+    let hooks = Arc::new(
+        hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?
+            .with_redactor(redactor.clone()),
+    );
     let mut sinks = webhook::sinks(&cfg.notifications.webhooks, &env)?;
     if let Some(url) = var(&cfg.slack.webhook_url_env) {
         sinks.push(outbox::Sink::slack(url.trim()));
@@ -113,5 +119,5 @@ pub fn wire(
         }
         None => None,
     };
-    Ok(Wiring { hooks, notifier, slack })
+    Ok(Wiring { hooks, notifier, slack, redactor })
 }

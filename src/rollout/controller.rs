@@ -84,6 +84,7 @@ impl Controller {
         idempotency: Option<(String, String)>,
     ) -> Result<(Rollout, bool), ControllerError> {
         let policy = req.resolve(&self.policies())?;
+        self.env.routers.admit(&req)?;
         let now = self.env.clock.now();
         let id = ulid::Ulid::new().to_string();
         let (mut r, out) = machine::create(id, &req, policy, actor, now);

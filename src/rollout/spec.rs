@@ -5,6 +5,76 @@ use utoipa::ToSchema;
 
 use crate::policy::{FieldError, Overrides, Policy, Strategy, is_dns_label};
 
+/// The longest string any field of a create body may hold.
+pub const MAX_FIELD_LEN: usize = 256;
+
+/// Router fields that name a command or a file: the daemon's configuration owns them (SPEC §4).
+const DAEMON_ONLY_ROUTER_FIELDS: &[&str] = &["command", "configFile", "test", "reload", "variable", "env"];
+
+/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`: safe in a URL path, a label, a file name.
+pub fn is_version(v: &str) -> bool {
+    let mut chars = v.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && v.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `^[A-Za-z0-9_.:-]{1,128}$`: one NGINX token, nothing that could end a directive or a block.
+pub fn is_upstream(v: &str) -> bool {
+    (1..=128).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+}
+
+/// Checks of the raw create body that its typed form cannot express: a router naming a command or a
+/// file (422 naming it, e.g. `router.command`), and any string longer than [`MAX_FIELD_LEN`].
+pub fn check_raw_body(body: &serde_json::Value) -> Result<(), FieldError> {
+    if let Some(router) = body.get("router").and_then(|r| r.as_object()) {
+        let kind = router.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        for f in DAEMON_ONLY_ROUTER_FIELDS {
+            if router.contains_key(*f) {
+                return Err(FieldError::new(
+                    format!("router.{f}"),
+                    format!(
+                        "commands and files belong to the daemon's configuration: name a profile \
+                         ([routers.{kind}.NAME]) with router.profile"
+                    ),
+                ));
+            }
+        }
+    }
+    long_string(body, &mut String::new())
+}
+
+fn long_string(v: &serde_json::Value, path: &mut String) -> Result<(), FieldError> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.chars().count() > MAX_FIELD_LEN => {
+            Err(FieldError::new(path.clone(), format!("at most {MAX_FIELD_LEN} characters")))
+        }
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let r = long_string(item, path);
+            path.truncate(len);
+            r
+        }),
+        Value::Object(map) => map.iter().try_for_each(|(k, item)| {
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            let shown: String = k.chars().take(64).collect();
+            path.push_str(&shown);
+            if k.chars().count() > MAX_FIELD_LEN {
+                return Err(FieldError::new(path.clone(), "field name too long"));
+            }
+            let r = long_string(item, path);
+            path.truncate(len);
+            r
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateRequest {
@@ -43,19 +113,12 @@ pub enum RouterSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stable_service: Option<String>,
     },
+    /// Standalone NGINX through a `[routers.nginx.NAME]` profile of the daemon's configuration,
+    /// which owns the file, the variable and the commands.
     #[serde(rename_all = "camelCase")]
-    Nginx {
-        config_file: String,
-        variable: String,
-        stable_upstream: String,
-        canary_upstream: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        test: Option<Vec<String>>,
-        reload: Vec<String>,
-    },
-    Exec {
-        command: Vec<String>,
-    },
+    Nginx { profile: String, stable_upstream: String, canary_upstream: String },
+    /// Any other load balancer through a `[routers.exec.NAME]` profile (the command is the profile's).
+    Exec { profile: String },
 }
 
 impl RouterSpec {
@@ -97,29 +160,21 @@ impl RouterSpec {
                     }
                 }
             }
-            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => {
-                need(config_file, "configFile")?;
-                if !variable.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || variable.is_empty() {
-                    return Err(FieldError::new("router.variable", "must be an NGINX variable name ([A-Za-z0-9_]+)"));
-                }
+            RouterSpec::Nginx { profile, stable_upstream, canary_upstream } => {
+                need(profile, "profile")?;
                 for (v, f) in [(stable_upstream, "stableUpstream"), (canary_upstream, "canaryUpstream")] {
-                    need(v, f)?;
-                    if v.chars().any(|c| c.is_whitespace() || c == ';' || c == '{' || c == '}') {
-                        return Err(FieldError::new(format!("router.{f}"), "must be a single NGINX token"));
+                    if !is_upstream(v) {
+                        return Err(FieldError::new(
+                            format!("router.{f}"),
+                            "must be an NGINX upstream name (1-128 of A-Z a-z 0-9 _ . : -)",
+                        ));
                     }
                 }
-                if reload.is_empty() {
-                    return Err(FieldError::new("router.reload", "give the reload command as an argv list"));
-                }
-                if test.as_ref().is_some_and(|t| t.is_empty()) {
-                    return Err(FieldError::new("router.test", "leave test out or give an argv list"));
+                if stable_upstream == canary_upstream {
+                    return Err(FieldError::new("router.canaryUpstream", "must differ from stableUpstream"));
                 }
             }
-            RouterSpec::Exec { command } => {
-                if command.is_empty() || command[0].trim().is_empty() {
-                    return Err(FieldError::new("router.command", "give the command as an argv list"));
-                }
-            }
+            RouterSpec::Exec { profile } => need(profile, "profile")?,
         }
         Ok(())
     }
@@ -127,6 +182,17 @@ impl RouterSpec {
 
 impl CreateRequest {
     /// Check the request against the loaded policies and return the effective policy.
+    /// The interval of the effective policy must not be below `min` (the server's `min_interval`).
+    pub fn check_min_interval(&self, min: std::time::Duration) -> Result<(), FieldError> {
+        match self.overrides.interval {
+            Some(i) if i < min => Err(FieldError::new(
+                "overrides.interval",
+                format!("must be at least {} (server.min_interval)", humantime::format_duration(min)),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn resolve(&self, policies: &[Policy]) -> Result<Policy, FieldError> {
         for (v, f) in [(&self.service, "service"), (&self.namespace, "namespace")] {
             if !is_dns_label(v) {
@@ -134,8 +200,11 @@ impl CreateRequest {
             }
         }
         for (v, f) in [(&self.version, "version"), (&self.stable_version, "stableVersion")] {
-            if v.trim().is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(FieldError::new(f, "must be a non-empty version label without spaces (at most 128)"));
+            if !is_version(v) {
+                return Err(FieldError::new(
+                    f,
+                    "must be a version label: a letter or digit, then up to 127 of A-Z a-z 0-9 . _ -",
+                ));
             }
         }
         if self.version == self.stable_version {
@@ -152,5 +221,41 @@ impl CreateRequest {
         effective.validate().map_err(|e| FieldError::new(format!("overrides.{}", e.field), e.message))?;
         self.router.validate(effective.strategy)?;
         Ok(effective)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn versions_and_upstreams_follow_the_spec_patterns() {
+        for ok in ["v1", "1.2.3", "v1.1.0-rc_1", &"a".repeat(128)] {
+            assert!(is_version(ok), "{ok}");
+        }
+        for bad in ["", "-v1", ".v1", "v2@127.0.0.1:18099/x?", "v 1", "v1/x", "v1%2F", &"a".repeat(129)] {
+            assert!(!is_version(bad), "{bad}");
+        }
+        assert!(is_upstream("stable_up:8080") && is_upstream("a.b-c"));
+        for bad in ["", "a;b", "a b", "a}", "a{", &"u".repeat(129)] {
+            assert!(!is_upstream(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn raw_body_checks_name_the_field() {
+        let e = check_raw_body(&json!({"router": {"kind": "exec", "command": ["touch", "/tmp/x"]}})).unwrap_err();
+        assert_eq!(e.field, "router.command");
+        let e = check_raw_body(&json!({"router": {"kind": "nginx", "profile": "p", "configFile": "/x"}})).unwrap_err();
+        assert_eq!(e.field, "router.configFile");
+        let e = check_raw_body(&json!({"service": "a", "overrides": {"steps": [1], "interval": "x".repeat(300)}}))
+            .unwrap_err();
+        assert_eq!(e.field, "overrides.interval");
+        let e = check_raw_body(&json!({"router": {"kind": "istio", "route": ["a", "b".repeat(257)]}})).unwrap_err();
+        assert_eq!(e.field, "router.route[1]");
+        assert!(
+            check_raw_body(&json!({"router": {"kind": "exec", "profile": "lb"}, "version": "v".repeat(256)})).is_ok()
+        );
     }
 }

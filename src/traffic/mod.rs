@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 use crate::BoxFut;
 use crate::config;
+use crate::policy::FieldError;
 use crate::policy::Strategy;
-use crate::rollout::{Rollout, RouterSpec};
+use crate::redact::Redactor;
+use crate::rollout::{CreateRequest, Rollout, RouterSpec};
 use k8s::KubeAccess;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -48,13 +50,22 @@ pub trait Router: Send + Sync + 'static {
 /// Builds the router for a rollout from its spec.
 pub trait RouterFactory: Send + Sync + 'static {
     fn build(&self, rollout: &Rollout) -> Result<Arc<dyn Router>, RouterError>;
+
+    /// Whether a create request may use the router it names (e.g. a configured profile that serves
+    /// its namespace); checked before anything is stored. A 422 naming the field otherwise.
+    fn admit(&self, _request: &CreateRequest) -> Result<(), FieldError> {
+        Ok(())
+    }
 }
 
 /// The factory the daemon uses: every router kind of SPEC §4. The Kubernetes client is created on
 /// first use of an `istio` or `nginx-ingress` router (from the `[kubernetes]` config), so a daemon
-/// that only drives NGINX or exec routers needs no cluster access at all.
+/// that only drives NGINX or exec routers needs no cluster access at all. `exec` and `nginx` routers
+/// come from the profiles of `[routers]`: without one of its kind, that kind is refused.
 pub struct Routers {
     kube: Arc<KubeAccess>,
+    profiles: config::RouterProfiles,
+    redactor: Arc<Redactor>,
 }
 
 impl Default for Routers {
@@ -65,12 +76,40 @@ impl Default for Routers {
 
 impl Routers {
     pub fn new(kubernetes: &config::Kubernetes) -> Self {
-        Routers { kube: Arc::new(KubeAccess::new(kubernetes.clone())) }
+        Routers::with_kube(Arc::new(KubeAccess::new(kubernetes.clone())))
     }
 
     /// Routers talking to the cluster through this client (tests, embedding).
     pub fn with_kube_client(client: kube::Client) -> Self {
-        Routers { kube: Arc::new(KubeAccess::with_client(client)) }
+        Routers::with_kube(Arc::new(KubeAccess::with_client(client)))
+    }
+
+    fn with_kube(kube: Arc<KubeAccess>) -> Self {
+        Routers { kube, profiles: Default::default(), redactor: Arc::default() }
+    }
+
+    /// The `[routers]` profiles, and the redactor their commands' output goes through.
+    pub fn with_profiles(mut self, profiles: config::RouterProfiles, redactor: Arc<Redactor>) -> Self {
+        self.profiles = profiles;
+        self.redactor = redactor;
+        self
+    }
+
+    fn exec_profile(&self, name: &str) -> Result<&config::ExecProfile, String> {
+        self.profiles.exec.get(name).ok_or_else(|| unknown_profile("exec", name, self.profiles.exec.keys()))
+    }
+
+    fn nginx_profile(&self, name: &str) -> Result<&config::NginxProfile, String> {
+        self.profiles.nginx.get(name).ok_or_else(|| unknown_profile("nginx", name, self.profiles.nginx.keys()))
+    }
+}
+
+fn unknown_profile<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    if known.is_empty() {
+        format!("no {kind} router profile is configured ([routers.{kind}.NAME] in the daemon's configuration)")
+    } else {
+        format!("unknown {kind} router profile {name:?}; configured: {}", known.join(", "))
     }
 }
 
@@ -78,7 +117,10 @@ impl RouterFactory for Routers {
     fn build(&self, r: &Rollout) -> Result<Arc<dyn Router>, RouterError> {
         let ns = &r.namespace;
         Ok(match &r.router {
-            RouterSpec::Exec { command } => Arc::new(exec::ExecRouter::new(command.clone(), r)),
+            RouterSpec::Exec { profile } => {
+                let p = self.exec_profile(profile).map_err(RouterError::Permanent)?;
+                Arc::new(exec::ExecRouter::new(p, r, self.redactor.clone()))
+            }
             RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => {
                 Arc::new(istio::IstioRouter::new(
                     self.kube.clone(),
@@ -106,18 +148,47 @@ impl RouterFactory for Routers {
                     canary_service.as_deref(),
                 ))
             }
-            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => {
-                Arc::new(nginx::NginxRouter::new(
-                    config_file,
-                    variable,
-                    stable_upstream,
-                    canary_upstream,
-                    test.clone(),
-                    reload.clone(),
-                ))
+            RouterSpec::Nginx { profile, stable_upstream, canary_upstream } => {
+                let p = self.nginx_profile(profile).map_err(RouterError::Permanent)?;
+                Arc::new(
+                    nginx::NginxRouter::new(
+                        &p.config_file,
+                        &p.variable,
+                        stable_upstream,
+                        canary_upstream,
+                        p.test.clone(),
+                        p.reload.clone(),
+                    )
+                    .with_redactor(self.redactor.clone()),
+                )
             }
         })
     }
+
+    /// A profile must exist and serve the request's namespace (422 `router.profile` otherwise).
+    fn admit(&self, req: &CreateRequest) -> Result<(), FieldError> {
+        let namespaces = match &req.router {
+            RouterSpec::Exec { profile } => &self.exec_profile(profile).map_err(profile_error)?.namespaces,
+            RouterSpec::Nginx { profile, .. } => &self.nginx_profile(profile).map_err(profile_error)?.namespaces,
+            _ => return Ok(()),
+        };
+        if crate::glob::any(namespaces, &req.namespace) {
+            Ok(())
+        } else {
+            Err(FieldError::new(
+                "router.profile",
+                format!(
+                    "profile is not available to namespace {:?} (its namespaces: {})",
+                    req.namespace,
+                    namespaces.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+fn profile_error(message: String) -> FieldError {
+    FieldError::new("router.profile", message)
 }
 
 #[cfg(test)]
@@ -133,9 +204,29 @@ mod tests {
         crate::rollout::machine::create("r".into(), &req, policy, "t", 0).0
     }
 
+    fn profiles() -> config::RouterProfiles {
+        let mut p = config::RouterProfiles::default();
+        p.exec.insert(
+            "lb".into(),
+            config::ExecProfile { command: vec!["true".into()], env: vec![], namespaces: vec!["shop-*".into()] },
+        );
+        p.nginx.insert(
+            "edge".into(),
+            config::NginxProfile {
+                config_file: "/tmp/x.conf".into(),
+                variable: "v".into(),
+                test: None,
+                reload: vec!["true".into()],
+                namespaces: vec!["*".into()],
+            },
+        );
+        p
+    }
+
     #[test]
     fn every_kind_builds_without_touching_the_cluster() {
-        let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), context: String::new() });
+        let routers = Routers::new(&config::Kubernetes { kubeconfig: "/nonexistent".into(), context: String::new() })
+            .with_profiles(profiles(), Arc::default());
         let istio = RouterSpec::Istio {
             virtual_service: "vs".into(),
             route: None,
@@ -148,15 +239,9 @@ mod tests {
             canary_service: Some("green".into()),
             stable_service: Some("blue".into()),
         };
-        let nginx = RouterSpec::Nginx {
-            config_file: "/tmp/x.conf".into(),
-            variable: "v".into(),
-            stable_upstream: "s".into(),
-            canary_upstream: "c".into(),
-            test: None,
-            reload: vec!["true".into()],
-        };
-        let exec = RouterSpec::Exec { command: vec!["true".into()] };
+        let nginx =
+            RouterSpec::Nginx { profile: "edge".into(), stable_upstream: "s".into(), canary_upstream: "c".into() };
+        let exec = RouterSpec::Exec { profile: "lb".into() };
         for (spec, strategy, kind) in [
             (istio, Strategy::Canary, "istio"),
             (ingress(Some("canary")), Strategy::Canary, "nginx-ingress"),
@@ -169,5 +254,28 @@ mod tests {
         }
         let e = routers.build(&rollout(ingress(None), Strategy::Canary)).err();
         assert!(e.is_some_and(|e| e.is_permanent() && e.to_string().contains("canaryIngress")));
+    }
+
+    #[test]
+    fn only_configured_profiles_for_their_namespaces_are_admitted() {
+        let routers = Routers::default().with_profiles(profiles(), Arc::default());
+        let req = |ns: &str, router: RouterSpec| {
+            let mut r = fixtures::request("agent-service", "p");
+            r.namespace = ns.into();
+            r.router = router;
+            r
+        };
+        let exec = |p: &str| RouterSpec::Exec { profile: p.into() };
+        assert_eq!(routers.admit(&req("shop-prod", exec("lb"))), Ok(()));
+        let e = routers.admit(&req("payments", exec("lb"))).unwrap_err();
+        assert_eq!(e.field, "router.profile");
+        assert!(e.message.contains("payments"), "{e}");
+        let e = routers.admit(&req("shop-prod", exec("other"))).unwrap_err();
+        assert!(e.field == "router.profile" && e.message.contains("configured: lb"), "{e}");
+        let none = Routers::default();
+        let e = none.admit(&req("shop-prod", exec("lb"))).unwrap_err();
+        assert!(e.message.contains("no exec router profile is configured"), "{e}");
+        let e = none.build(&rollout(exec("lb"), Strategy::Canary)).err();
+        assert!(e.is_some_and(|e| e.is_permanent()));
     }
 }
