@@ -411,6 +411,43 @@ mod tests {
     }
 
     #[test]
+    fn router_profiles_and_limits_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vane.toml");
+        std::fs::write(
+            &f,
+            "[server]\nmax_active_rollouts = 7\n[store]\nretention = \"1h\"\n\
+             [routers.nginx.edge]\nconfig_file = \"/etc/nginx/vane/a.conf\"\nvariable = \"up\"\nreload = [\"nginx\", \"-s\", \"reload\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            env(&[
+                ("VANE_ROUTERS_EXEC", r#"{ lb = { command = ["/bin/lb", "--pool"], env = ["LB_KEY"] } }"#),
+                ("VANE_SERVER_HEADER_READ_TIMEOUT", "2s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.routers.exec["lb"].command, ["/bin/lb", "--pool"]);
+        assert_eq!(c.routers.exec["lb"].namespaces, ["*"], "every namespace by default");
+        assert_eq!(c.routers.nginx["edge"].variable, "up");
+        let l = c.server.limits();
+        assert_eq!((l.max_active_rollouts, l.header_read_timeout), (7, Duration::from_secs(2)));
+        assert_eq!((l.min_interval, l.max_connections), (Duration::from_secs(5), 1024));
+        assert_eq!(c.store.retention, Duration::from_secs(3600));
+        assert_eq!(Config::default().store.retention, Duration::from_secs(30 * 24 * 3600));
+    }
+
+    #[test]
+    fn a_bad_profile_is_an_error_naming_it() {
+        let e = Config::load(None, env(&[("VANE_ROUTERS_EXEC", r#"{ lb = { command = [] } }"#)])).unwrap_err();
+        assert!(e.to_string().contains("routers.exec.lb.command"), "{e}");
+        let bad = r#"{ edge = { config_file = "/x/a.conf", variable = "a;b", reload = ["true"] } }"#;
+        let e = Config::load(None, env(&[("VANE_ROUTERS_NGINX", bad)])).unwrap_err();
+        assert!(e.to_string().contains("routers.nginx.edge.variable"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("vane.toml");

@@ -240,10 +240,7 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => e.into(),
-            })?;
+            .map_err(tx_error)?;
         self.durable().await?;
         *r = staged;
         Ok(events)
@@ -421,10 +418,7 @@ impl Store {
                     st.remove(skey.as_bytes())?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })
-                .map_err(|e| match e {
-                    TransactionError::Abort(e) => e,
-                    TransactionError::Storage(e) => e.into(),
-                })?;
+                .map_err(tx_error)?;
         }
         self.durable().await?;
         Ok(expired.len())
@@ -471,6 +465,13 @@ mod tests {
         }
         assert!(store.idem.get("key-new").unwrap().is_some());
         assert_eq!(store.sweep(5_000).await.unwrap(), 0);
+    }
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
     }
 }
 

@@ -208,7 +208,7 @@ impl NginxRouter {
     }
 
     /// Where vane records the weight of the last reload NGINX accepted: a hidden file next to
-    /// `configFile`. The config file alone cannot say it — it is written before the reload.
+    /// `config_file`. The config file alone cannot say it — it is written before the reload.
     fn applied_file(&self) -> PathBuf {
         let dir = self.config_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = self.config_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -233,7 +233,7 @@ impl Router for NginxRouter {
             let dir = self.config_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             if !dir.is_dir() {
                 return Err(RouterError::Permanent(format!(
-                    "the directory of configFile {} does not exist",
+                    "the directory of config_file {} does not exist",
                     self.config_file.display()
                 )));
             }
