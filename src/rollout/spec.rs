@@ -24,6 +24,25 @@ pub fn is_upstream(v: &str) -> bool {
     (1..=128).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
 }
 
+/// A stored rollout's router. Rollouts stored before router profiles named their command or file;
+/// they load with an empty profile — their router then fails with a message saying so, and a human
+/// finishes them — instead of making the whole store unreadable (the daemon could not start).
+pub fn stored_router<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RouterSpec, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    RouterSpec::deserialize(&v).or_else(|e| {
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        match v["kind"].as_str() {
+            Some("exec") => Ok(RouterSpec::Exec { profile: String::new() }),
+            Some("nginx") => Ok(RouterSpec::Nginx {
+                profile: String::new(),
+                stable_upstream: text("stableUpstream"),
+                canary_upstream: text("canaryUpstream"),
+            }),
+            _ => Err(serde::de::Error::custom(e)),
+        }
+    })
+}
+
 /// Checks of the raw create body that its typed form cannot express: a router naming a command or a
 /// file (422 naming it, e.g. `router.command`), and any string longer than [`MAX_FIELD_LEN`].
 pub fn check_raw_body(body: &serde_json::Value) -> Result<(), FieldError> {
@@ -241,6 +260,26 @@ mod tests {
         for bad in ["", "a;b", "a b", "a}", "a{", &"u".repeat(129)] {
             assert!(!is_upstream(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_router_stored_before_profiles_still_loads() {
+        #[derive(Deserialize)]
+        struct Stored {
+            #[serde(deserialize_with = "stored_router")]
+            router: RouterSpec,
+        }
+        let old = json!({"router": {"kind": "exec", "command": ["/tmp/route.sh"]}});
+        let r: Stored = serde_json::from_value(old).unwrap();
+        assert_eq!(r.router, RouterSpec::Exec { profile: String::new() });
+        let old = json!({"router": {"kind": "nginx", "configFile": "/x", "variable": "v", "stableUpstream": "s",
+                                    "canaryUpstream": "c", "reload": ["true"]}});
+        let r: Stored = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            r.router,
+            RouterSpec::Nginx { profile: String::new(), stable_upstream: "s".into(), canary_upstream: "c".into() }
+        );
+        assert!(serde_json::from_value::<Stored>(json!({"router": {"kind": "teleport"}})).is_err());
     }
 
     #[test]

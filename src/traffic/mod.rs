@@ -106,7 +106,9 @@ impl Routers {
 
 fn unknown_profile<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
     let known: Vec<&str> = known.map(String::as_str).collect();
-    if known.is_empty() {
+    if name.is_empty() {
+        format!("this rollout names no {kind} profile (it was created before router profiles); finish it by hand")
+    } else if known.is_empty() {
         format!("no {kind} router profile is configured ([routers.{kind}.NAME] in the daemon's configuration)")
     } else {
         format!("unknown {kind} router profile {name:?}; configured: {}", known.join(", "))
