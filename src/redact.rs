@@ -103,7 +103,7 @@ mod tests {
             ExecProfile { command: vec!["x".into()], env: vec!["PATH".into(), "LB_KEY".into()], namespaces: vec![] },
         );
         let env = |v: &str| {
-            Some(match v {
+            let value = match v {
                 "CI_TOKEN" => "ci-secret-123",
                 "HOOK" => "ci-secret-1234567",
                 "VANE_SLACK_SIGNING_SECRET" => "slack-sign",
@@ -112,8 +112,8 @@ mod tests {
                 "PATH" => "/usr/bin:/bin",
                 "VANE_HOOK_SECRET" => "on",
                 _ => return None,
-            })
-            .map(String::from)
+            };
+            Some(value.to_string())
         };
         let r = Redactor::from_config(&cfg, env);
         let text = "a ci-secret-1234567 b ci-secret-123 c literal-token d slack-sign e \

@@ -430,6 +430,17 @@ impl Store {
     }
 }
 
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
+    }
+}
+
+fn abort_corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(StoreError::Corrupt { key: key.to_string(), error: e.to_string() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,15 +477,4 @@ mod tests {
         assert!(store.idem.get("key-new").unwrap().is_some());
         assert_eq!(store.sweep(5_000).await.unwrap(), 0);
     }
-}
-
-fn tx_error(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => e.into(),
-    }
-}
-
-fn abort_corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(StoreError::Corrupt { key: key.to_string(), error: e.to_string() })
 }
