@@ -603,6 +603,28 @@ fn idle_half_open_connections_are_cut_and_the_probes_keep_answering() {
     assert_eq!(raw(port, "GET", "/health/live", None, "", b"").status, 200);
 }
 
+/// `max_connections`: a connection beyond it is closed at once (no queue of sockets holding memory and
+/// file descriptors); once idle ones are cut, new connections are served again.
+#[test]
+fn connections_beyond_max_connections_are_closed_at_once() {
+    let f =
+        Fixture::with(true, &[("VANE_SERVER_MAX_CONNECTIONS", "20"), ("VANE_SERVER_HEADER_READ_TIMEOUT", "2s")], &[]);
+    let port = f.daemon.port;
+    let idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+    let t = Instant::now();
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).expect("the kernel still accepts");
+    extra.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = extra.write_all(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = extra.read_to_end(&mut buf); // EOF or a reset: either way the server let go
+    assert!(buf.is_empty(), "the 21st connection was served: {}", String::from_utf8_lossy(&buf));
+    assert!(t.elapsed() < Duration::from_secs(1), "closed only after {:?}", t.elapsed());
+    wait_until("room again once the idle connections are cut", Duration::from_secs(10), || {
+        std::panic::catch_unwind(|| raw(port, "GET", "/health/live", None, "", b"").status == 200).unwrap_or(false)
+    });
+    drop(idle);
+}
+
 fn dir_size(p: &std::path::Path) -> u64 {
     std::fs::read_dir(p)
         .into_iter()
