@@ -155,8 +155,7 @@ struct Api {
 
 impl Api {
     fn new(c: &Client) -> anyhow::Result<Api> {
-        crate::install_crypto_provider();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        let http = crate::http::client_builder().timeout(Duration::from_secs(30)).build()?;
         Ok(Api { http, base: c.url.trim_end_matches('/').to_string(), token: c.token.clone() })
     }
 

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Analysis windows shorter than this are widened: a range needs at least two scrapes to have a rate.
+pub const DEFAULT_MIN_WINDOW: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -169,7 +172,7 @@ impl Default for Prometheus {
             basic_auth_user: String::new(),
             basic_auth_password_env: String::new(),
             headers: BTreeMap::new(),
-            min_window: crate::analysis::DEFAULT_MIN_WINDOW,
+            min_window: DEFAULT_MIN_WINDOW,
         }
     }
 }

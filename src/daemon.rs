@@ -13,8 +13,8 @@ use crate::analysis::{Analyzer, PromAnalyzer};
 use crate::api::{self, Admission, AppState, Auth};
 use crate::config::Config;
 use crate::rollout::controller::Controller;
-use crate::rollout::driver::{Clock, Env, SystemClock};
-use crate::store::Store;
+use crate::rollout::driver::{Env, SystemClock};
+use crate::rollout::ports::{Clock, SharedStore};
 use crate::telemetry::Metrics;
 use crate::traffic::Routers;
 
@@ -52,7 +52,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("policies in {} do not load:\n{}", cfg.policies.dir.display(), lines.join("\n"))
     })?;
-    let store = Store::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+    let store =
+        SharedStore::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
     let metrics = Arc::new(Metrics::new(cfg.server.metrics_retention));
     let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
     let analyzer: Arc<dyn Analyzer> =
@@ -73,9 +74,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let resumed = controller.resume_all()?;
     tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");
     let ready = Arc::new(AtomicBool::new(true));
+    let slack = match notify.slack {
+        Some(secret) => Some(Arc::new(api::slack::SlackInteractions::new(secret)?)),
+        None => None,
+    };
     let limits = cfg.server.limits();
     let admission = Admission::new(limits);
-    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack: notify.slack, admission };
+    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack, admission };
     api::serve::serve(listener, api::router(state), limits, async move {
         shutdown.await;
         ready.store(false, Ordering::Relaxed);
@@ -86,7 +91,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
 /// `[store] retention`: delete finished rollouts older than it, checked every retention/10 (between
 /// one second and one hour).
-fn spawn_retention(store: Store, retention: Duration) {
+fn spawn_retention(store: SharedStore, retention: Duration) {
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);

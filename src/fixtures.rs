@@ -6,14 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::BoxFut;
-use crate::analysis::{AnalysisContext, AnalysisReport, Analyzer, MetricResult, MetricVerdict, Verdict};
 use crate::notify::{AlwaysOk, Silent};
 use crate::policy::{OnNoData, Policy, Strategy};
-use crate::rollout::driver::{Clock, Env, TokioClock};
+use crate::rollout::clock::TokioClock;
+use crate::rollout::driver::Env;
+use crate::rollout::ports::{
+    AnalysisContext, AnalysisReport, Analyzer, Clock, MetricResult, MetricVerdict, Router, RouterError, RouterFactory,
+    SharedStore, Verdict,
+};
 use crate::rollout::{CreateRequest, Rollout, RouterSpec};
-use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::traffic::{Router, RouterError, RouterFactory};
 
 /// A canary policy without metrics.
 pub fn policy(name: &str, steps: &[u8], interval: Duration, threshold: u32) -> Policy {
@@ -192,7 +194,7 @@ impl Analyzer for ScriptedAnalyzer {
 /// minutes of rollout in milliseconds).
 pub fn env(dir: &std::path::Path, routers: Arc<FakeRouters>, analyzer: Arc<ScriptedAnalyzer>) -> Arc<Env> {
     crate::install_crypto_provider();
-    let store = Store::open(dir).expect("temp store opens");
+    let store = SharedStore::open(dir).expect("temp store opens");
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_800_000_000_000));
     Arc::new(Env {
         store,

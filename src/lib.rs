@@ -11,13 +11,18 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod demo_app;
+#[cfg(any(test, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fixtures;
 pub mod glob;
+pub mod hooks;
+pub mod http;
+pub mod human;
 pub mod notify;
 pub mod policy;
 pub mod redact;
 pub mod rollout;
+pub mod sign;
 pub mod store;
 pub mod telemetry;
 pub mod traffic;
@@ -31,6 +36,10 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Install ring as the process-wide rustls provider (one TLS provider, no aws-lc, no OpenSSL).
+/// Idempotent; [`http::client_builder`] calls it.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

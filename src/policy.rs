@@ -18,6 +18,16 @@ pub enum Strategy {
     BlueGreen,
 }
 
+impl Strategy {
+    /// The wire name (`canary`, `blue-green`), also the `strategy` label of the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Canary => "canary",
+            Strategy::BlueGreen => "blue-green",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnNoData {
@@ -497,17 +507,51 @@ pub fn validate_steps(steps: &[u8]) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// The `{{var}}` placeholders of a query template, in order: the one reader of the template syntax
+/// (validated here, substituted by `analysis::templates`). Each item is the text before the
+/// placeholder and the trimmed variable name; an unclosed `{{` ends the walk with an error.
+pub fn placeholders(q: &str) -> Placeholders<'_> {
+    Placeholders { rest: q }
+}
+
+pub struct Placeholders<'a> {
+    rest: &'a str,
+}
+
+/// A `{{` without its `}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unclosed;
+
+impl<'a> Placeholders<'a> {
+    /// The text after the last placeholder read.
+    pub fn rest(&self) -> &'a str {
+        self.rest
+    }
+}
+
+impl<'a> Iterator for Placeholders<'a> {
+    type Item = Result<(&'a str, &'a str), Unclosed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let start = self.rest.find("{{")?;
+        let before = &self.rest[..start];
+        let after = &self.rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            self.rest = "";
+            return Some(Err(Unclosed));
+        };
+        self.rest = &after[end + 2..];
+        Some(Ok((before, after[..end].trim())))
+    }
+}
+
 /// `{{var}}` placeholders must be known variables and braces must balance.
 pub fn validate_query_template(q: &str) -> Result<(), String> {
-    let mut rest = q;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| "unclosed '{{' in query".to_string())?;
-        let var = after[..end].trim();
+    for p in placeholders(q) {
+        let (_, var) = p.map_err(|Unclosed| "unclosed '{{' in query".to_string())?;
         if !QUERY_VARIABLES.contains(&var) {
             return Err(format!("unknown variable {{{{{var}}}}}; known: {}", QUERY_VARIABLES.join(", ")));
         }
-        rest = &after[end + 2..];
     }
     if q.trim().is_empty() {
         return Err("query is empty".into());

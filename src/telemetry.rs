@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::analysis::{AnalysisReport, MetricVerdict};
-use crate::rollout::{Phase, Rollout};
+use crate::rollout::ports::{AnalysisReport, MetricVerdict, RolloutMetrics};
+use crate::rollout::{Millis, Phase, Rollout};
 
 /// Human-readable logs by default, JSON lines for machines. `RUST_LOG` filters (default `info`).
 pub fn init_tracing(json: bool) {
@@ -325,8 +325,20 @@ impl Metrics {
 }
 
 fn strategy_label(r: &Rollout) -> String {
-    match r.strategy() {
-        crate::policy::Strategy::Canary => "canary".into(),
-        crate::policy::Strategy::BlueGreen => "blue-green".into(),
+    r.strategy().as_str().into()
+}
+
+impl RolloutMetrics for Metrics {
+    fn observe(&self, rollout: &Rollout, finished_now: bool, now: Millis) {
+        Metrics::observe(self, rollout, finished_now, now)
+    }
+    fn observe_analysis(&self, rollout: &Rollout, report: &AnalysisReport) {
+        Metrics::observe_analysis(self, rollout, report)
+    }
+    fn router_call(&self, router: &str, ok: bool) {
+        Metrics::router_call(self, router, ok)
+    }
+    fn encode(&self) -> String {
+        Metrics::encode(self)
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use notify_env::*;
 use receiver::Receiver;
 use vane::analysis::{Analyzer, TimeOnly};
-use vane::notify::hooks::HttpHooks;
+use vane::hooks::HttpHooks;
 use vane::notify::sign::verify_vane_signature;
 use vane::notify::{HookRunner, Silent};
 use vane::rollout::Phase;

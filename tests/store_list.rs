@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vane::fixtures;
 use vane::rollout::{Phase, machine};
-use vane::store::{ListFilter, Store};
+use vane::store::{ListFilter, SledStore as Store};
 
 /// 60 rollouts of 4 services in 3 namespaces; earlier rollouts of a service are finished (one active
 /// rollout per service and namespace), the last of each may still be active.

@@ -18,13 +18,11 @@ use super::templates::{self, Scope, Target};
 use super::{AnalysisContext, AnalysisReport, Analyzer, MetricResult, MetricVerdict, Verdict};
 use crate::BoxFut;
 use crate::config;
-use crate::notify::HookRunner;
+use crate::human::number as fmt;
 use crate::policy::{HookKind, JudgeKind, MetricSpec};
+use crate::rollout::ports::HookRunner;
 use crate::rollout::{Millis, Rollout};
 use crate::telemetry::Metrics;
-
-/// Windows shorter than this are widened: a range needs at least two scrapes to have a rate.
-pub const DEFAULT_MIN_WINDOW: Duration = Duration::from_secs(30);
 
 pub struct PromAnalyzer {
     prom: PromClient,
@@ -436,29 +434,4 @@ fn summary(verdict: Verdict, results: &[MetricResult]) -> String {
         )],
     };
     parts.join("; ")
-}
-
-/// A number for messages: integers as such, others with up to 3 decimals.
-fn fmt(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        return format!("{v:.0}");
-    }
-    let s = format!("{v:.3}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_read_naturally() {
-        assert_eq!(fmt(99.0), "99");
-        assert_eq!(fmt(99.5), "99.5");
-        assert_eq!(fmt(0.123456), "0.123");
-        assert_eq!(fmt(f64::NAN), "NaN");
-    }
 }

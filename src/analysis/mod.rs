@@ -1,4 +1,5 @@
-//! SLO analysis: what one analysis of a rollout reports, and the `Analyzer` the driver calls.
+//! SLO analysis: the implementations of the core's [`Analyzer`] port (`rollout::ports`, which also
+//! defines what one analysis reports).
 //!
 //! The driver knows nothing about Prometheus or statistics: it hands an [`AnalysisContext`] to an
 //! [`Analyzer`] and feeds the [`AnalysisReport`] to the machine. A policy without metrics is analysed by
@@ -11,92 +12,11 @@ pub mod judge;
 pub mod prometheus;
 pub mod templates;
 
-pub use analyzer::{DEFAULT_MIN_WINDOW, PromAnalyzer};
-
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+pub use crate::config::DEFAULT_MIN_WINDOW;
+pub use analyzer::PromAnalyzer;
 
 use crate::BoxFut;
-use crate::rollout::{Millis, Rollout, rfc3339};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verdict {
-    /// Every metric within bounds (or, sequential: canary shown not worse): the step may advance.
-    Pass,
-    /// One failed check.
-    Fail,
-    /// Not enough data to judge; the policy's `onNoData` decides.
-    NoData,
-    /// Sequential judge: data, but no conclusion yet. Neither a pass nor a failed check.
-    Inconclusive,
-    /// A `rollback` hook asked to roll back now.
-    Rollback,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum MetricVerdict {
-    Pass,
-    Fail,
-    NoData,
-    Inconclusive,
-    Error,
-}
-
-impl MetricVerdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MetricVerdict::Pass => "pass",
-            MetricVerdict::Fail => "fail",
-            MetricVerdict::NoData => "nodata",
-            MetricVerdict::Inconclusive => "inconclusive",
-            MetricVerdict::Error => "error",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MetricResult {
-    pub name: String,
-    pub value: Option<f64>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub result: MetricVerdict,
-    /// Why: the error, the no-data reason, or the judge's statistics.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    #[schema(value_type = Object)]
-    pub stats: serde_json::Value,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AnalysisReport {
-    #[schema(value_type = String)]
-    #[serde(with = "rfc3339")]
-    pub at: Millis,
-    pub verdict: Verdict,
-    pub metrics: Vec<MetricResult>,
-    /// One line for the rollout's message, e.g. which metric failed and why.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub summary: String,
-}
-
-/// What an analysis needs to know about the rollout, as of `now`.
-#[derive(Debug, Clone)]
-pub struct AnalysisContext {
-    pub rollout: Rollout,
-    pub now: Millis,
-}
-
-/// Runs one analysis (queries + judge + `rollout`/`rollback` hooks). Never fails: problems are
-/// reported as `NoData`/`Error` metric results so they are visible in the rollout.
-pub trait Analyzer: Send + Sync + 'static {
-    fn analyse(&self, ctx: AnalysisContext) -> BoxFut<'_, AnalysisReport>;
-}
+pub use crate::rollout::ports::{AnalysisContext, AnalysisReport, Analyzer, MetricResult, MetricVerdict, Verdict};
 
 /// For policies without metrics: every analysis passes, so steps advance on time alone.
 pub struct TimeOnly;

@@ -64,7 +64,6 @@ impl PromClient {
         env: impl Fn(&str) -> Option<String>,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<PromClient, ConfigError> {
-        crate::install_crypto_provider();
         let mut headers = HeaderMap::new();
         for (name, value) in &cfg.headers {
             let herr = |m: String| ConfigError::Header { name: name.clone(), message: m };
@@ -78,7 +77,7 @@ impl PromClient {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .default_headers(headers)
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
@@ -159,14 +158,7 @@ fn classify(e: prometheus_http_query::Error) -> QueryError {
         }
         other => {
             // Include the transport's cause (connection refused, timeout, HTTP status) for the operator.
-            let mut msg = other.to_string();
-            let mut src = std::error::Error::source(&other);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            QueryError::Unreachable(msg)
+            QueryError::Unreachable(crate::http::full_chain(&other))
         }
     }
 }

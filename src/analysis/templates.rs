@@ -197,12 +197,11 @@ pub fn is_error_template(template: &str) -> bool {
 /// version (the canary version for canary queries, the stable version for stable ones).
 pub fn custom(query: &str, scope: &Scope, t: Target, window: &str) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(query.len() + 32);
-    let mut rest = query;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
-        let value = match after[..end].trim() {
+    let mut parts = crate::policy::placeholders(query);
+    for p in parts.by_ref() {
+        let (before, var) = p.map_err(|_| TemplateError::Unclosed)?;
+        out.push_str(before);
+        let value = match var {
             "namespace" => esc(&scope.namespace),
             "service" => esc(&scope.service),
             "version" => esc(&scope.version),
@@ -212,16 +211,15 @@ pub fn custom(query: &str, scope: &Scope, t: Target, window: &str) -> Result<Str
             other => return Err(TemplateError::UnknownVariable(other.to_string())),
         };
         out.push_str(&value);
-        rest = &after[end + 2..];
     }
-    out.push_str(rest);
+    out.push_str(parts.rest());
     Ok(out)
 }
 
 /// A duration as a PromQL range (`60s`, `1500ms`), at least 1 ms.
 pub fn promql_duration(d: Duration) -> String {
     let ms = d.as_millis().max(1);
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
 }
 
 /// Escape a value for a double-quoted PromQL label matcher.

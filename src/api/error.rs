@@ -7,7 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::rollout::controller::ControllerError;
-use crate::store::StoreError;
+use crate::rollout::ports::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -86,7 +86,7 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyMismatch => {
                 ApiError::unprocessable("Idempotency-Key", e.to_string()).with_code("idempotency_mismatch")
             }
-            StoreError::Sled(_) | StoreError::Corrupt { .. } => {
+            StoreError::Backend(_) | StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "store error");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
             }

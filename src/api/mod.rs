@@ -6,6 +6,7 @@ pub mod guard;
 pub mod openapi;
 pub mod routes;
 pub mod serve;
+pub mod slack;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ use axum::routing::{get, post};
 
 use crate::config::ServerLimits;
 use crate::rollout::controller::Controller;
-use crate::telemetry::Metrics;
+use crate::rollout::ports::RolloutMetrics;
 pub use auth::Auth;
 
 /// Largest accepted request body.
@@ -26,11 +27,11 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     pub controller: Controller,
     pub auth: Auth,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn RolloutMetrics>,
     /// Set once the store is open, policies loaded and rollouts resumed.
     pub ready: Arc<AtomicBool>,
-    /// Extra routes (e.g. Slack interactions) are merged by their modules.
-    pub slack: Option<Arc<dyn SlackHandler>>,
+    /// The Slack buttons' endpoint; None: Slack's signing secret is not configured.
+    pub slack: Option<Arc<slack::SlackInteractions>>,
     /// The `[server]` limits the API enforces.
     pub admission: Admission,
 }
@@ -47,17 +48,6 @@ impl Admission {
     pub fn new(limits: ServerLimits) -> Self {
         Admission { limits, creating: Arc::default() }
     }
-}
-
-/// The Slack interactions endpoint, implemented by `notify::slack`.
-pub trait SlackHandler: Send + Sync + 'static {
-    /// Verify and handle one request; returns the HTTP status and a JSON body.
-    fn handle<'a>(
-        &'a self,
-        controller: &'a Controller,
-        headers: &'a axum::http::HeaderMap,
-        body: &'a [u8],
-    ) -> crate::BoxFut<'a, (axum::http::StatusCode, serde_json::Value)>;
 }
 
 impl AppState {
@@ -78,7 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts/{id}/resume", post(resume))
         .route("/api/v1/rollouts/{id}/abort", post(abort))
         .route("/api/v1/policies", get(list_policies))
-        .route("/api/v1/slack/interactions", post(slack_interactions))
+        .route("/api/v1/slack/interactions", post(slack::interactions))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))

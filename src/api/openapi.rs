@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::routes::{self, AbortBody, Items, PromoteBody, SlackAnswer, SlackOrError};
+use super::routes::{self, AbortBody, Items, PromoteBody};
+use super::slack::{self, SlackAnswer, SlackOrError};
 use crate::analysis::{AnalysisReport, MetricResult, MetricVerdict, Verdict};
 use crate::policy::*;
 use crate::rollout::{CreateRequest, Event, GateView, Phase, RolloutView, RouterSpec};
@@ -29,7 +30,7 @@ impl Modify for Bearer {
     paths(
         routes::create_rollout, routes::list_rollouts, routes::get_rollout, routes::rollout_events,
         routes::promote, routes::pause, routes::resume, routes::abort, routes::list_policies,
-        routes::slack_interactions, routes::live, routes::ready, routes::metrics
+        slack::interactions, routes::live, routes::ready, routes::metrics
     ),
     components(schemas(
         CreateRequest, RouterSpec, Overrides, RolloutView, GateView, Phase, Strategy, Event, Items<RolloutView>,

@@ -15,8 +15,8 @@ use super::auth::{Operator, Viewer};
 use super::error::{ApiError, ErrorBody};
 use crate::policy::Policy;
 use crate::rollout::machine::Command;
+use crate::rollout::ports::ListFilter;
 use crate::rollout::{CreateRequest, Event, Phase, RolloutView};
-use crate::store::ListFilter;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Items<T> {
@@ -52,7 +52,7 @@ pub struct ListQuery {
 }
 
 /// The request body, or 413 / 400 with the API's error body.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -113,7 +113,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RolloutId {
         let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::not_found("no such rollout (the id is not valid UTF-8)"))?;
-        if id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if crate::rollout::is_rollout_id(&id) {
             Ok(RolloutId(id))
         } else {
             let shown: String = id.chars().take(64).collect();
@@ -326,54 +326,6 @@ pub async fn abort(
     responses((status = 200, body = Items<Policy>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_policies(State(s): State<AppState>, _viewer: Viewer) -> Json<Items<Policy>> {
     Json(Items { items: s.controller.policies().as_ref().clone() })
-}
-
-/// What the Slack endpoint answers: Slack shows `text` to the user who clicked (`ephemeral`) or, once
-/// an action is applied, to the channel (`in_channel`, with the rollout's new `phase`).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SlackAnswer {
-    /// `in_channel` or `ephemeral`.
-    pub response_type: String,
-    pub replace_original: bool,
-    pub text: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-}
-
-/// Before the Slack handler runs (Slack not configured, unreadable body) errors use the API's error body.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum SlackOrError {
-    Slack(SlackAnswer),
-    Error(ErrorBody),
-}
-
-/// Slack interactivity (buttons Promote / Abort), verified with the signing secret (not a bearer token).
-#[utoipa::path(post, path = "/api/v1/slack/interactions", tag = "slack",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded",
-        description = "Slack's `payload=<JSON>` of type block_actions"),
-    responses(
-        (status = 200, description = "applied", body = SlackAnswer),
-        (status = 202, description = "queued, not confirmed in time", body = SlackAnswer),
-        (status = 400, description = "not a Slack block_actions payload", body = SlackOrError),
-        (status = 401, description = "missing, stale or wrong Slack signature", body = SlackAnswer),
-        (status = 403, description = "the user may not approve this gate", body = SlackAnswer),
-        (status = 404, description = "unknown rollout, or Slack is not configured", body = SlackOrError),
-        (status = 409, description = "not valid in the rollout's phase", body = SlackAnswer),
-        (status = 413, body = ErrorBody),
-        (status = 422, body = SlackAnswer),
-        (status = 503, description = "the store is unavailable", body = SlackAnswer)))]
-pub async fn slack_interactions(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    let Some(h) = s.slack.clone() else {
-        return Err(ApiError::not_found("Slack is not configured (set the signing secret)"));
-    };
-    let (status, json) = h.handle(&s.controller, &headers, &body).await;
-    Ok((status, Json(json)).into_response())
 }
 
 /// Liveness: the process answers.

@@ -128,8 +128,7 @@ impl Drop for LoadGen {
 
 /// A keep-alive HTTP client for user requests.
 pub fn client() -> reqwest::Client {
-    crate::install_crypto_provider();
-    reqwest::Client::builder()
+    crate::http::client_builder()
         .timeout(TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(30))
         .build()

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::load::Tally;
+use crate::rollout::EventKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Expect {
@@ -94,7 +95,7 @@ pub fn summarise(
     let (from, to, phase) = (s(&last["stableVersion"]), s(&last["version"]), s(&last["phase"]));
     let created = events.first().and_then(|e| millis(&e["at"]));
     let finished = events.last().and_then(|e| millis(&e["at"]));
-    let weight_sets: Vec<&Value> = events.iter().filter(|e| e["type"] == "weight-set").collect();
+    let weight_sets: Vec<&Value> = events.iter().filter(|e| e["type"] == EventKind::WeightSet.as_str()).collect();
     let first_traffic =
         weight_sets.iter().find(|e| e["details"]["canary"].as_u64().unwrap_or(0) > 0).and_then(|e| millis(&e["at"]));
     let traffic_seconds = seconds(first_traffic, finished);
@@ -147,8 +148,8 @@ fn metric_value(m: &Value) -> String {
 /// `   5.1s  Progressing   10%  analysis      pass: success-rate 100.00 (min 99) · latency-p95 45 ms (max 500)`
 pub fn event_line(since_created: Duration, e: &Value) -> String {
     let kind = e["type"].as_str().unwrap_or_default();
-    let text = match kind {
-        "analysis" => {
+    let text = match EventKind::parse(kind) {
+        Some(EventKind::Analysis) => {
             let d = &e["details"];
             let metrics: Vec<String> = d["metrics"].as_array().into_iter().flatten().map(metric_value).collect();
             let verdict = d["verdict"].as_str().unwrap_or_default();

@@ -1,29 +1,25 @@
-//! Outbound: lifecycle notifications (webhooks, Slack) and the policy's HTTP hooks.
+//! Outbound: lifecycle notifications (webhooks, Slack), the core's [`Notifier`] port.
 //!
 //! The driver hands every persisted event to a [`Notifier`] (fire and forget: delivery, retries and
-//! the durable queue are the notifier's business) and asks a [`HookRunner`] for hook outcomes.
+//! the durable queue are the notifier's business).
 //!
-//! - [`outbox`]: the durable delivery queue in sled, shared by [`webhook`] (SPEC §5 JSON, signed) and
-//!   [`slack`] (Block Kit messages); the [`Notifier`] the daemon uses.
-//! - [`interactions`]: the Slack buttons' endpoint (signature, approvers, commands).
-//! - [`hooks`]: the policy's lifecycle hooks over HTTP, the daemon's [`HookRunner`].
-//! - [`sign`]: the HMAC signatures of both directions.
+//! - [`outbox`]: the durable delivery queue (in the store), shared by [`webhook`] (SPEC §5 JSON,
+//!   signed) and [`slack`] (Block Kit messages); the [`Notifier`] the daemon uses.
+//! - [`wire`]: the daemon's notification adapters (and its hooks) from the configuration.
+//!
+//! The Slack buttons' endpoint is the API's (`api::slack`); the policy's hooks are [`crate::hooks`];
+//! the HMAC signatures of both directions are [`crate::sign`] (also re-exported here).
 
-pub mod hooks;
-pub mod interactions;
 pub mod outbox;
-pub mod sign;
 pub mod slack;
 pub mod webhook;
 
-use crate::BoxFut;
-use crate::policy::{HookKind, HookSpec, Preflight};
+use crate::config::WebhookConfig;
+pub use crate::hooks::AlwaysOk;
+pub use crate::rollout::ports::{HookOutcome, HookRunner, Notifier};
 use crate::rollout::{Event, Rollout};
-
-/// Receives every event after it is durably stored.
-pub trait Notifier: Send + Sync + 'static {
-    fn notify(&self, rollout: &Rollout, event: &Event);
-}
+pub use crate::sign;
+use outbox::Sink;
 
 /// Does nothing: no webhooks or Slack configured.
 pub struct Silent;
@@ -32,64 +28,23 @@ impl Notifier for Silent {
     fn notify(&self, _: &Rollout, _: &Event) {}
 }
 
-/// Result of calling every hook of one kind.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HookOutcome {
-    /// All hooks answered 2xx in time.
-    pub ok: bool,
-    /// One line for the rollout's message and event (which hook failed and how).
-    pub message: String,
-}
-
-pub trait HookRunner: Send + Sync + 'static {
-    /// Call every hook of `kind` (in order) for this rollout. `ok` is "every hook answered 2xx in
-    /// time" — except for [`HookKind::Rollback`], where `ok` means "roll back now": at least one hook
-    /// answered 2xx (Flagger's semantics; no hooks → false).
-    fn call(&self, kind: HookKind, hooks: Vec<HookSpec>, rollout: &Rollout) -> BoxFut<'_, HookOutcome>;
-    /// Blue/green preflight: `checks` consecutive 2xx from the new version, `every` apart.
-    fn preflight(&self, spec: Preflight, rollout: &Rollout) -> BoxFut<'_, HookOutcome>;
-}
-
-/// For tests and for policies without hooks: every hook answers 2xx.
-pub struct AlwaysOk;
-
-impl HookRunner for AlwaysOk {
-    fn call(&self, kind: HookKind, hooks: Vec<HookSpec>, _: &Rollout) -> BoxFut<'_, HookOutcome> {
-        // A rollback hook answering 2xx asks for a rollback; without hooks nobody asks.
-        let ok = kind != HookKind::Rollback || !hooks.is_empty();
-        Box::pin(async move { HookOutcome { ok, message: format!("{kind:?} hooks passed") } })
-    }
-    fn preflight(&self, _: Preflight, _: &Rollout) -> BoxFut<'_, HookOutcome> {
-        Box::pin(async { HookOutcome { ok: true, message: "preflight passed".into() } })
-    }
-}
-
-/// reqwest's top-level error says "error sending request"; the innermost cause says why.
-pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
 /// The daemon's notification adapters, built from its configuration.
 pub struct Wiring {
     pub hooks: std::sync::Arc<dyn HookRunner>,
     /// The outbox over every configured sink (webhooks, Slack), or [`Silent`] when there is none.
     pub notifier: std::sync::Arc<dyn Notifier>,
-    /// Set when the Slack signing secret is.
-    pub slack: Option<std::sync::Arc<dyn crate::api::SlackHandler>>,
+    /// The Slack signing secret, when set: the API's interactions endpoint verifies requests with it.
+    pub slack: Option<String>,
     /// Every configured secret, for the other adapters whose text may carry one (command output).
     pub redactor: std::sync::Arc<crate::redact::Redactor>,
 }
 
-/// Build hooks, outbox (started, with its catch-up done) and the Slack handler. Call it inside the
+/// Build hooks and outbox (started, with its catch-up done), and read the Slack signing secret. Call it inside the
 /// tokio runtime and before rollouts resume, so events the last run committed but never queued go
 /// out first. `env` reads environment variables (secrets and the Slack webhook URL).
 pub fn wire(
     cfg: &crate::config::Config,
-    store: &crate::store::Store,
+    store: &crate::rollout::ports::SharedStore,
     metrics: &std::sync::Arc<crate::telemetry::Metrics>,
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Wiring> {
@@ -97,10 +52,10 @@ pub fn wire(
     let var = |name: &str| Some(name).filter(|n| !n.is_empty()).and_then(&env).filter(|v| !v.trim().is_empty());
     let redactor = Arc::new(crate::redact::Redactor::from_config(cfg, &env));
     let hooks = Arc::new(
-        hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?
+        crate::hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?
             .with_redactor(redactor.clone()),
     );
-    let mut sinks = webhook::sinks(&cfg.notifications.webhooks, &env)?;
+    let mut sinks = sinks(&cfg.notifications.webhooks, &env)?;
     if let Some(url) = var(&cfg.slack.webhook_url_env) {
         sinks.push(outbox::Sink::slack(url.trim()));
     }
@@ -113,11 +68,58 @@ pub fn wire(
         o.start();
         Arc::new(o)
     };
-    let slack = match var(&cfg.slack.signing_secret_env) {
-        Some(secret) => {
-            Some(Arc::new(interactions::SlackInteractions::new(secret)?) as Arc<dyn crate::api::SlackHandler>)
-        }
-        None => None,
-    };
+    let slack = var(&cfg.slack.signing_secret_env);
     Ok(Wiring { hooks, notifier, slack, redactor })
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WebhookConfigError {
+    #[error("notifications.webhooks[{index}].url: {message}")]
+    Url { index: usize, message: String },
+    #[error("notifications.webhooks[{index}].secret_env: environment variable {var} is not set")]
+    MissingSecret { index: usize, var: String },
+}
+
+/// Sinks for `[notifications] webhooks`. A named but unset secret variable is an error (a receiver
+/// that verifies signatures would reject everything); no `secret_env` sends unsigned requests.
+pub fn sinks(cfg: &[WebhookConfig], env: impl Fn(&str) -> Option<String>) -> Result<Vec<Sink>, WebhookConfigError> {
+    let mut out = Vec::new();
+    for (index, w) in cfg.iter().enumerate() {
+        let url = w.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(WebhookConfigError::Url { index, message: format!("{url:?} is not an http(s) URL") });
+        }
+        let secret = match w.secret_env.trim() {
+            "" => {
+                tracing::warn!(url, "webhook without secret_env: deliveries are not signed");
+                None
+            }
+            var => {
+                let v = env(var).filter(|v| !v.is_empty());
+                Some(v.ok_or_else(|| WebhookConfigError::MissingSecret { index, var: var.to_string() })?.into_bytes())
+            }
+        };
+        out.push(Sink::webhook(url, secret));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_entry() {
+        let cfg = vec![
+            WebhookConfig { url: "https://a.example/h".into(), secret_env: "S".into() },
+            WebhookConfig { url: "ftp://b".into(), secret_env: String::new() },
+        ];
+        let e = sinks(&cfg, |_| Some("k".into())).unwrap_err();
+        assert_eq!(e, WebhookConfigError::Url { index: 1, message: "\"ftp://b\" is not an http(s) URL".into() });
+        let e = sinks(&cfg[..1], |_| None).unwrap_err();
+        assert_eq!(e, WebhookConfigError::MissingSecret { index: 0, var: "S".into() });
+        let ok = sinks(&cfg[..1], |v| (v == "S").then(|| "k".into())).unwrap();
+        assert_eq!(ok[0].secret.as_deref(), Some(&b"k"[..]));
+        assert_eq!(ok[0].url, "https://a.example/h");
+    }
 }

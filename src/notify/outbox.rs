@@ -1,14 +1,14 @@
 //! The durable outbound queue shared by webhooks and Slack: at-least-once delivery that survives
 //! restarts.
 //!
-//! [`Outbox::notify`] renders an event for every sink and inserts the bodies into the sled tree
-//! `deliveries` (key: sink, NUL, monotonically increasing id), together with a per-rollout cursor
-//! ("enqueued up to seq N") in one transaction. One tokio task per sink sends its entries oldest
+//! [`Outbox::notify`] renders an event for every sink and appends the bodies to the store's delivery
+//! queue (one FIFO per sink), together with a per-rollout cursor ("enqueued up to seq N"), atomically
+//! (the queue API of the [`Store`](crate::rollout::ports::Store) port). One tokio task per sink sends its entries oldest
 //! first, so a receiver sees a rollout's events in order; an entry is removed only after a 2xx.
 //! Failures are retried with exponential backoff (bounded), `Retry-After` is honoured.
 //!
-//! Why the cursor: the driver commits an event (flushed) before it calls `notify`, and sled flushes the
-//! queue insert a moment later. A crash in between would lose the notification; on the next start
+//! Why the cursor: the driver commits an event (flushed) before it calls `notify`, and the store flushes
+//! the queue insert a moment later. A crash in between would lose the notification; on the next start
 //! [`Outbox::open`] compares each cursor with the rollout's last event seq and enqueues what is
 //! missing from the event log, so every committed event is delivered at least once.
 //!
@@ -20,15 +20,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::Notify;
 
-use super::root_cause;
-use super::sign::vane_signature;
-use super::{Notifier, slack, webhook};
+use super::webhook::{self, event_id};
+use super::{Notifier, slack};
+use crate::http::root_cause;
+use crate::rollout::clock::SystemClock;
+use crate::rollout::ports::{Clock, QueueKey, Queued, SharedStore, StoreError};
 use crate::rollout::{Event, Millis, Rollout};
-use crate::store::{Store, StoreError};
+use crate::sign::vane_signature;
 use crate::telemetry::Metrics;
 
 /// How a sink's bodies are written.
@@ -111,8 +111,6 @@ impl Delivery {
 pub enum OutboxError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("storage: {0}")]
-    Sled(#[from] sled::Error),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
@@ -128,14 +126,12 @@ struct Entry {
 
 struct Slot {
     sink: Sink,
-    prefix: Vec<u8>,
     wake: Notify,
 }
 
 struct Inner {
-    store: Store,
-    queue: sled::Tree,
-    cursors: sled::Tree,
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
     slots: Vec<Slot>,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
@@ -156,48 +152,36 @@ enum Outcome {
     Retry(String, Option<Duration>),
 }
 
-fn now_ms() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn prefix_of(key: &str) -> Vec<u8> {
-    let mut p = key.as_bytes().to_vec();
-    p.push(0);
-    p
-}
-
-/// The `X-Vane-Event-Id` of an event.
-pub fn event_id(r: &Rollout, e: &Event) -> String {
-    format!("{}-{}", r.id, e.seq)
-}
-
 impl Outbox {
     /// Open the queue in the store's database, drop entries of sinks no longer configured, and enqueue
     /// committed events that never reached the queue (a crash between commit and enqueue).
     /// Deliveries start with [`Outbox::start`].
-    pub fn open(store: &Store, sinks: Vec<Sink>, metrics: Arc<Metrics>, cfg: Delivery) -> Result<Outbox, OutboxError> {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("vane/", env!("CARGO_PKG_VERSION")))
+    pub fn open(
+        store: &SharedStore,
+        sinks: Vec<Sink>,
+        metrics: Arc<Metrics>,
+        cfg: Delivery,
+    ) -> Result<Outbox, OutboxError> {
+        Outbox::open_with_clock(store, sinks, metrics, cfg, Arc::new(SystemClock))
+    }
+
+    /// [`Outbox::open`] reading time (enqueue ages, the catch-up start) from `clock`.
+    pub fn open_with_clock(
+        store: &SharedStore,
+        sinks: Vec<Sink>,
+        metrics: Arc<Metrics>,
+        cfg: Delivery,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Outbox, OutboxError> {
+        let client = crate::http::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| OutboxError::Client(e.to_string()))?;
-        let db = store.db();
-        let slots =
-            sinks.into_iter().map(|sink| Slot { prefix: prefix_of(&sink.key), sink, wake: Notify::new() }).collect();
-        let inner = Inner {
-            store: store.clone(),
-            queue: db.open_tree("deliveries")?,
-            cursors: db.open_tree("delivery-cursors")?,
-            slots,
-            metrics,
-            client,
-            cfg,
-            started: AtomicBool::new(false),
-        };
+        let slots = sinks.into_iter().map(|sink| Slot { sink, wake: Notify::new() }).collect();
+        let inner = Inner { store: store.clone(), clock, slots, metrics, client, cfg, started: AtomicBool::new(false) };
         let outbox = Outbox { inner: Arc::new(inner) };
         outbox.drop_orphans()?;
-        let n = outbox.catch_up(db.open_tree("delivery-meta")?)?;
+        let n = outbox.catch_up()?;
         if n > 0 {
             tracing::info!(events = n, "notifications: enqueued events committed before the last shutdown");
         }
@@ -217,18 +201,12 @@ impl Outbox {
 
     /// Entries waiting for delivery, all sinks together.
     pub fn pending(&self) -> usize {
-        self.inner.queue.len()
+        self.inner.store.queue_len()
     }
 
     fn drop_orphans(&self) -> Result<(), OutboxError> {
-        let mut dropped = 0usize;
-        for kv in self.inner.queue.iter() {
-            let (k, _) = kv?;
-            if !self.inner.slots.iter().any(|s| k.starts_with(&s.prefix)) {
-                self.inner.queue.remove(&k)?;
-                dropped += 1;
-            }
-        }
+        let sinks: Vec<&str> = self.inner.slots.iter().map(|s| s.sink.key.as_str()).collect();
+        let dropped = self.inner.store.queue_retain(&sinks)?;
         if dropped > 0 {
             tracing::warn!(dropped, "notifications: dropped queued deliveries of webhooks no longer configured");
         }
@@ -236,26 +214,16 @@ impl Outbox {
     }
 
     /// Enqueue events that are in the event log but not in the queue. Returns how many.
-    fn catch_up(&self, meta: sled::Tree) -> Result<usize, OutboxError> {
+    fn catch_up(&self) -> Result<usize, OutboxError> {
+        let store = &self.inner.store;
         // Rollouts created after notifications were first enabled must have a cursor once notified;
         // an active one without a cursor lost its first notifications.
-        let since = match meta.get(b"since")? {
-            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
-            None => {
-                let now = now_ms();
-                meta.insert(b"since", &now.to_be_bytes())?;
-                now
-            }
-        };
-        let store = &self.inner.store;
+        let since = store.queue_since(self.inner.clock.now())?;
         let mut n = 0;
-        for kv in self.inner.cursors.iter() {
-            let (k, v) = kv?;
-            let id = String::from_utf8_lossy(&k).into_owned();
-            let seq = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+        for (id, seq) in store.queue_cursors()? {
             match store.get(&id)? {
                 None => {
-                    self.inner.cursors.remove(&k)?;
+                    store.queue_drop_cursor(&id)?;
                 }
                 Some(r) if r.last_seq > seq => {
                     let events = store.events(&id, seq)?;
@@ -263,13 +231,13 @@ impl Outbox {
                     self.enqueue(&r, &events)?;
                 }
                 Some(r) if r.is_terminal() => {
-                    self.inner.cursors.remove(&k)?;
+                    store.queue_drop_cursor(&id)?;
                 }
                 Some(_) => {}
             }
         }
         for r in store.active()? {
-            if r.created_at >= since && self.inner.cursors.get(r.id.as_bytes())?.is_none() {
+            if r.created_at >= since && store.queue_cursor(&r.id)?.is_none() {
                 let events = store.events(&r.id, 0)?;
                 n += events.len();
                 self.enqueue(&r, &events)?;
@@ -291,48 +259,24 @@ impl Outbox {
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
-        let now = now_ms();
-        let mut staged: Vec<(u64, usize, Vec<u8>)> = Vec::new();
+        let now = self.inner.clock.now();
+        let mut staged: Vec<Queued> = Vec::new();
+        let mut woken = vec![false; self.inner.slots.len()];
         for e in events {
             for (i, slot) in self.inner.slots.iter().enumerate() {
                 if let Some(body) = self.render(&slot.sink, r, e) {
                     let entry = Entry { event_id: event_id(r, e), body, enqueued_at: now };
-                    staged.push((e.seq, i, serde_json::to_vec(&entry).unwrap_or_default()));
+                    let entry = serde_json::to_vec(&entry).unwrap_or_default();
+                    staged.push(Queued { sink: slot.sink.key.clone(), seq: e.seq, entry });
+                    woken[i] = true;
                 }
             }
         }
         // Finished and fully queued: the cursor is no longer needed.
         let done = r.is_terminal() && last >= r.last_seq;
-        let id = r.id.as_bytes();
-        let res = (&self.inner.queue, &self.inner.cursors).transaction(|(q, c)| {
-            let cursor = c.get(id)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0);
-            for (seq, i, entry) in &staged {
-                if *seq <= cursor {
-                    continue;
-                }
-                let mut key = self.inner.slots[*i].prefix.clone();
-                key.extend_from_slice(&q.generate_id()?.to_be_bytes());
-                q.insert(key, entry.as_slice())?;
-            }
-            if done {
-                c.remove(id)?;
-            } else if last > cursor {
-                c.insert(id, &last.to_be_bytes())?;
-            }
-            Ok::<_, ConflictableTransactionError<sled::Error>>(())
-        });
-        match res {
-            Ok(()) => {}
-            Err(TransactionError::Abort(e)) | Err(TransactionError::Storage(e)) => {
-                return Err(e.into());
-            }
-        }
-        let mut woken = vec![false; self.inner.slots.len()];
-        for (_, i, _) in &staged {
-            if !woken[*i] {
-                woken[*i] = true;
-                self.inner.slots[*i].wake.notify_one();
-            }
+        self.inner.store.queue_push(&r.id, &staged, last, done)?;
+        for (slot, _) in self.inner.slots.iter().zip(&woken).filter(|(_, w)| **w) {
+            slot.wake.notify_one();
         }
         Ok(())
     }
@@ -353,24 +297,23 @@ impl Inner {
         let slot = &self.slots[i];
         let mut failures = 0u32;
         loop {
-            let head = match self.queue.scan_prefix(&slot.prefix).next() {
-                None => {
+            let (key, value) = match self.store.queue_head(&slot.sink.key) {
+                Ok(None) => {
                     slot.wake.notified().await;
                     continue;
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     tracing::error!(sink = %slot.sink.key, error = %e, "cannot read the delivery queue; retrying");
                     tokio::time::sleep(self.cfg.max_retry.min(Duration::from_secs(5))).await;
                     continue;
                 }
-                Some(Ok(kv)) => kv,
+                Ok(Some(kv)) => kv,
             };
-            let (key, value) = head;
             let entry: Entry = match serde_json::from_slice(&value) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(sink = %slot.sink.key, error = %e, "dropping an unreadable queued delivery");
-                    let _ = self.queue.remove(&key);
+                    let _ = self.store.queue_remove(&key);
                     continue;
                 }
             };
@@ -389,7 +332,7 @@ impl Inner {
                 }
                 Outcome::Retry(why, after) => {
                     failures += 1;
-                    let age = Duration::from_millis(now_ms().saturating_sub(entry.enqueued_at));
+                    let age = Duration::from_millis(self.clock.now().saturating_sub(entry.enqueued_at));
                     if age >= self.cfg.give_up_after {
                         tracing::error!(sink = %slot.sink.key, event = %entry.event_id, failures, "giving up on a delivery after {}: {why}",
                             humantime::format_duration(self.cfg.give_up_after));
@@ -405,8 +348,8 @@ impl Inner {
         }
     }
 
-    fn remove(&self, key: &[u8]) {
-        if let Err(e) = self.queue.remove(key) {
+    fn remove(&self, key: &QueueKey) {
+        if let Err(e) = self.store.queue_remove(key) {
             // Worst case the entry is sent again: receivers dedupe on the event id.
             tracing::error!(error = %e, "cannot remove a delivered entry from the queue");
         }

@@ -5,13 +5,14 @@
 //! failed, and a warning while a rollback cannot reach the router. Analysis ticks and router
 //! confirmations are left to the event log and the webhooks.
 //!
-//! The buttons' callbacks are handled by [`super::interactions`].
+//! The buttons' callbacks are handled by the API (`api::slack`).
 
 use serde_json::{Value, json};
 
-use crate::analysis::MetricVerdict;
+use crate::human::number as num;
 use crate::policy::Strategy;
-use crate::rollout::{Event, Phase, Rollout};
+use crate::rollout::ports::MetricVerdict;
+use crate::rollout::{Event, EventKind, Phase, Rollout};
 
 /// `action_id` of the gate's buttons; their `value` is the rollout id.
 pub const PROMOTE_ACTION: &str = "vane_promote";
@@ -20,15 +21,6 @@ pub const ABORT_ACTION: &str = "vane_abort";
 /// Escape text for mrkdwn (Slack interprets `&`, `<`, `>`).
 pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-/// A number as people read it: at most 3 decimals, no trailing zeros.
-pub fn num(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    let s = format!("{v:.3}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn section(text: String) -> Value {
@@ -58,8 +50,9 @@ pub fn message(r: &Rollout, e: &Event, history: impl FnOnce() -> Vec<Event>) -> 
     let svc = esc(&r.service);
     let ver = esc(&r.version);
     let stable = esc(&r.stable_version);
-    match e.kind.as_str() {
-        "created" => {
+    let kind = e.event_kind()?;
+    match kind {
+        EventKind::Created => {
             let plan = match r.policy.strategy {
                 Strategy::Canary => {
                     let s: Vec<String> = r.steps().iter().map(|w| format!("{w}%")).collect();
@@ -82,7 +75,7 @@ pub fn message(r: &Rollout, e: &Event, history: impl FnOnce() -> Vec<Event>) -> 
                 ],
             ))
         }
-        "step" => {
+        EventKind::Step => {
             let w = e.canary_weight;
             let line = match (r.policy.strategy, e.phase) {
                 (Strategy::BlueGreen, _) => format!("🔀 *{svc}*: flipping all traffic to `{ver}`"),
@@ -95,7 +88,7 @@ pub fn message(r: &Rollout, e: &Event, history: impl FnOnce() -> Vec<Event>) -> 
             };
             Some(msg(format!("{}: {w}% canary", r.service), vec![section(line), footer(r, e)]))
         }
-        "gate" => {
+        EventKind::Gate => {
             let w = e.canary_weight;
             let gate = r.policy.gate_at(w);
             let timeout = gate.map(|g| humantime::format_duration(g.timeout).to_string()).unwrap_or_default();
@@ -123,8 +116,8 @@ pub fn message(r: &Rollout, e: &Event, history: impl FnOnce() -> Vec<Event>) -> 
             blocks.push(footer(r, e));
             Some(msg(format!("{} {} is waiting for approval at {w}%", r.service, r.version), blocks))
         }
-        "rolled-back" if e.phase == Phase::Aborted => {
-            let why = history().into_iter().rev().find(|h| h.kind == "aborted");
+        EventKind::RolledBack if e.phase == Phase::Aborted => {
+            let why = history().into_iter().rev().find(|h| h.is(EventKind::Aborted));
             let line = why.map_or_else(|| esc(&e.message), |h| esc(&h.message));
             Some(msg(
                 format!("{} {} aborted", r.service, r.version),
@@ -135,8 +128,8 @@ pub fn message(r: &Rollout, e: &Event, history: impl FnOnce() -> Vec<Event>) -> 
                 ],
             ))
         }
-        "rolled-back" => {
-            let why = history().into_iter().rev().find(|h| h.kind == "rolling-back");
+        EventKind::RolledBack => {
+            let why = history().into_iter().rev().find(|h| h.is(EventKind::RollingBack));
             let reason = why.map_or_else(|| esc(&e.message), |h| esc(&h.message));
             let mut blocks = vec![
                 header(&format!("↩️ Rolled back: {} {}", r.service, r.version)),
@@ -149,15 +142,15 @@ pub fn message(r: &Rollout, e: &Event, history: impl FnOnce() -> Vec<Event>) -> 
             blocks.push(footer(r, e));
             Some(msg(format!("{} {} rolled back: {}", r.service, r.version, e.message), blocks))
         }
-        "succeeded" => Some(msg(
+        EventKind::Succeeded => Some(msg(
             format!("{} {} succeeded", r.service, r.version),
             vec![section(format!("✅ *{svc}* `{ver}` succeeded: all traffic on `{ver}`.")), footer(r, e)],
         )),
-        "failed" => Some(msg(
+        EventKind::Failed => Some(msg(
             format!("{} {} failed: {}", r.service, r.version, e.message),
             vec![header(&format!("❌ Failed: {} {}", r.service, r.version)), section(esc(&e.message)), footer(r, e)],
         )),
-        "router-error" if e.phase == Phase::RollingBack => Some(msg(
+        EventKind::RouterError if e.phase == Phase::RollingBack => Some(msg(
             format!("{}: rollback NOT complete", r.service),
             vec![section(format!("⚠️ *{svc}*: rollback is NOT complete — {}", esc(&e.message))), footer(r, e)],
         )),
@@ -190,10 +183,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_and_escaping() {
-        assert_eq!(num(97.2), "97.2");
-        assert_eq!(num(99.0), "99");
-        assert_eq!(num(0.12345), "0.123");
+    fn escaping() {
         assert_eq!(esc("a<b>&c"), "a&lt;b&gt;&amp;c");
     }
 }

@@ -7,9 +7,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::driver::{self, DriverError, Env, Request};
 use super::machine::{self, Command, CommandError};
+use super::ports::{Created, ListFilter, StoreError};
 use super::{CreateRequest, Event, Rollout};
 use crate::policy::{FieldError, Policy};
-use crate::store::{Created, ListFilter, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {

@@ -12,53 +12,24 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::machine::{self, Command, CommandError, Effect, Input, StageFailure};
-use super::{Millis, Rollout};
+use super::ports::{
+    AnalysisContext, Analyzer, HookRunner, Notifier, RolloutMetrics, Router, RouterError, RouterFactory, SharedStore,
+    StoreError,
+};
+use super::{EventKind, Rollout};
 use crate::BoxFut;
-use crate::analysis::{AnalysisContext, Analyzer};
-use crate::notify::{HookRunner, Notifier};
-use crate::store::{Store, StoreError};
-use crate::telemetry::Metrics;
-use crate::traffic::{Router, RouterError, RouterFactory};
 
-/// Wall-clock milliseconds. Tests use [`TokioClock`] so a paused tokio clock drives rollouts.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Millis;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Millis {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-    }
-}
-
-/// Wall time = a fixed start + tokio's (possibly paused) elapsed time.
-pub struct TokioClock {
-    wall: Millis,
-    start: tokio::time::Instant,
-}
-
-impl TokioClock {
-    pub fn starting_at(wall: Millis) -> Self {
-        TokioClock { wall, start: tokio::time::Instant::now() }
-    }
-}
-
-impl Clock for TokioClock {
-    fn now(&self) -> Millis {
-        self.wall + self.start.elapsed().as_millis() as u64
-    }
-}
+pub use super::clock::{SystemClock, TokioClock};
+pub use super::ports::Clock;
 
 /// Everything a driver needs from the outside world.
 pub struct Env {
-    pub store: Store,
+    pub store: SharedStore,
     pub routers: Arc<dyn RouterFactory>,
     pub analyzer: Arc<dyn Analyzer>,
     pub hooks: Arc<dyn HookRunner>,
     pub notifier: Arc<dyn Notifier>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn RolloutMetrics>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -186,7 +157,7 @@ impl Driver {
         self.r = next;
         let m = &self.env.metrics;
         m.observe(&self.r, self.r.is_terminal() && !was_terminal, now);
-        if let Some(a) = analysis.filter(|_| events.iter().any(|e| e.kind == "analysis")) {
+        if let Some(a) = analysis.filter(|_| events.iter().any(|e| e.is(EventKind::Analysis))) {
             m.observe_analysis(&self.r, &a);
         }
         for e in &events {

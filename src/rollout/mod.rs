@@ -2,20 +2,27 @@
 //! per-rollout task that executes its effects (`driver`), and the registry of running drivers
 //! (`controller`).
 
+pub mod clock;
 pub mod controller;
 pub mod driver;
 pub mod machine;
+pub mod ports;
 pub mod spec;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::analysis::AnalysisReport;
 use crate::policy::{Policy, Strategy};
+pub use ports::AnalysisReport;
 pub use spec::{CreateRequest, RouterSpec};
 
 /// Milliseconds since the Unix epoch. Wall-clock, so deadlines survive restarts.
 pub type Millis = u64;
+
+/// Rollout ids are ULIDs: 26 ASCII alphanumerics. Anything else names no rollout.
+pub fn is_rollout_id(id: &str) -> bool {
+    id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum Phase {
@@ -153,6 +160,21 @@ pub struct Rollout {
     pub last_seq: u64,
 }
 
+/// The rollout's timers: what fires when the clock reaches it (see [`Rollout::timers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// The next analysis, or the next try of a pre-traffic stage.
+    Analysis,
+    /// No progress for `progressDeadline`: roll back.
+    ProgressDeadline,
+    /// An approval gate timed out: roll back (only while awaiting approval).
+    GateTimeout,
+    /// Retry a failed router call.
+    RouterRetry,
+    /// Blue/green: the post-flip window ended healthy.
+    PostFlip,
+}
+
 impl Rollout {
     pub fn strategy(&self) -> Strategy {
         self.policy.strategy
@@ -163,11 +185,16 @@ impl Rollout {
     pub fn is_terminal(&self) -> bool {
         self.phase.is_terminal()
     }
-    /// The earliest moment the machine wants a tick, if any.
-    pub fn wake_at(&self) -> Option<Millis> {
-        if self.is_terminal() {
-            return None;
+    /// The phase that decides what a command may do: a paused rollout's is the one it paused in.
+    pub fn effective_phase(&self) -> Phase {
+        match self.phase {
+            Phase::Paused => self.paused_from.unwrap_or(Phase::Progressing),
+            p => p,
         }
+    }
+    /// The timer table: when each timer fires (None: not armed in this phase). The driver sleeps
+    /// until the earliest ([`Rollout::wake_at`]); the machine's timer checks read the same table.
+    pub fn timers(&self) -> [(Timer, Option<Millis>); 5] {
         let analysis = match self.phase {
             Phase::Progressing | Phase::AwaitingApproval | Phase::Pending => self.next_analysis_at,
             _ => None,
@@ -182,10 +209,107 @@ impl Rollout {
             (Phase::Progressing, Some(f)) => Some(f + self.post_flip_ms()),
             _ => None,
         };
-        [analysis, deadline, self.gate_deadline, self.router_retry_at, post_flip].into_iter().flatten().min()
+        [
+            (Timer::Analysis, analysis),
+            (Timer::ProgressDeadline, deadline),
+            (Timer::GateTimeout, self.gate_deadline),
+            (Timer::RouterRetry, self.router_retry_at),
+            (Timer::PostFlip, post_flip),
+        ]
+    }
+    /// The earliest moment the machine wants a tick, if any.
+    pub fn wake_at(&self) -> Option<Millis> {
+        if self.is_terminal() {
+            return None;
+        }
+        self.timers().into_iter().filter_map(|(_, at)| at).min()
     }
     pub fn post_flip_ms(&self) -> u64 {
         self.policy.post_flip.map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+}
+
+/// What happened, as an event's `type` (kebab-case on the wire: `weight-set`, `rolling-back`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Created,
+    /// A pre-traffic stage passed.
+    Stage,
+    /// A new weight was decided.
+    Step,
+    /// The router confirmed a weight.
+    WeightSet,
+    Analysis,
+    Hook,
+    Gate,
+    Promoted,
+    Paused,
+    Resumed,
+    /// The router showed a weight nobody decided.
+    Drift,
+    RouterError,
+    Recovered,
+    RollingBack,
+    Aborted,
+    RolledBack,
+    Succeeded,
+    Failed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 18] = [
+        EventKind::Created,
+        EventKind::Stage,
+        EventKind::Step,
+        EventKind::WeightSet,
+        EventKind::Analysis,
+        EventKind::Hook,
+        EventKind::Gate,
+        EventKind::Promoted,
+        EventKind::Paused,
+        EventKind::Resumed,
+        EventKind::Drift,
+        EventKind::RouterError,
+        EventKind::Recovered,
+        EventKind::RollingBack,
+        EventKind::Aborted,
+        EventKind::RolledBack,
+        EventKind::Succeeded,
+        EventKind::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Stage => "stage",
+            EventKind::Step => "step",
+            EventKind::WeightSet => "weight-set",
+            EventKind::Analysis => "analysis",
+            EventKind::Hook => "hook",
+            EventKind::Gate => "gate",
+            EventKind::Promoted => "promoted",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
+            EventKind::Drift => "drift",
+            EventKind::RouterError => "router-error",
+            EventKind::Recovered => "recovered",
+            EventKind::RollingBack => "rolling-back",
+            EventKind::Aborted => "aborted",
+            EventKind::RolledBack => "rolled-back",
+            EventKind::Succeeded => "succeeded",
+            EventKind::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -197,6 +321,7 @@ pub struct Event {
     #[schema(value_type = String)]
     #[serde(with = "rfc3339")]
     pub at: Millis,
+    /// An [`EventKind`]'s wire name (kept as text so a record written by a newer vane still reads).
     #[serde(rename = "type")]
     pub kind: String,
     pub actor: String,
@@ -267,16 +392,24 @@ pub struct GateView {
     pub approvers: Vec<String>,
 }
 
+impl Event {
+    /// The kind, if this vane knows it.
+    pub fn event_kind(&self) -> Option<EventKind> {
+        EventKind::parse(&self.kind)
+    }
+    pub fn is(&self, kind: EventKind) -> bool {
+        self.kind == kind.as_str()
+    }
+}
+
 impl From<&Rollout> for RolloutView {
     fn from(r: &Rollout) -> Self {
-        let gate = match (r.phase, r.paused_from) {
-            (Phase::AwaitingApproval, _) | (Phase::Paused, Some(Phase::AwaitingApproval)) => {
-                r.policy.gate_at(r.canary_weight).map(|g| GateView {
-                    at: g.at,
-                    deadline: r.gate_deadline.map(rfc3339::format).unwrap_or_default(),
-                    approvers: g.approvers.clone(),
-                })
-            }
+        let gate = match r.effective_phase() {
+            Phase::AwaitingApproval => r.policy.gate_at(r.canary_weight).map(|g| GateView {
+                at: g.at,
+                deadline: r.gate_deadline.map(rfc3339::format).unwrap_or_default(),
+                approvers: g.approvers.clone(),
+            }),
             _ => None,
         };
         RolloutView {
@@ -301,5 +434,37 @@ impl From<&Rollout> for RolloutView {
             updated_at: r.updated_at,
             created_by: r.created_by.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_keep_their_kebab_case_wire_names() {
+        for k in EventKind::ALL {
+            let wire = serde_json::to_value(k).unwrap();
+            assert_eq!(wire, k.as_str(), "{k:?}");
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::WeightSet.as_str(), "weight-set");
+        assert_eq!(EventKind::parse("no-such-kind"), None);
+    }
+
+    #[test]
+    fn wake_at_is_the_earliest_armed_timer() {
+        let req = crate::fixtures::request("s", "p");
+        let policy = crate::fixtures::policy("p", &[50, 100], std::time::Duration::from_secs(60), 1);
+        let (mut r, _) = machine::create("r".into(), &req, policy, "t", 1_000);
+        r.next_analysis_at = Some(5_000);
+        r.router_retry_at = Some(3_000);
+        assert_eq!(r.wake_at(), Some(3_000));
+        r.phase = Phase::Paused;
+        // Paused: no analysis and no progress deadline; the router retry still wakes it.
+        let armed: Vec<Timer> = r.timers().into_iter().filter(|(_, at)| at.is_some()).map(|(t, _)| t).collect();
+        assert_eq!(armed, [Timer::RouterRetry]);
+        r.phase = Phase::Succeeded;
+        assert_eq!(r.wake_at(), None);
     }
 }

@@ -150,6 +150,14 @@ impl RouterSpec {
         }
     }
 
+    /// Whether the router can read its live weight back, so hand edits can be detected (drift).
+    pub fn supports_drift_check(&self) -> bool {
+        match self {
+            RouterSpec::Istio { .. } | RouterSpec::NginxIngress { .. } => true,
+            RouterSpec::Nginx { .. } | RouterSpec::Exec { .. } => false,
+        }
+    }
+
     pub fn validate(&self, strategy: Strategy) -> Result<(), FieldError> {
         let need = |v: &str, f: &str| {
             if v.trim().is_empty() { Err(FieldError::new(format!("router.{f}"), "must not be empty")) } else { Ok(()) }

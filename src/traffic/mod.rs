@@ -1,7 +1,8 @@
 //! Traffic routers: set "canary gets N %, stable 100 − N" on some load balancer.
 //!
 //! Every call is an idempotent "set the weights to W" (never "add 20 %"), so the driver may repeat it
-//! after a crash or a timeout. Routers hold no rollout logic.
+//! after a crash or a timeout. Routers hold no rollout logic. The port ([`Router`], [`RouterFactory`],
+//! [`RouterError`]) is the core's (`rollout::ports`); this module holds its implementations.
 
 pub mod exec;
 pub mod istio;
@@ -11,52 +12,13 @@ pub mod nginx_ingress;
 
 use std::sync::Arc;
 
-use crate::BoxFut;
 use crate::config;
 use crate::policy::FieldError;
 use crate::policy::Strategy;
 use crate::redact::Redactor;
+pub use crate::rollout::ports::{Router, RouterError, RouterFactory};
 use crate::rollout::{CreateRequest, Rollout, RouterSpec};
 use k8s::KubeAccess;
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RouterError {
-    /// Worth retrying: network errors, conflicts, timeouts, a reload that failed.
-    #[error("{0}")]
-    Transient(String),
-    /// Retrying will not help until someone changes something: the object or subset does not exist,
-    /// the configuration is invalid. Before any traffic moved this fails the rollout.
-    #[error("{0}")]
-    Permanent(String),
-}
-
-impl RouterError {
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, RouterError::Permanent(_))
-    }
-}
-
-pub trait Router: Send + Sync + 'static {
-    /// `istio`, `nginx-ingress`, `nginx`, `exec` (the `router` label of vane_router_requests_total).
-    fn kind(&self) -> &'static str;
-    /// Check everything needed before the first shift (objects exist, subsets defined, ...).
-    fn validate(&self) -> BoxFut<'_, Result<(), RouterError>>;
-    /// Set the canary weight (stable = 100 − canary), idempotently.
-    fn set_weight(&self, canary: u8) -> BoxFut<'_, Result<(), RouterError>>;
-    /// The live canary weight, if the router can read it back (None: it cannot tell).
-    fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>>;
-}
-
-/// Builds the router for a rollout from its spec.
-pub trait RouterFactory: Send + Sync + 'static {
-    fn build(&self, rollout: &Rollout) -> Result<Arc<dyn Router>, RouterError>;
-
-    /// Whether a create request may use the router it names (e.g. a configured profile that serves
-    /// its namespace); checked before anything is stored. A 422 naming the field otherwise.
-    fn admit(&self, _request: &CreateRequest) -> Result<(), FieldError> {
-        Ok(())
-    }
-}
 
 /// The factory the daemon uses: every router kind of SPEC §4. The Kubernetes client is created on
 /// first use of an `istio` or `nginx-ingress` router (from the `[kubernetes]` config), so a daemon

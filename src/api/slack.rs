@@ -19,17 +19,24 @@
 
 use std::time::Duration;
 
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
-use super::sign::{SlackAuthError, verify_slack};
-use super::slack::{ABORT_ACTION, PROMOTE_ACTION, esc};
-use crate::BoxFut;
-use crate::api::SlackHandler;
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::routes::body_bytes;
+use crate::notify::slack::{ABORT_ACTION, PROMOTE_ACTION, esc};
 use crate::rollout::controller::{Controller, ControllerError};
 use crate::rollout::machine::Command;
-use crate::rollout::{Phase, Rollout};
+use crate::rollout::{Phase, Rollout, is_rollout_id};
+use crate::sign::{SlackAuthError, verify_slack};
 
 /// Slack's own host for `response_url`s.
 pub const SLACK_RESPONSE_PREFIX: &str = "https://hooks.slack.com/";
@@ -65,7 +72,7 @@ struct Action {
 #[error("cannot build the HTTP client for Slack replies: {0}")]
 pub struct SlackClientError(String);
 
-/// The daemon's [`SlackHandler`].
+/// The endpoint's state: the signing secret and a client for `response_url` replies.
 pub struct SlackInteractions {
     secret: Vec<u8>,
     reply_prefix: String,
@@ -93,14 +100,9 @@ fn clean_name(s: &str) -> String {
     s.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(64).collect::<String>().trim().to_string()
 }
 
-fn is_ulid(id: &str) -> bool {
-    id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
 impl SlackInteractions {
     pub fn new(signing_secret: impl Into<Vec<u8>>) -> Result<SlackInteractions, SlackClientError> {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = crate::http::client_builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -180,7 +182,7 @@ impl SlackInteractions {
         let name = p.user.username.as_deref().or(p.user.name.as_deref()).map(clean_name).unwrap_or_default();
         let actor =
             if name.is_empty() { format!("slack:{}", p.user.id) } else { format!("slack:{} ({name})", p.user.id) };
-        if !is_ulid(id) {
+        if !is_rollout_id(id) {
             return answer(StatusCode::NOT_FOUND, format!("rollout {id:?} not found"));
         }
         let r = match controller.get(id) {
@@ -226,8 +228,7 @@ impl SlackInteractions {
 
 /// Promote from Slack only at a gate, and only by its approvers (if it lists any).
 fn may_promote(r: &Rollout, user: &str) -> Result<(), Answer> {
-    let effective = if r.phase == Phase::Paused { r.paused_from.unwrap_or(Phase::Paused) } else { r.phase };
-    if effective != Phase::AwaitingApproval {
+    if r.effective_phase() != Phase::AwaitingApproval {
         return Err(answer(
             StatusCode::CONFLICT,
             format!("{} is {}, not waiting at a gate: nothing to approve", r.service, r.phase.as_str()),
@@ -265,21 +266,68 @@ fn parse(body: &[u8]) -> Result<Payload, String> {
     serde_json::from_str(&raw).map_err(|e| format!("payload is not a Slack interaction: {e}"))
 }
 
-impl SlackHandler for SlackInteractions {
-    fn handle<'a>(&'a self, controller: &'a Controller, headers: &'a HeaderMap, body: &'a [u8]) -> BoxFut<'a, Answer> {
-        Box::pin(async move {
-            let ((status, body), url) = self.act(controller, headers, body).await;
-            // Slack shows nothing of a block_actions HTTP answer: say it through the response_url.
-            if status.is_success() {
-                let text = body["text"].as_str().unwrap_or_default().to_string();
-                let blocks = json!([{ "type": "section", "text": { "type": "mrkdwn", "text": text } }]);
-                self.reply(url.as_deref(), json!({ "replace_original": true, "text": text, "blocks": blocks }));
-            } else if status != StatusCode::UNAUTHORIZED {
-                self.reply(url.as_deref(), body.clone());
-            }
-            (status, body)
-        })
+impl SlackInteractions {
+    /// Verify and handle one request; returns the HTTP status and a JSON body.
+    pub async fn handle(&self, controller: &Controller, headers: &HeaderMap, body: &[u8]) -> Answer {
+        let ((status, body), url) = self.act(controller, headers, body).await;
+        // Slack shows nothing of a block_actions HTTP answer: say it through the response_url.
+        if status.is_success() {
+            let text = body["text"].as_str().unwrap_or_default().to_string();
+            let blocks = json!([{ "type": "section", "text": { "type": "mrkdwn", "text": text } }]);
+            self.reply(url.as_deref(), json!({ "replace_original": true, "text": text, "blocks": blocks }));
+        } else if status != StatusCode::UNAUTHORIZED {
+            self.reply(url.as_deref(), body.clone());
+        }
+        (status, body)
     }
+}
+
+/// What the Slack endpoint answers: Slack shows `text` to the user who clicked (`ephemeral`) or, once
+/// an action is applied, to the channel (`in_channel`, with the rollout's new `phase`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlackAnswer {
+    /// `in_channel` or `ephemeral`.
+    pub response_type: String,
+    pub replace_original: bool,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// Before the Slack handler runs (Slack not configured, unreadable body) errors use the API's error body.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SlackOrError {
+    Slack(SlackAnswer),
+    Error(ErrorBody),
+}
+
+/// Slack interactivity (buttons Promote / Abort), verified with the signing secret (not a bearer token).
+#[utoipa::path(post, path = "/api/v1/slack/interactions", tag = "slack",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "Slack's `payload=<JSON>` of type block_actions"),
+    responses(
+        (status = 200, description = "applied", body = SlackAnswer),
+        (status = 202, description = "queued, not confirmed in time", body = SlackAnswer),
+        (status = 400, description = "not a Slack block_actions payload", body = SlackOrError),
+        (status = 401, description = "missing, stale or wrong Slack signature", body = SlackAnswer),
+        (status = 403, description = "the user may not approve this gate", body = SlackAnswer),
+        (status = 404, description = "unknown rollout, or Slack is not configured", body = SlackOrError),
+        (status = 409, description = "not valid in the rollout's phase", body = SlackAnswer),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = SlackAnswer),
+        (status = 503, description = "the store is unavailable", body = SlackAnswer)))]
+pub async fn interactions(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let Some(h) = s.slack.clone() else {
+        return Err(ApiError::not_found("Slack is not configured (set the signing secret)"));
+    };
+    let (status, json) = h.handle(&s.controller, &headers, &body).await;
+    Ok((status, Json(json)).into_response())
 }
 
 #[cfg(test)]

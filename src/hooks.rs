@@ -1,4 +1,5 @@
-//! The policy's lifecycle hooks over HTTP, with Flagger's meaning (see docs/notifications.md).
+//! The policy's lifecycle hooks over HTTP, with Flagger's meaning (see docs/notifications.md): the
+//! daemon's [`HookRunner`], and [`AlwaysOk`] for policies without hooks and for tests.
 //!
 //! Each hook is a `POST` of a JSON description of the rollout, signed like the outbound webhooks
 //! (`X-Vane-Signature: sha256=<hex HMAC-SHA256(body)>`) when a hook secret is configured, and bounded
@@ -11,13 +12,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::root_cause;
-use super::sign::vane_signature;
-use super::{HookOutcome, HookRunner};
 use crate::BoxFut;
+use crate::http::root_cause;
 use crate::policy::{HookKind, HookSpec, Preflight};
 use crate::redact::Redactor;
 use crate::rollout::Rollout;
+use crate::rollout::ports::{HookOutcome, HookRunner};
+use crate::sign::vane_signature;
 use crate::telemetry::Metrics;
 
 /// The `type` field of the payload, as Flagger spells it.
@@ -84,6 +85,20 @@ async fn read_capped(mut res: reqwest::Response) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// For tests and for policies without hooks: every hook answers 2xx.
+pub struct AlwaysOk;
+
+impl HookRunner for AlwaysOk {
+    fn call(&self, kind: HookKind, hooks: Vec<HookSpec>, _: &Rollout) -> BoxFut<'_, HookOutcome> {
+        // A rollback hook answering 2xx asks for a rollback; without hooks nobody asks.
+        let ok = kind != HookKind::Rollback || !hooks.is_empty();
+        Box::pin(async move { HookOutcome { ok, message: format!("{kind:?} hooks passed") } })
+    }
+    fn preflight(&self, _: Preflight, _: &Rollout) -> BoxFut<'_, HookOutcome> {
+        Box::pin(async { HookOutcome { ok: true, message: "preflight passed".into() } })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the HTTP client for hooks: {0}")]
 pub struct HookClientError(String);
@@ -107,9 +122,7 @@ impl HttpHooks {
     /// Redirects are not followed: a 3xx is an answer (not 2xx), and the signed body never goes to
     /// a host the policy did not name.
     pub fn new(secret: Option<String>, metrics: Arc<Metrics>) -> Result<HttpHooks, HookClientError> {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("vane/", env!("CARGO_PKG_VERSION")))
+        let client = crate::http::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| HookClientError(e.to_string()))?;

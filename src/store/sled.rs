@@ -1,10 +1,12 @@
-//! Durable state in sled (DESIGN "Durability rules").
+//! The sled backend of the [`Store`] port (DESIGN "Durability rules").
 //!
 //! Trees: `rollouts` (id → record), `events` (id/seq → event), `active` (namespace/service → id of the
 //! non-terminal rollout), `idempotency` (key → id + body hash), `by_service` (service/namespace/id → ∅,
 //! so a list filtered by service reads that service's rollouts only). A transition and its events are written
 //! in one transaction and flushed before the effect it decided runs, so after a crash the store never
-//! shows an effect whose decision is missing, and event seqs are gap-free.
+//! shows an effect whose decision is missing, and event seqs are gap-free. The notification queue:
+//! `deliveries` (sink, NUL, generated id → entry), `delivery-cursors` (rollout id → last queued seq),
+//! `delivery-meta` (`since`).
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -15,39 +17,20 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::rollout::{Event, Phase, Rollout};
+use crate::BoxFut;
+use crate::rollout::ports::{Created, ListFilter, QueueKey, Queued, Store, StoreError};
+use crate::rollout::{Event, Millis, Phase, Rollout};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("an active rollout for {namespace}/{service} already exists: {id}")]
-    Conflict { namespace: String, service: String, id: String },
-    #[error("Idempotency-Key was used before with a different request body")]
-    IdempotencyMismatch,
-    #[error("corrupt record {key}: {error}")]
-    Corrupt { key: String, error: String },
-}
-
-/// The outcome of a create.
-pub enum Created {
-    New(Vec<Event>),
-    /// The Idempotency-Key was seen before with the same body: the rollout it created.
-    Existing(Box<Rollout>),
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
 struct IdemRecord {
     id: String,
     body: String,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct ListFilter {
-    pub service: Option<String>,
-    pub namespace: Option<String>,
-    pub phase: Option<Phase>,
-    pub limit: usize,
 }
 
 /// The fields a list filters on, decoded without the rest of the record.
@@ -66,12 +49,8 @@ impl<'a> From<&'a Rollout> for Head<'a> {
     }
 }
 
-impl ListFilter {
-    fn matches(&self, h: &Head<'_>) -> bool {
-        self.service.as_ref().is_none_or(|s| *s == h.service)
-            && self.namespace.as_ref().is_none_or(|n| *n == h.namespace)
-            && self.phase.is_none_or(|p| p == h.phase)
-    }
+fn matches(f: &ListFilter, h: &Head<'_>) -> bool {
+    f.matches(&h.service, &h.namespace, h.phase)
 }
 
 /// Group commit: one flush at a time covers every transaction written before it started. (Many
@@ -85,7 +64,7 @@ struct Flusher {
 }
 
 #[derive(Clone)]
-pub struct Store {
+pub struct SledStore {
     db: sled::Db,
     flusher: Arc<Flusher>,
     rollouts: sled::Tree,
@@ -93,6 +72,9 @@ pub struct Store {
     active: sled::Tree,
     idem: sled::Tree,
     by_service: sled::Tree,
+    queue: sled::Tree,
+    cursors: sled::Tree,
+    queue_meta: sled::Tree,
 }
 
 fn active_key(r: &Rollout) -> String {
@@ -130,12 +112,15 @@ fn number(r: &mut Rollout, events: &mut [Event]) {
     }
 }
 
-impl Store {
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+impl SledStore {
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         // A bounded page cache: sled's default (1 GiB) would let RSS grow with the history.
         let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(64 << 20).open()?;
-        let store = Store {
+        let store = SledStore {
             rollouts: db.open_tree("rollouts")?,
+            queue: db.open_tree("deliveries")?,
+            cursors: db.open_tree("delivery-cursors")?,
+            queue_meta: db.open_tree("delivery-meta")?,
             events: db.open_tree("events")?,
             active: db.open_tree("active")?,
             idem: db.open_tree("idempotency")?,
@@ -304,7 +289,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in records {
             let (id, v) = kv?;
-            if filtered && !f.matches(&from_json::<Head>(&id, &v)?) {
+            if filtered && !matches(f, &from_json::<Head>(&id, &v)?) {
                 continue;
             }
             out.push(from_json(&id, &v)?);
@@ -343,7 +328,8 @@ impl Store {
             .collect()
     }
 
-    /// The sled database, for adapters that keep their own durable queues (e.g. webhook deliveries).
+    /// The sled database itself (tests of this backend).
+    #[doc(hidden)]
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
@@ -368,14 +354,14 @@ impl Store {
     /// Retention (`[store] retention`): delete every finished rollout last updated before `cutoff`,
     /// with its events, its service index entry and the idempotency keys that point to it. Each
     /// rollout goes in one transaction, so a crash leaves it whole or gone. Returns how many went.
-    pub async fn sweep(&self, cutoff: crate::rollout::Millis) -> Result<usize, StoreError> {
+    pub async fn sweep(&self, cutoff: Millis) -> Result<usize, StoreError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Age {
             service: String,
             namespace: String,
             phase: Phase,
-            updated_at: crate::rollout::Millis,
+            updated_at: Millis,
         }
         let mut expired = Vec::new();
         for kv in self.rollouts.iter() {
@@ -441,6 +427,131 @@ fn abort_corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactio
     ConflictableTransactionError::Abort(StoreError::Corrupt { key: key.to_string(), error: e.to_string() })
 }
 
+fn be_u64(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// A sink's queue: its key, then NUL (sink keys are URLs, which hold no NUL).
+fn queue_prefix(sink: &str) -> Vec<u8> {
+    let mut p = sink.as_bytes().to_vec();
+    p.push(0);
+    p
+}
+
+impl Store for SledStore {
+    fn create<'a>(
+        &'a self,
+        r: &'a mut Rollout,
+        events: Vec<Event>,
+        idem: Option<(&'a str, &'a str)>,
+    ) -> BoxFut<'a, Result<Created, StoreError>> {
+        Box::pin(SledStore::create(self, r, events, idem))
+    }
+    fn commit<'a>(&'a self, r: &'a mut Rollout, events: Vec<Event>) -> BoxFut<'a, Result<Vec<Event>, StoreError>> {
+        Box::pin(SledStore::commit(self, r, events))
+    }
+    fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
+        SledStore::get(self, id)
+    }
+    fn list(&self, f: &ListFilter) -> Result<Vec<Rollout>, StoreError> {
+        SledStore::list(self, f)
+    }
+    fn active(&self) -> Result<Vec<Rollout>, StoreError> {
+        SledStore::active(self)
+    }
+    fn events(&self, id: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+        SledStore::events(self, id, after)
+    }
+    fn ping(&self) -> bool {
+        SledStore::ping(self)
+    }
+
+    fn queue_push(&self, rollout: &str, entries: &[Queued], last: u64, done: bool) -> Result<(), StoreError> {
+        let id = rollout.as_bytes();
+        let res = (&self.queue, &self.cursors).transaction(|(q, c)| {
+            let cursor = c.get(id)?.map(|v| be_u64(&v)).unwrap_or(0);
+            for e in entries.iter().filter(|e| e.seq > cursor) {
+                let mut key = queue_prefix(&e.sink);
+                key.extend_from_slice(&q.generate_id()?.to_be_bytes());
+                q.insert(key, e.entry.as_slice())?;
+            }
+            if done {
+                c.remove(id)?;
+            } else if last > cursor {
+                c.insert(id, &last.to_be_bytes())?;
+            }
+            Ok::<_, ConflictableTransactionError<sled::Error>>(())
+        });
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) | Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    fn queue_head(&self, sink: &str) -> Result<Option<(QueueKey, Vec<u8>)>, StoreError> {
+        match self.queue.scan_prefix(queue_prefix(sink)).next() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some((QueueKey(k.to_vec()), v.to_vec())))
+            }
+        }
+    }
+
+    fn queue_remove(&self, key: &QueueKey) -> Result<(), StoreError> {
+        self.queue.remove(&key.0)?;
+        Ok(())
+    }
+
+    fn queue_retain(&self, sinks: &[&str]) -> Result<usize, StoreError> {
+        let prefixes: Vec<Vec<u8>> = sinks.iter().map(|s| queue_prefix(s)).collect();
+        let mut dropped = 0;
+        for kv in self.queue.iter() {
+            let (k, _) = kv?;
+            if !prefixes.iter().any(|p| k.starts_with(p)) {
+                self.queue.remove(&k)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn queue_cursors(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.cursors.iter() {
+            let (k, v) = kv?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), be_u64(&v)));
+        }
+        Ok(out)
+    }
+
+    fn queue_cursor(&self, rollout: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.cursors.get(rollout.as_bytes())?.map(|v| be_u64(&v)))
+    }
+
+    fn sweep(&self, cutoff: Millis) -> BoxFut<'_, Result<usize, StoreError>> {
+        Box::pin(SledStore::sweep(self, cutoff))
+    }
+    fn queue_drop_cursor(&self, rollout: &str) -> Result<(), StoreError> {
+        self.cursors.remove(rollout.as_bytes())?;
+        Ok(())
+    }
+
+    fn queue_since(&self, now: Millis) -> Result<Millis, StoreError> {
+        match self.queue_meta.get(b"since")? {
+            Some(v) => Ok(be_u64(&v)),
+            None => {
+                self.queue_meta.insert(b"since", &now.to_be_bytes())?;
+                Ok(now)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,7 +561,7 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_deletes_only_finished_rollouts_past_retention() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let policy = fixtures::policy("p", &[5, 100], std::time::Duration::from_secs(1), 1);
         let mut ids = Vec::new();
         for (service, finished, updated_at) in [("old", true, 1_000), ("new", true, 9_000), ("running", false, 1_000)] {
