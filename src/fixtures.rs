@@ -37,6 +37,8 @@ pub fn policy(name: &str, steps: &[u8], interval: Duration, threshold: u32) -> P
         preflight: None,
         post_flip: None,
         on_drift: Default::default(),
+        canary_match: vec![],
+        mirror: None,
     }
 }
 

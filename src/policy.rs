@@ -277,6 +277,14 @@ pub struct Policy {
     pub post_flip: Option<Duration>,
     #[serde(default)]
     pub on_drift: OnDrift,
+    /// Requests that always reach the canary while the rollout shifts traffic (testers, A/B): one
+    /// entry per alternative, all headers of an entry must match exactly. Canary strategy only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_match: Vec<CanaryMatch>,
+    /// Before the first step, shadow this share of the requests to the canary for `duration` and judge
+    /// its own errors and latency; users get the stable version's answers. Canary strategy only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 fn default_interval() -> Duration {
@@ -334,6 +342,9 @@ pub struct PolicyFileError {
     pub line: usize,
     pub message: String,
 }
+
+mod routing;
+pub use routing::{CanaryMatch, MAX_CANARY_MATCHES, MAX_MATCH_HEADERS, Mirror};
 
 pub const BUILTIN_TEMPLATES: &[&str] =
     &["success-rate", "error-rate", "latency-p95", "latency-p99", "latency-mean", "request-count"];
@@ -487,7 +498,8 @@ impl Policy {
         if self.post_flip.is_some() && self.strategy != Strategy::BlueGreen {
             return Err(FieldError::new("postFlip", "only blue-green policies have a post-flip window"));
         }
-        Ok(())
+        self.validate_canary_match()?;
+        self.validate_mirror()
     }
 }
 

@@ -65,7 +65,10 @@ impl Scope {
         let dialect = r.policy.metrics_dialect.unwrap_or(match r.router {
             RouterSpec::Istio { .. } => Dialect::Istio,
             RouterSpec::NginxIngress { .. } => Dialect::NginxIngress,
-            RouterSpec::Nginx { .. } | RouterSpec::Exec { .. } => Dialect::Generic,
+            // Gateway API implementations differ (Envoy Gateway's proxy stats are per rule, not per
+            // backend): the services' own metrics work with all of them. Istio as the implementation:
+            // `metricsDialect: istio`. See docs/routers.md.
+            RouterSpec::GatewayApi { .. } | RouterSpec::Nginx { .. } | RouterSpec::Exec { .. } => Dialect::Generic,
         });
         let (ingress, split) = match &r.router {
             RouterSpec::NginxIngress { ingress, canary_service, stable_service, .. } => {

@@ -36,7 +36,8 @@ impl RouterError {
 
 /// Sets "canary gets N %, stable 100 − N" on some load balancer. Every call is idempotent.
 pub trait Router: Send + Sync + 'static {
-    /// `istio`, `nginx-ingress`, `nginx`, `exec` (the `router` label of vane_router_requests_total).
+    /// `istio`, `nginx-ingress`, `gateway-api`, `nginx`, `exec` (the `router` label of
+    /// vane_router_requests_total).
     fn kind(&self) -> &'static str;
     /// Check everything needed before the first shift (objects exist, subsets defined, ...).
     fn validate(&self) -> BoxFut<'_, Result<(), RouterError>>;
@@ -44,6 +45,14 @@ pub trait Router: Send + Sync + 'static {
     fn set_weight(&self, canary: u8) -> BoxFut<'_, Result<(), RouterError>>;
     /// The live canary weight, if the router can read it back (None: it cannot tell).
     fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>>;
+    /// Shadow `percent` % of the requests to the canary (its answers are discarded), weights
+    /// untouched, until the next `set_weight`, which removes the mirror. Idempotent.
+    fn set_mirror(&self, percent: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        let kind = self.kind();
+        Box::pin(async move {
+            Err(RouterError::Permanent(format!("router {kind} cannot mirror traffic ({percent}% asked)")))
+        })
+    }
 }
 
 /// Builds the router for a rollout from its spec.

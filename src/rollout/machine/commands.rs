@@ -32,7 +32,7 @@ pub(super) fn on_command(
             );
             r.paused_from = None;
             r.gate_deadline = None;
-            r.busy.retain(|b| matches!(b, Busy::Router { .. }));
+            r.busy.retain(is_router_op);
             r.stage = Stage::Ready;
             r.step_index = r.steps().len() - 1;
             r.last_progress_at = now;
@@ -70,7 +70,7 @@ pub(super) fn on_command(
             }
             r.paused_from = Some(r.phase);
             r.phase = Paused;
-            r.busy.retain(|b| matches!(b, Busy::Router { .. }));
+            r.busy.retain(is_router_op);
             r.message = format!("paused by {actor} at {}% canary", r.canary_weight);
             let m = r.message.clone();
             event(r, out, now, EventKind::Paused, actor, m, serde_json::Value::Null);
