@@ -156,6 +156,57 @@ fn no_data_holds_fails_or_ignores_per_policy() {
 }
 
 #[test]
+fn a_step_still_collecting_its_min_requests_extends_past_the_progress_deadline() {
+    // A low-traffic canary: 8 analyses collecting (well past the 5-minute deadline), then a pass.
+    let mut p = canary(&[50, 100]);
+    p.progress_deadline = Duration::from_secs(300);
+    let mut w = World::new(p);
+    w.verdict = Verdict::Collecting;
+    w.run_until(|r| r.applied_weight == Some(50), 5);
+    for _ in 0..8 {
+        w.tick();
+    }
+    assert_eq!((w.r.phase, w.r.canary_weight, w.r.failed_checks), (Phase::Progressing, 50, 0), "{}", w.r.message);
+    assert!(w.now - T0 >= 8 * 60_000, "past the deadline");
+    assert!(w.r.message.contains("collecting"), "{}", w.r.message);
+    w.verdict = Verdict::Pass;
+    w.run_until(|r| r.is_terminal(), 5);
+    assert_eq!(w.r.phase, Phase::Succeeded);
+
+    // Collecting stops (no new requests: no data): the deadline counts from the last collecting one.
+    let mut p = canary(&[50, 100]);
+    p.progress_deadline = Duration::from_secs(300);
+    let mut w = World::new(p);
+    w.verdict = Verdict::Collecting;
+    w.run_until(|r| r.applied_weight == Some(50), 5);
+    for _ in 0..3 {
+        w.tick();
+    }
+    let last_progress = w.now;
+    w.verdict = Verdict::NoData;
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!(w.r.phase, Phase::RolledBack);
+    assert!(w.r.message.contains("progressDeadline"), "{}", w.r.message);
+    assert!(w.now >= last_progress + 300_000, "rolled back at {} < {}", w.now, last_progress + 300_000);
+}
+
+#[test]
+fn an_analysis_where_every_query_errored_never_passes() {
+    // Whatever onNoData says: never a promotion, never a failed check, the deadline rolls back.
+    for on_no_data in [OnNoData::Hold, OnNoData::Ignore, OnNoData::Fail] {
+        let mut p = canary(&[50, 100]);
+        p.progress_deadline = Duration::from_secs(300);
+        p.on_no_data = on_no_data;
+        let mut w = World::new(p);
+        w.verdict = Verdict::Error;
+        w.run_until(|r| r.is_terminal(), 20);
+        assert_eq!((w.r.phase, w.r.failed_checks), (Phase::RolledBack, 0), "{on_no_data:?}");
+        assert_eq!(w.weights, vec![50, 0], "never promoted");
+        assert!(w.events.iter().filter(|e| *e == "analysis").count() >= 4);
+    }
+}
+
+#[test]
 fn pause_resume_promote_and_full_promote() {
     let mut w = World::new(canary(&[5, 25, 50, 100]));
     w.run_until(|r| r.applied_weight == Some(5), 5);

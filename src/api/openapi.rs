@@ -35,7 +35,8 @@ impl Modify for Bearer {
     components(schemas(
         CreateRequest, RouterSpec, Overrides, RolloutView, GateView, Phase, Strategy, Event, Items<RolloutView>,
         Items<Event>, Items<Policy>, AnalysisReport, MetricResult, Verdict, MetricVerdict, Policy, MetricSpec, Bound,
-        Gate, Approval, Hooks, HookSpec, Preflight, SequentialSpec, OnNoData, JudgeKind, OnDrift, Dialect, CanaryMatch, Mirror,
+        Gate, Approval, Hooks, HookSpec, Preflight, SequentialSpec, AdaptiveSpec, OnNoData, JudgeKind, OnDrift, Dialect,
+        CanaryMatch, Mirror,
         PromoteBody, AbortBody, ErrorBody, ErrorDetail, SlackAnswer, SlackOrError
     )),
     modifiers(&Bearer)

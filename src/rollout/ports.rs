@@ -81,6 +81,12 @@ pub enum Verdict {
     Inconclusive,
     /// A `rollback` hook asked to roll back now.
     Rollback,
+    /// Fewer than `minRequests` canary requests this step so far, but more than at the last
+    /// analysis: the step extends (it is progressing, so the progress deadline starts over).
+    Collecting,
+    /// Every metric's query failed (rejected PromQL, ambiguous series): never a pass, whatever
+    /// `onNoData` says; the rollout holds and the progress deadline applies.
+    Error,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
