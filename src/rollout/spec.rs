@@ -216,36 +216,38 @@ impl RouterSpec {
                 if rule.as_deref().is_some_and(|r| !is_dns_subdomain(r)) {
                     return Err(FieldError::new("router.rule", SUBDOMAIN));
                 }
-                for (v, f) in [(stable_backend, "stableBackend"), (canary_backend, "canaryBackend")] {
-                    if !is_dns_label(v) {
-                        return Err(FieldError::new(
-                            format!("router.{f}"),
-                            "must be a Service name (a lowercase DNS label: a-z, 0-9, '-', at most 63)",
-                        ));
-                    }
-                }
-                if stable_backend == canary_backend {
-                    return Err(FieldError::new("router.canaryBackend", "must differ from stableBackend"));
-                }
+                check_pair(
+                    [(stable_backend, "stableBackend"), (canary_backend, "canaryBackend")],
+                    is_dns_label,
+                    "must be a Service name (a lowercase DNS label: a-z, 0-9, '-', at most 63)",
+                )?;
             }
             RouterSpec::Nginx { profile, stable_upstream, canary_upstream } => {
                 need(profile, "profile")?;
-                for (v, f) in [(stable_upstream, "stableUpstream"), (canary_upstream, "canaryUpstream")] {
-                    if !is_upstream(v) {
-                        return Err(FieldError::new(
-                            format!("router.{f}"),
-                            "must be an NGINX upstream name (1-128 of A-Z a-z 0-9 _ . : -)",
-                        ));
-                    }
-                }
-                if stable_upstream == canary_upstream {
-                    return Err(FieldError::new("router.canaryUpstream", "must differ from stableUpstream"));
-                }
+                check_pair(
+                    [(stable_upstream, "stableUpstream"), (canary_upstream, "canaryUpstream")],
+                    is_upstream,
+                    "must be an NGINX upstream name (1-128 of A-Z a-z 0-9 _ . : -)",
+                )?;
             }
             RouterSpec::Exec { profile } => need(profile, "profile")?,
         }
         Ok(())
     }
+}
+
+/// A stable/canary pair of names (`[(value, field); 2]`): both `valid`, and different.
+fn check_pair(pair: [(&String, &str); 2], valid: fn(&str) -> bool, rule: &str) -> Result<(), FieldError> {
+    for (v, f) in pair {
+        if !valid(v) {
+            return Err(FieldError::new(format!("router.{f}"), rule));
+        }
+    }
+    let [(stable, stable_field), (canary, canary_field)] = pair;
+    if stable == canary {
+        return Err(FieldError::new(format!("router.{canary_field}"), format!("must differ from {stable_field}")));
+    }
+    Ok(())
 }
 
 const SUBDOMAIN: &str = "must be a Kubernetes name (lowercase a-z, 0-9, '-', '.', at most 253)";
