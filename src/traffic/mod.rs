@@ -5,6 +5,7 @@
 //! [`RouterError`]) is the core's (`rollout::ports`); this module holds its implementations.
 
 pub mod canary_match;
+pub mod events;
 pub mod exec;
 pub mod gateway_api;
 pub mod istio;
@@ -31,6 +32,8 @@ pub struct Routers {
     kube: Arc<KubeAccess>,
     profiles: config::RouterProfiles,
     redactor: Arc<Redactor>,
+    /// Record Kubernetes Events on the objects Kubernetes routers change (on unless turned off).
+    events: bool,
 }
 
 impl Default for Routers {
@@ -50,7 +53,7 @@ impl Routers {
     }
 
     fn with_kube(kube: Arc<KubeAccess>) -> Self {
-        Routers { kube, profiles: Default::default(), redactor: Arc::default() }
+        Routers { kube, profiles: Default::default(), redactor: Arc::default(), events: true }
     }
 
     /// The `[routers]` profiles, and the redactor their commands' output goes through.
@@ -58,6 +61,11 @@ impl Routers {
         self.profiles = profiles;
         self.redactor = redactor;
         self
+    }
+
+    /// Routers that record no Kubernetes Events (tests that pin a router's exact API requests).
+    pub fn without_events(self) -> Self {
+        Routers { events: false, ..self }
     }
 
     fn exec_profile(&self, name: &str) -> Result<&config::ExecProfile, String> {
@@ -83,7 +91,7 @@ fn unknown_profile<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a S
 impl RouterFactory for Routers {
     fn build(&self, r: &Rollout) -> Result<Arc<dyn Router>, RouterError> {
         let ns = &r.namespace;
-        Ok(match &r.router {
+        let router: Arc<dyn Router> = match &r.router {
             RouterSpec::Exec { profile } => {
                 let p = self.exec_profile(profile).map_err(RouterError::Permanent)?;
                 Arc::new(exec::ExecRouter::new(p, r, self.redactor.clone()))
@@ -150,6 +158,11 @@ impl RouterFactory for Routers {
                     .with_redactor(self.redactor.clone()),
                 )
             }
+        };
+        // Kubernetes routers also leave Events on the object they change.
+        Ok(match events::target(r).filter(|_| self.events) {
+            Some(t) => Arc::new(events::Evented::new(router, self.kube.clone(), t, r)),
+            None => router,
         })
     }
 
