@@ -155,7 +155,7 @@ fn start(d: &Daemon, ns: &str, svc: &str, policy: &str) -> String {
             "--policy",
             policy,
             "--router",
-            r#"{"kind":"exec","command":["true"]}"#,
+            r#"{"kind":"exec","profile":"noop"}"#,
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
