@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A burst of rollout creates for scripts/load-test.sh: N POST /api/v1/rollouts, C at a time over
-keep-alive connections, each for its own service with an `exec` router running `true`.
+keep-alive connections, each for its own service with the `exec` router profile `noop` (`true`).
 Prints each created id to stdout; writes "status latency_ms" lines to --latencies."""
 import argparse
 import http.client
@@ -26,7 +26,7 @@ def create(i):
     if not hasattr(local, "conn"):
         local.conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=60)
     body = json.dumps({"service": f"svc-{i}", "namespace": "load", "version": "v2", "stableVersion": "v1",
-                       "policy": a.policy, "router": {"kind": "exec", "command": ["true"]}})
+                       "policy": a.policy, "router": {"kind": "exec", "profile": "noop"}})
     started = time.perf_counter()
     local.conn.request("POST", "/api/v1/rollouts", body, headers)
     res = local.conn.getresponse()

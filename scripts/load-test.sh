@@ -45,6 +45,9 @@ EOF
 export LOAD_OP_TOKEN="load-operator-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export LOAD_VIEW_TOKEN="load-viewer-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export VANE_SERVER_TOKENS='[{ name = "ci", token_env = "LOAD_OP_TOKEN", role = "operator" }, { name = "grafana", token_env = "LOAD_VIEW_TOKEN", role = "viewer" }]'
+# The router command is the daemon's (a profile); every rollout is active at once, so allow them all.
+export VANE_ROUTERS_EXEC='{ noop = { command = ["true"] } }'
+export VANE_SERVER_MAX_ACTIVE_ROLLOUTS="$ROLLOUTS"
 vane_start
 
 cpu_seconds() { # utime + stime of the daemon, in seconds

@@ -56,13 +56,14 @@ EOF
 export ST_OPERATOR_TOKEN="st-operator-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export VANE_SERVER_TOKENS='[{ name = "schemathesis", token_env = "ST_OPERATOR_TOKEN", role = "operator" }]'
 export VANE_SLACK_SIGNING_SECRET="schemathesis-signing-secret" VANE_PROMETHEUS_URL="http://127.0.0.1:9"
+export VANE_ROUTERS_EXEC='{ noop = { command = ["true"] } }'
 vane_start
 
 # A few real rollouts, so that generated ids sometimes exist and lists are not empty.
 for svc in cart search checkout; do
   curl -sf -o /dev/null -X POST "$url/api/v1/rollouts" -H "Authorization: Bearer $ST_OPERATOR_TOKEN" \
     -H 'Content-Type: application/json' \
-    -d "{\"service\":\"$svc\",\"namespace\":\"shop\",\"version\":\"v2\",\"stableVersion\":\"v1\",\"policy\":\"canary-default\",\"router\":{\"kind\":\"exec\",\"command\":[\"true\"]}}"
+    -d "{\"service\":\"$svc\",\"namespace\":\"shop\",\"version\":\"v2\",\"stableVersion\":\"v1\",\"policy\":\"canary-default\",\"router\":{\"kind\":\"exec\",\"profile\":\"noop\"}}"
 done
 
 status=0

@@ -136,7 +136,8 @@ pub enum RolloutCmd {
         /// The name of a loaded policy.
         #[arg(long)]
         policy: Option<String>,
-        /// The router object as JSON, e.g. '{"kind":"exec","command":["./set-weight.sh"]}'.
+        /// The router object as JSON, e.g. '{"kind":"exec","profile":"lb-weights"}' (a profile of the
+        /// daemon's `[routers]` configuration).
         #[arg(long)]
         router: Option<String>,
         /// Makes retries safe: the same key returns the same rollout.

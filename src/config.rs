@@ -22,6 +22,7 @@ pub struct Config {
     pub kubernetes: Kubernetes,
     pub slack: Slack,
     pub notifications: Notifications,
+    pub routers: RouterProfiles,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,16 +64,70 @@ pub struct Server {
     /// port then shows nothing to unauthenticated callers, and a NetworkPolicy can admit scrapes
     /// from the monitoring namespace alone.
     pub metrics_listen: String,
+    // Limits (see [`ServerLimits`]); flat keys of `[server]` as SPEC §2 spells them.
+    /// A connection that has not sent a complete request head within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request not answered within this gets a 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Open connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Creating a rollout while this many are active is a 429.
+    pub max_active_rollouts: usize,
+    /// The smallest `overrides.interval` a request may set (422 below it).
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
 }
 
 impl Default for Server {
     fn default() -> Self {
+        let l = ServerLimits::default();
         Server {
             listen: "127.0.0.1:8080".into(),
             tokens: vec![],
             metrics_retention: Duration::from_secs(3600),
             advertise: String::new(),
             metrics_listen: String::new(),
+            header_read_timeout: l.header_read_timeout,
+            request_timeout: l.request_timeout,
+            max_connections: l.max_connections,
+            max_active_rollouts: l.max_active_rollouts,
+            min_interval: l.min_interval,
+        }
+    }
+}
+
+/// The server's limits (issue 10: every limit explicit), as the API and the listener use them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub max_active_rollouts: usize,
+    pub min_interval: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_active_rollouts: 1000,
+            min_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Server {
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            max_active_rollouts: self.max_active_rollouts,
+            min_interval: self.min_interval,
         }
     }
 }
@@ -105,11 +160,19 @@ pub struct StoreConfig {
     /// The sled directory.
     pub path: PathBuf,
     pub etcd: EtcdConfig,
+    /// Finished rollouts, their events and idempotency keys older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { backend: Backend::Sled, path: "./vane-data".into(), etcd: EtcdConfig::default() }
+        StoreConfig {
+            backend: Backend::Sled,
+            path: "./vane-data".into(),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            etcd: EtcdConfig::default(),
+        }
     }
 }
 
@@ -241,6 +304,75 @@ impl Default for Notifications {
     }
 }
 
+/// `[routers.exec.NAME]` and `[routers.nginx.NAME]`: the commands and files a rollout may use, by
+/// name. A request names a profile and never a command or a path (SPEC §2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterProfiles {
+    pub exec: BTreeMap<String, ExecProfile>,
+    pub nginx: BTreeMap<String, NginxProfile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProfile {
+    /// argv; run without a shell.
+    pub command: Vec<String>,
+    /// Names of daemon environment variables the command inherits (besides PATH and VANE_*).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Namespaces (globs) whose rollouts may use this profile.
+    #[serde(default = "any_namespace")]
+    pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxProfile {
+    pub config_file: PathBuf,
+    pub variable: String,
+    #[serde(default)]
+    pub test: Option<Vec<String>>,
+    pub reload: Vec<String>,
+    #[serde(default = "any_namespace")]
+    pub namespaces: Vec<String>,
+}
+
+fn any_namespace() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl RouterProfiles {
+    /// Every profile well-formed: commands non-empty, the NGINX variable a plain name, a file named.
+    /// The error names the kind (`exec`, `nginx`: which `routers.*` key to blame) and says what.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.check().map_err(|m| (if m.starts_with("routers.exec") { "exec" } else { "nginx" }, m))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (name, p) in &self.exec {
+            if p.command.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err(format!("routers.exec.{name}.command: give the command as an argv list"));
+            }
+        }
+        for (name, p) in &self.nginx {
+            if p.variable.is_empty() || !p.variable.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("routers.nginx.{name}.variable: must be an NGINX variable name ([A-Za-z0-9_]+)"));
+            }
+            if p.config_file.file_name().is_none() {
+                return Err(format!("routers.nginx.{name}.config_file: must name a file"));
+            }
+            if p.reload.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err(format!("routers.nginx.{name}.reload: give the reload command as an argv list"));
+            }
+            if p.test.as_ref().is_some_and(|t| t.first().is_none_or(|c| c.trim().is_empty())) {
+                return Err(format!("routers.nginx.{name}.test: leave test out or give an argv list"));
+            }
+        }
+        Ok(())
+    }
+}
+
 mod load;
 
 pub use load::{ConfigError, Source, Sources, defaults};
@@ -351,6 +483,43 @@ mod tests {
         assert!(c.kubernetes.require_opt_in);
         assert!(!c.kubernetes.namespaces.allows("default"), "overlays grant namespaces");
         assert_eq!(c.server.metrics_listen, "0.0.0.0:9102");
+    }
+
+    #[test]
+    fn router_profiles_and_limits_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vane.toml");
+        std::fs::write(
+            &f,
+            "[server]\nmax_active_rollouts = 7\n[store]\nretention = \"1h\"\n\
+             [routers.nginx.edge]\nconfig_file = \"/etc/nginx/vane/a.conf\"\nvariable = \"up\"\nreload = [\"nginx\", \"-s\", \"reload\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            env(&[
+                ("VANE_ROUTERS_EXEC", r#"{ lb = { command = ["/bin/lb", "--pool"], env = ["LB_KEY"] } }"#),
+                ("VANE_SERVER_HEADER_READ_TIMEOUT", "2s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.routers.exec["lb"].command, ["/bin/lb", "--pool"]);
+        assert_eq!(c.routers.exec["lb"].namespaces, ["*"], "every namespace by default");
+        assert_eq!(c.routers.nginx["edge"].variable, "up");
+        let l = c.server.limits();
+        assert_eq!((l.max_active_rollouts, l.header_read_timeout), (7, Duration::from_secs(2)));
+        assert_eq!((l.min_interval, l.max_connections), (Duration::from_secs(5), 1024));
+        assert_eq!(c.store.retention, Duration::from_secs(3600));
+        assert_eq!(Config::default().store.retention, Duration::from_secs(30 * 24 * 3600));
+    }
+
+    #[test]
+    fn a_bad_profile_is_an_error_naming_it() {
+        let e = Config::load(None, env(&[("VANE_ROUTERS_EXEC", r#"{ lb = { command = [] } }"#)])).unwrap_err();
+        assert!(e.to_string().contains("routers.exec.lb.command"), "{e}");
+        let bad = r#"{ edge = { config_file = "/x/a.conf", variable = "a;b", reload = ["true"] } }"#;
+        let e = Config::load(None, env(&[("VANE_ROUTERS_NGINX", bad)])).unwrap_err();
+        assert!(e.to_string().contains("routers.nginx.edge.variable"), "{e}");
     }
 
     #[test]

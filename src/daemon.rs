@@ -5,15 +5,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use crate::analysis::{Analyzer, PromAnalyzer};
-use crate::api::{self, AppState, Auth};
+use crate::api::{self, Admission, AppState, Auth};
 use crate::config::{Backend, Config};
 use crate::rollout::controller::Controller;
 use crate::rollout::driver::{Env, SystemClock};
-use crate::rollout::ports::SharedStore;
+use crate::rollout::ports::{Clock, SharedStore};
 use crate::store::EtcdStore;
 use crate::telemetry::Metrics;
 use crate::traffic::Routers;
@@ -57,9 +58,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
     let analyzer: Arc<dyn Analyzer> =
         Arc::new(PromAnalyzer::from_config(&cfg.prometheus, notify.hooks.clone(), metrics.clone())?);
+    let routers = Routers::new(&cfg.kubernetes).with_profiles(cfg.routers.clone(), notify.redactor.clone());
+    spawn_retention(store.clone(), cfg.store.retention);
     let env = Arc::new(Env {
         store,
-        routers: Arc::new(Routers::new(&cfg.kubernetes)),
+        routers: Arc::new(routers),
         analyzer,
         hooks: notify.hooks,
         notifier: notify.notifier,
@@ -90,29 +93,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Some(secret) => Some(Arc::new(api::slack::SlackInteractions::new(secret)?)),
         None => None,
     };
-    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack };
+    let limits = cfg.server.limits();
+    let admission = Admission::new(limits);
+    let state = AppState { controller, auth, metrics, ready: ready.clone(), slack, admission };
     let app = match ops {
         Some(ops) => {
             tracing::info!(addr = %ops.local_addr()?, "serving /metrics and probes on their own port");
             let ops_app = api::ops_router(state.clone());
-            tokio::spawn(async move { axum::serve(ops, ops_app).await });
+            tokio::spawn(api::serve::serve(ops, ops_app, limits, std::future::pending()));
             api::router_without_metrics(state)
         }
         None => api::router(state),
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            ready.store(false, Ordering::Relaxed);
-            if let Some((etcd, membership, controller)) = leaving {
-                crate::ha::leave(&etcd, membership, &controller).await;
-            }
-        })
-        .await?;
+    api::serve::serve(listener, app, limits, async move {
+        shutdown.await;
+        ready.store(false, Ordering::Relaxed);
+        if let Some((etcd, membership, controller)) = leaving {
+            crate::ha::leave(&etcd, membership, &controller).await;
+        }
+    })
+    .await?;
     Ok(())
 }
 
-/// The configured store; with etcd also the handle the HA membership loop needs.
+/// The configured store; with etcd also the handle the HA membership loop needs. with etcd also the handle the HA membership loop needs.
 async fn open_store(cfg: &Config) -> anyhow::Result<(SharedStore, Option<EtcdStore>)> {
     match cfg.store.backend {
         Backend::Sled => {
@@ -140,6 +144,27 @@ fn replica_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "vane".into());
     format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// `[store] retention`: delete finished rollouts older than it, checked every retention/10 (between
+/// one second and one hour).
+fn spawn_retention(store: SharedStore, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let cutoff = SystemClock.now().saturating_sub(retention.as_millis() as u64);
+            match store.sweep(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, retention = %humantime::format_duration(retention), "retention: finished rollouts deleted")
+                }
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed; retrying at the next tick"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -59,7 +59,7 @@ pub fn request(service: &str, policy: &str) -> CreateRequest {
         version: "v1.1.0".into(),
         stable_version: "v1.0.0".into(),
         policy: policy.into(),
-        router: RouterSpec::Exec { command: vec!["true".into()] },
+        router: RouterSpec::Exec { profile: "test".into() },
         overrides: Default::default(),
     }
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::BoxFut;
 use crate::http::root_cause;
 use crate::policy::{HookKind, HookSpec, Preflight};
+use crate::redact::Redactor;
 use crate::rollout::Rollout;
 use crate::rollout::ports::{HookOutcome, HookRunner};
 use crate::sign::vane_signature;
@@ -52,13 +53,36 @@ pub fn payload(kind: HookKind, hook: &HookSpec, r: &Rollout) -> serde_json::Valu
     })
 }
 
-/// Substitute `{{service}}`, `{{namespace}}`, `{{version}}` in a preflight URL.
+/// Characters a substituted value keeps as they are: RFC 3986's unreserved ones. Everything else
+/// (`@`, `/`, `:`, `?`, `#`, `%`, ...) is percent-encoded, so a value can never change the URL's host,
+/// port, path segments or query — whatever the request validation let through.
+const UNRESERVED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Substitute `{{service}}`, `{{namespace}}`, `{{version}}`, `{{stable_version}}` in a preflight or
+/// hook URL, each value percent-encoded.
 pub fn render_url(template: &str, r: &Rollout) -> String {
+    let enc = |v: &str| percent_encoding::utf8_percent_encode(v, UNRESERVED).to_string();
     template
-        .replace("{{service}}", &r.service)
-        .replace("{{namespace}}", &r.namespace)
-        .replace("{{version}}", &r.version)
-        .replace("{{stable_version}}", &r.stable_version)
+        .replace("{{service}}", &enc(&r.service))
+        .replace("{{namespace}}", &enc(&r.namespace))
+        .replace("{{version}}", &enc(&r.version))
+        .replace("{{stable_version}}", &enc(&r.stable_version))
+}
+
+/// The most of a hook's answer vane reads (it only shows an excerpt).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The start of a response body, reading at most [`MAX_ANSWER_BYTES`] of it.
+async fn read_capped(mut res: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < MAX_ANSWER_BYTES {
+        match res.chunk().await {
+            Ok(Some(c)) => buf.extend_from_slice(&c[..c.len().min(MAX_ANSWER_BYTES - buf.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// For tests and for policies without hooks: every hook answers 2xx.
@@ -84,6 +108,7 @@ pub struct HttpHooks {
     client: reqwest::Client,
     secret: Option<Vec<u8>>,
     metrics: Arc<Metrics>,
+    redactor: Arc<Redactor>,
 }
 
 /// One hook's answer.
@@ -94,16 +119,28 @@ enum Answer {
 
 impl HttpHooks {
     /// `secret`: signs every hook request (`X-Vane-Signature`); `None` sends them unsigned.
+    /// Redirects are not followed: a 3xx is an answer (not 2xx), and the signed body never goes to
+    /// a host the policy did not name.
     pub fn new(secret: Option<String>, metrics: Arc<Metrics>) -> Result<HttpHooks, HookClientError> {
-        let client = crate::http::client_builder().build().map_err(|e| HookClientError(e.to_string()))?;
-        Ok(HttpHooks { client, secret: secret.map(String::into_bytes), metrics })
+        let client = crate::http::client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| HookClientError(e.to_string()))?;
+        Ok(HttpHooks { client, secret: secret.map(String::into_bytes), metrics, redactor: Arc::default() })
+    }
+
+    /// Mask these secrets in hook answers before they become a message or an event.
+    pub fn with_redactor(mut self, redactor: Arc<Redactor>) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     async fn ask(&self, kind: HookKind, hook: &HookSpec, r: &Rollout) -> Answer {
         let body = serde_json::to_vec(&payload(kind, hook, r)).unwrap_or_default();
+        let url = render_url(&hook.url, r);
         let mut req = self
             .client
-            .post(&hook.url)
+            .post(&url)
             .timeout(hook.timeout)
             .header("content-type", "application/json")
             .header("x-vane-hook", kind_name(kind))
@@ -115,8 +152,8 @@ impl HttpHooks {
             Ok(res) if res.status().is_success() => Answer::Yes,
             Ok(res) => {
                 let status = res.status();
-                let text = res.text().await.unwrap_or_default();
-                Answer::No(format!("HTTP {}{}", status.as_u16(), excerpt(&text)))
+                let text = read_capped(res).await;
+                Answer::No(format!("HTTP {}{}", status.as_u16(), excerpt(&self.redactor.redact(&text))))
             }
             Err(e) if e.is_timeout() => {
                 Answer::No(format!("no answer within {}", humantime::format_duration(hook.timeout)))
@@ -222,5 +259,28 @@ impl HookRunner for HttpHooks {
                 ),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn substituted_values_cannot_change_the_host() {
+        let mut req = fixtures::request("agent-service", "p");
+        req.version = "v2@127.0.0.1:18099/x?".into();
+        let policy = fixtures::policy("p", &[5, 100], Duration::from_secs(1), 1);
+        let r = crate::rollout::machine::create("r".into(), &req, policy, "t", 0).0;
+        let url = render_url("http://{{service}}.{{namespace}}.svc:8080/health/{{version}}?v={{version}}", &r);
+        assert_eq!(
+            url,
+            "http://agent-service.prod.svc:8080/health/v2%40127.0.0.1%3A18099%2Fx%3F?v=v2%40127.0.0.1%3A18099%2Fx%3F"
+        );
+        let parsed = reqwest::Url::parse(&url).unwrap();
+        assert_eq!((parsed.host_str(), parsed.port()), (Some("agent-service.prod.svc"), Some(8080)));
+        let hostile = render_url("http://{{version}}.example/", &r);
+        assert!(reqwest::Url::parse(&hostile).map_or(true, |u| u.host_str() != Some("127.0.0.1")), "{hostile}");
     }
 }

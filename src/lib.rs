@@ -15,11 +15,13 @@ pub mod demo_app;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod ha;
+pub mod glob;
 pub mod hooks;
 pub mod http;
 pub mod human;
 pub mod notify;
 pub mod policy;
+pub mod redact;
 pub mod rollout;
 pub mod scope;
 pub mod sign;

@@ -171,6 +171,9 @@ pub struct HookSpec {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// The longest a hook may take: a rollout waits for it, and a slow receiver must not hold it forever.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -588,6 +591,12 @@ impl Policy {
             for (i, h) in hooks.iter().enumerate() {
                 if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
                     err(format!("webhooks.{kind}[{i}].url"), "must be an http(s) URL".into());
+                }
+                if h.timeout > MAX_HOOK_TIMEOUT || h.timeout.is_zero() {
+                    err(
+                        format!("webhooks.{kind}[{i}].timeout"),
+                        format!("must be between 1ms and {}", humantime::format_duration(MAX_HOOK_TIMEOUT)),
+                    );
                 }
             }
         }

@@ -45,7 +45,14 @@ async fn serve() -> Api {
         },
     ];
     let auth = Auth::from_config(&tokens, |_| None).unwrap();
-    let state = AppState { controller, auth, metrics, ready: Arc::new(AtomicBool::new(true)), slack: None };
+    let state = AppState {
+        controller,
+        auth,
+        metrics,
+        ready: Arc::new(AtomicBool::new(true)),
+        slack: None,
+        admission: Default::default(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
@@ -55,7 +62,7 @@ async fn serve() -> Api {
 fn body(service: &str) -> Value {
     json!({
         "service": service, "namespace": "ai-workflow-prod", "version": "v1.1.0", "stableVersion": "v1.0.0",
-        "policy": "canary-default", "router": { "kind": "exec", "command": ["true"] }
+        "policy": "canary-default", "router": { "kind": "exec", "profile": "lb" }
     })
 }
 
@@ -157,6 +164,15 @@ async fn bad_input_gets_4xx_with_the_field() {
         (json!({"overrides": {"interval": "soon"}}), "overrides.interval"),
         (json!({"service": "Bad_Name"}), "service"),
         (json!({"router": {"kind": "exec", "command": []}}), "router.command"),
+        (json!({"router": {"kind": "exec", "profile": " "}}), "router.profile"),
+        (
+            json!({"router": {"kind": "nginx", "profile": "edge", "stableUpstream": "a;b", "canaryUpstream": "c"}}),
+            "router.stableUpstream",
+        ),
+        (json!({"router": {"kind": "nginx", "profile": "edge", "configFile": "/etc/passwd"}}), "router.configFile"),
+        (json!({"version": "v2@127.0.0.1:18099/x?"}), "version"),
+        (json!({"namespace": "n".repeat(300)}), "namespace"),
+        (json!({"overrides": {"interval": "10ms"}}), "overrides.interval"),
         (json!({"router": {"kind": "teleport"}}), "router"),
         (json!({"surprise": 1}), ""),
     ];

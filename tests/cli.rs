@@ -37,7 +37,7 @@ fn setup() -> (tempfile::TempDir, Daemon) {
     .unwrap();
     std::fs::write(
         dir.path().join("rollout.yaml"),
-        "service: cart\nnamespace: shop\nversion: v2\nstableVersion: v1\npolicy: quick\nrouter:\n  kind: exec\n  command: [\"true\"]\n",
+        "service: cart\nnamespace: shop\nversion: v2\nstableVersion: v1\npolicy: quick\nrouter:\n  kind: exec\n  profile: noop\n",
     )
     .unwrap();
     let d = Daemon::start(dir.path(), free_port(), &[]);
@@ -81,7 +81,7 @@ fn aborted_rollout_watch_exits_non_zero_and_errors_are_readable() {
             "--policy",
             "quick",
             "--router",
-            r#"{"kind":"exec","command":["true"]}"#,
+            r#"{"kind":"exec","profile":"noop"}"#,
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -189,7 +189,7 @@ fn start(d: &Daemon, ns: &str, svc: &str, policy: &str) -> String {
             "--policy",
             policy,
             "--router",
-            r#"{"kind":"exec","command":["true"]}"#,
+            r#"{"kind":"exec","profile":"noop"}"#,
         ],
     );
     assert!(out.status.success(), "{}", text(&out));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support::daemon::{Daemon, free_port};
+use support::daemon::{Daemon, exec_profiles, free_port};
 
 const ROLLOUTS: usize = 20;
 
@@ -38,14 +38,15 @@ fn twenty_rollouts_survive_ten_sigkills() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     vane::install_crypto_provider();
-    let mut d = Daemon::start(root, free_port(), &[]);
+    let profiles = exec_profiles(&[("route", &[script.to_str().unwrap()])]);
+    let mut d = Daemon::start(root, free_port(), &[("VANE_ROUTERS_EXEC", &profiles)]);
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let mut ids = HashMap::new();
     for i in 0..ROLLOUTS {
         let service = format!("svc-{i}");
         let body = json!({
             "service": service, "namespace": "crash", "version": "v2", "stableVersion": "v1", "policy": "crash",
-            "router": { "kind": "exec", "command": [script.to_str().unwrap()] }
+            "router": { "kind": "exec", "profile": "route" }
         });
         let res = http.post(format!("{}/api/v1/rollouts", d.url)).json(&body).send().unwrap();
         assert_eq!(res.status(), 201, "{}", res.text().unwrap_or_default());

@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::daemon::{Daemon, free_port};
+use support::daemon::{Daemon, exec_profiles, free_port};
 use support::prom::{DemoApp, Load, Prometheus, wait_for};
 
 const POLICY: &str = "name: slo
@@ -214,10 +214,22 @@ async fn every_dashboard_and_alert_expression_against_real_prometheus() {
     let apps = [v1.addr, v2.addr, v3.addr];
     let prom = Prometheus::start_jobs(d, &[("demo", &apps), ("vane", &[vane_addr])]);
     prom.ready().await;
+    // Restoring traffic takes 3 s once the canary has had traffic (so RollingBack is scraped).
+    let marker = d.join("shifted");
+    let slow_rollback = format!(
+        r#"if [ "$VANE_CANARY_WEIGHT" = 0 ]; then [ ! -e "{m}" ] || sleep 3; else touch "{m}"; fi"#,
+        m = marker.display()
+    );
+    let profiles = exec_profiles(&[("noop", &["true"]), ("slow-rollback", &["sh", "-c", &slow_rollback])]);
     let daemon = Daemon::start(
         d,
         port,
-        &[("VANE_PROMETHEUS_URL", prom.url.as_str()), ("VANE_PROMETHEUS_MIN_WINDOW", "5s"), ("RUST_LOG", "warn")],
+        &[
+            ("VANE_PROMETHEUS_URL", prom.url.as_str()),
+            ("VANE_PROMETHEUS_MIN_WINDOW", "5s"),
+            ("RUST_LOG", "warn"),
+            ("VANE_ROUTERS_EXEC", &profiles),
+        ],
     );
     let _load: Vec<Load> = apps.iter().map(|a| Load::start(*a, 30)).collect();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
@@ -234,19 +246,13 @@ async fn every_dashboard_and_alert_expression_against_real_prometheus() {
     .await;
     let start = unix_now();
 
-    let rollout = |version: &str, stable: &str, command: Value| {
+    let rollout = |version: &str, stable: &str, profile: &str| {
         json!({ "service": "web", "namespace": "shop", "version": version, "stableVersion": stable,
-                "policy": "slo", "router": { "kind": "exec", "command": command } })
+                "policy": "slo", "router": { "kind": "exec", "profile": profile } })
     };
-    let good = create(&http, &daemon.url, rollout("v2", "v1", json!(["true"]))).await;
+    let good = create(&http, &daemon.url, rollout("v2", "v1", "noop")).await;
     wait_phase(&http, &daemon.url, &good, "Succeeded").await;
-    // Restoring traffic takes 3 s once the canary has had traffic (so RollingBack is scraped).
-    let marker = d.join("shifted");
-    let slow_rollback = format!(
-        r#"if [ "$VANE_CANARY_WEIGHT" = 0 ]; then [ ! -e "{m}" ] || sleep 3; else touch "{m}"; fi"#,
-        m = marker.display()
-    );
-    let bad = create(&http, &daemon.url, rollout("v3", "v2", json!(["sh", "-c", slow_rollback]))).await;
+    let bad = create(&http, &daemon.url, rollout("v3", "v2", "slow-rollback")).await;
     let rolled_back = wait_phase(&http, &daemon.url, &bad, "RolledBack").await;
     assert!(rolled_back["message"].as_str().unwrap_or("").contains("success-rate"), "{rolled_back}");
 
@@ -352,7 +358,7 @@ async fn finished_rollouts_series_are_dropped_after_the_retention() {
     vane::install_crypto_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     let body = json!({ "service": "cart", "namespace": "shop", "version": "v2", "stableVersion": "v1",
-                       "policy": "slo", "router": { "kind": "exec", "command": ["true"] } });
+                       "policy": "slo", "router": { "kind": "exec", "profile": "noop" } });
     let id = create(&http, &daemon.url, body).await;
     wait_phase(&http, &daemon.url, &id, "Succeeded").await;
 

@@ -109,11 +109,11 @@ async fn prometheus_killed(dir: std::path::PathBuf) -> String {
     let mut prom = Prometheus::start(&prom_dir, &[site.v1.addr, site.v2.addr]);
     prom.ready().await;
     let _load = LoadGen::start(site.nginx.url(), RPS);
-    let d =
-        e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "2s", 2, 3))], &prom_env(&prom.url)).await;
+    let env = [prom_env(&prom.url), vec![site.plain_profile()]].concat();
+    let d = e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "2s", 2, 3))], &env).await;
     let api = e2e::api(&d);
     scraped(&prom.url, "promkill").await;
-    let id = api.create(&site.body("slo", site.plain_router(), json!({}))).await;
+    let id = api.create(&site.body("slo", site.router(), json!({}))).await;
     let (_, events) = api
         .wait(&id, "traffic at 50 %", Duration::from_secs(40), |_, ev| {
             of_type(ev, "weight-set").iter().any(|e| e["details"]["canary"] == 50)
@@ -169,10 +169,11 @@ async fn prometheus_killed(dir: std::path::PathBuf) -> String {
 async fn daemon_killed(dir: std::path::PathBuf, site: Site, prom_url: String) -> String {
     let log = dir.join("reloads.log");
     let reload = site.reload_script(&dir, &dir.join("never"), &log, "0.4");
-    let router = site.router(Some(site.nginx.command(&["-t", "-q"])), reload);
+    let profile = site.profile(Some(site.nginx.command(&["-t", "-q"])), reload);
+    let router = site.router();
     let load = LoadGen::start(site.nginx.url(), RPS);
-    let mut d =
-        e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "3s", 2, 3))], &prom_env(&prom_url)).await;
+    let env = [prom_env(&prom_url), vec![profile]].concat();
+    let mut d = e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[10, 50, 100]", "3s", 2, 3))], &env).await;
     let api = e2e::api(&d);
     scraped(&prom_url, "crash").await;
     let seed: u64 = std::env::var("VANE_E2E_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
@@ -236,9 +237,9 @@ async fn nginx_test_failing(dir: std::path::PathBuf) -> String {
     let site = Site::start(&dir, "nginxtest", 0.0).await;
     let policy = "name: gated\nstrategy: canary\nsteps: [10, 50, 100]\ninterval: 500ms\nthreshold: 2\n\
                   progressDeadline: 60s\ngates:\n  - at: 10\n    approval: manual\n    timeout: 1h\n";
-    let d = e2e::daemon(&dir, &[("gated", policy)], &[]).await;
+    let d = e2e::daemon(&dir, &[("gated", policy)], &[site.plain_profile()]).await;
     let api = e2e::api(&d);
-    let id = api.create(&site.body("gated", site.plain_router(), json!({}))).await;
+    let id = api.create(&site.body("gated", site.router(), json!({}))).await;
     api.wait(&id, "the gate at 10 %", Duration::from_secs(20), |r, _| {
         r["phase"] == "AwaitingApproval" && r["canaryWeight"] == 10
     })
@@ -292,10 +293,11 @@ async fn nginx_test_failing(dir: std::path::PathBuf) -> String {
 async fn router_down_during_rollback(dir: std::path::PathBuf, site: Site, prom_url: String) -> String {
     let flag = dir.join("router-down");
     let log = dir.join("reloads.log");
-    let router = site.router(None, site.reload_script(&dir, &flag, &log, "0"));
+    let profile = site.profile(None, site.reload_script(&dir, &flag, &log, "0"));
+    let router = site.router();
     let _load = LoadGen::start(site.nginx.url(), RPS);
-    let mut d =
-        e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[50, 100]", "2s", 2, 20))], &prom_env(&prom_url)).await;
+    let env = [prom_env(&prom_url), vec![profile]].concat();
+    let mut d = e2e::daemon(&dir, &[("slo", &e2e::slo_policy("slo", "[50, 100]", "2s", 2, 20))], &env).await;
     let api = e2e::api(&d);
     scraped(&prom_url, "rollback").await;
     let id = api.create(&site.body("slo", router, json!({}))).await;
@@ -360,10 +362,11 @@ async fn webhook_receiver_down(dir: std::path::PathBuf) -> String {
     let secret = "e2e-webhook-secret";
     let policy = "name: fast\nstrategy: canary\nsteps: [10, 50, 100]\ninterval: 300ms\nthreshold: 2\n";
     let webhooks = format!(r#"[{{ url = "http://{addr}/hook", secret_env = "E2E_WEBHOOK_SECRET" }}]"#);
-    let env = [("VANE_NOTIFICATIONS_WEBHOOKS", webhooks), ("E2E_WEBHOOK_SECRET", secret.to_string())];
+    let env =
+        [("VANE_NOTIFICATIONS_WEBHOOKS", webhooks), ("E2E_WEBHOOK_SECRET", secret.to_string()), site.plain_profile()];
     let mut d = e2e::daemon(&dir, &[("fast", policy)], &env).await;
     let api = e2e::api(&d);
-    let id = api.create(&site.body("fast", site.plain_router(), json!({}))).await;
+    let id = api.create(&site.body("fast", site.router(), json!({}))).await;
     let (_, events) = api.wait_phase(&id, "Succeeded", Duration::from_secs(30)).await;
     let failed = api.metric(r#"vane_webhook_deliveries_total{kind="webhook",result="error"}"#).await;
     assert!(failed >= 1.0, "deliveries were attempted while the receiver was down");

@@ -94,6 +94,7 @@ fn app() -> (axum::Router, tempfile::TempDir) {
         metrics,
         ready: Arc::new(AtomicBool::new(true)),
         slack: None,
+        admission: Default::default(),
     };
     (api::router(state), dir)
 }

@@ -51,7 +51,7 @@ async fn hundred_rollouts_under_concurrent_reads() {
         let (http, base) = (http.clone(), base.clone());
         tokio::spawn(async move {
             let body = json!({ "service": format!("svc-{i}"), "namespace": "load", "version": "v2",
-                               "stableVersion": "v1", "policy": "load", "router": { "kind": "exec", "command": ["true"] } });
+                               "stableVersion": "v1", "policy": "load", "router": { "kind": "exec", "profile": "noop" } });
             let res = http.post(format!("{base}/api/v1/rollouts")).bearer_auth(OPERATOR).json(&body).send().await;
             let res = res.expect("create answered");
             let status = res.status();

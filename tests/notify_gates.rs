@@ -110,6 +110,7 @@ async fn the_rest_api_promote_passes_the_gate() {
         metrics: w.metrics.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         slack: None,
+        admission: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

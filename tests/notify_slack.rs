@@ -156,6 +156,7 @@ async fn api() -> Api {
         metrics: w.metrics.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         slack: Some(Arc::new(handler)),
+        admission: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -335,6 +336,7 @@ async fn without_a_signing_secret_the_endpoint_is_off() {
         metrics: w.metrics.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         slack: None,
+        admission: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

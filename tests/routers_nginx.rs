@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nginx::{Nginx, Tally, load};
+use vane::config::{NginxProfile, RouterProfiles};
 use vane::fixtures;
 use vane::rollout::{RouterSpec, machine};
 use vane::traffic::nginx::split_file;
@@ -20,19 +21,32 @@ use vane::traffic::{Router, RouterFactory, Routers};
 const PER_STEP: u32 = 4000;
 const TOLERANCE: f64 = 3.0;
 
-fn router(n: &Nginx, variable: &str) -> Arc<dyn Router> {
+/// The router of a rollout naming the daemon's `[routers.nginx.edge]` profile for this NGINX.
+fn nginx_router(n: &Nginx, variable: &str, test: Option<Vec<String>>, reload: Vec<String>) -> Arc<dyn Router> {
+    let mut profiles = RouterProfiles::default();
+    profiles.nginx.insert(
+        "edge".into(),
+        NginxProfile {
+            config_file: n.split_file(),
+            variable: variable.into(),
+            test,
+            reload,
+            namespaces: vec!["*".into()],
+        },
+    );
     let mut req = fixtures::request("agent-service", "canary");
     req.router = RouterSpec::Nginx {
-        config_file: n.split_file().display().to_string(),
-        variable: variable.into(),
+        profile: "edge".into(),
         stable_upstream: "stable_pool".into(),
         canary_upstream: "canary_pool".into(),
-        test: Some(n.command(&["-t", "-q"])),
-        reload: n.command(&["-s", "reload"]),
     };
     let policy = fixtures::policy("canary", &[5, 25, 50, 100], Duration::from_millis(200), 2);
     let (rollout, _) = machine::create("r".into(), &req, policy, "test", 0);
-    Routers::default().build(&rollout).expect("nginx router builds")
+    Routers::default().with_profiles(profiles, Arc::default()).build(&rollout).expect("nginx router builds")
+}
+
+fn router(n: &Nginx, variable: &str) -> Arc<dyn Router> {
+    nginx_router(n, variable, Some(n.command(&["-t", "-q"])), n.command(&["-s", "reload"]))
 }
 
 async fn start() -> Nginx {
@@ -131,18 +145,7 @@ async fn a_failing_reload_is_transient_and_restores_the_previous_file() {
     let n = start().await;
     let good = router(&n, "vane_upstream");
     shift(&n, good.as_ref(), 25).await;
-    let mut req = fixtures::request("agent-service", "canary");
-    req.router = RouterSpec::Nginx {
-        config_file: n.split_file().display().to_string(),
-        variable: "vane_upstream".into(),
-        stable_upstream: "stable_pool".into(),
-        canary_upstream: "canary_pool".into(),
-        test: None,
-        reload: vec!["false".into()],
-    };
-    let policy = fixtures::policy("canary", &[5, 25, 50, 100], Duration::from_millis(200), 2);
-    let (rollout, _) = machine::create("r".into(), &req, policy, "test", 0);
-    let r = Routers::default().build(&rollout).unwrap();
+    let r = nginx_router(&n, "vane_upstream", None, vec!["false".into()]);
     let e = r.set_weight(50).await.unwrap_err();
     assert!(!e.is_permanent() && e.to_string().contains("reload"), "{e}");
     // The file shows what NGINX runs (vane reads it back after a restart); the retry writes 50 again.

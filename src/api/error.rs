@@ -102,7 +102,7 @@ impl From<StoreError> for ApiError {
 }
 
 impl ApiError {
-    fn with_code(mut self, code: &'static str) -> Self {
+    pub(crate) fn with_code(mut self, code: &'static str) -> Self {
         self.code = code;
         self
     }

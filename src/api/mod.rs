@@ -3,18 +3,21 @@
 pub mod auth;
 pub mod error;
 pub mod forward;
+pub mod guard;
 pub mod openapi;
 pub mod replay;
 pub mod routes;
+pub mod serve;
 pub mod slack;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
+use crate::config::ServerLimits;
 use crate::rollout::controller::Controller;
 use crate::rollout::ports::RolloutMetrics;
 pub use auth::Auth;
@@ -31,6 +34,22 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The Slack buttons' endpoint; None: Slack's signing secret is not configured.
     pub slack: Option<Arc<slack::SlackInteractions>>,
+    /// The `[server]` limits the API enforces.
+    pub admission: Admission,
+}
+
+/// What the API admits: the `[server]` limits, and the creates in flight (counted against
+/// `max_active_rollouts` with the running ones, so concurrent creates cannot overshoot it).
+#[derive(Clone, Default)]
+pub struct Admission {
+    pub limits: ServerLimits,
+    pub creating: Arc<AtomicUsize>,
+}
+
+impl Admission {
+    pub fn new(limits: ServerLimits) -> Self {
+        Admission { limits, creating: Arc::default() }
+    }
 }
 
 impl AppState {
@@ -63,6 +82,7 @@ pub fn ops_router(state: AppState) -> Router {
 
 fn routes(state: AppState, with_metrics: bool) -> Router {
     use routes::*;
+    let request_timeout = state.admission.limits.request_timeout;
     let r = Router::new()
         .route("/api/v1/rollouts", post(create_rollout).get(list_rollouts))
         .route("/api/v1/rollouts/{id}", get(get_rollout))
@@ -82,6 +102,8 @@ fn routes(state: AppState, with_metrics: bool) -> Router {
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::open_mode))
+        .layer(axum::middleware::from_fn_with_state(request_timeout, guard::deadline))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), count_request))
         .with_state(state)
 }

@@ -150,7 +150,11 @@ impl AppState {
         (status = 200, description = "replay of an earlier request with the same Idempotency-Key", body = RolloutView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "an active rollout for this service exists", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+        (status = 413, body = ErrorBody),
+        (status = 415, description = "open mode: the body is not application/json", body = ErrorBody),
+        (status = 421, description = "open mode: the Host is not a loopback name or address", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "server.max_active_rollouts rollouts are active", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_rollout(
     State(s): State<AppState>,
@@ -158,8 +162,16 @@ pub async fn create_rollout(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: CreateRequest = parse_json(body, false)?.unwrap_or_else(|| unreachable!("required body"));
+    let body = body_bytes(body)?;
+    // Router fields naming commands or files, and over-long strings, are named precisely here (the
+    // typed parse would only say "unknown field"). A body that is not JSON falls through to it.
+    if let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&body) {
+        crate::rollout::spec::check_raw_body(&raw).map_err(|e| ApiError::unprocessable(e.field, e.message))?;
+    }
+    let req: CreateRequest = parse_json(Ok(body), false)?.unwrap_or_else(|| unreachable!("required body"));
     caller.check_create(&req.namespace)?;
+    let limits = s.admission.limits;
+    req.check_min_interval(limits.min_interval).map_err(|e| ApiError::unprocessable(e.field, e.message))?;
     let idem = match headers.get("idempotency-key") {
         Some(v) => {
             let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
@@ -171,9 +183,37 @@ pub async fn create_rollout(
         }
         None => None,
     };
-    let (r, created) = s.controller.create(req, &caller.name, idem).await?;
+    // Reserve a place before checking, release it once the driver runs (or the create failed).
+    let creating = s.admission.creating.clone();
+    let reserved = creating.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let _release = Release(creating);
+    if s.controller.running() + reserved > limits.max_active_rollouts {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_rollouts",
+            format!(
+                "{} rollouts are active (server.max_active_rollouts); wait for some to finish",
+                limits.max_active_rollouts
+            ),
+        ));
+    }
+    // Its own task: the request deadline may drop this handler, never a create half done.
+    let controller = s.controller.clone();
+    let actor = caller.name.clone();
+    let (r, created) = tokio::spawn(async move { controller.create(req, &actor, idem).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(s.view(r))).into_response())
+}
+
+/// Gives back a reservation of `max_active_rollouts` when dropped.
+struct Release(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// List rollouts, newest first.

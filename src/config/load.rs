@@ -124,19 +124,20 @@ impl Config {
             let path = e.path().to_string();
             let mut parts = path.split(['.', '[']);
             let (sec, key) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let message = e.into_inner().to_string();
-            match sources.get(sec, key) {
-                Source::Env(var) => ConfigError::Env { var: var.clone(), message },
-                Source::File { path, line } => {
-                    ConfigError::File { path: path.clone(), line: *line, column: 1, message }
-                }
-                Source::Default => {
-                    ConfigError::Read { path: "configuration".into(), message: format!("{path}: {message}") }
-                }
-            }
+            located(&sources, sec, key, &path, e.into_inner().to_string())
         })?;
         cfg.check_scopes().map_err(|message| ConfigError::Read { path: "configuration".into(), message })?;
+        cfg.routers.validate().map_err(|(kind, message)| located(&sources, "routers", kind, "routers", message))?;
         Ok((cfg, sources))
+    }
+}
+
+/// An error about `sec.key` (`path` in full), at the line or the variable that set it.
+fn located(sources: &Sources, sec: &str, key: &str, path: &str, message: String) -> ConfigError {
+    match sources.get(sec, key) {
+        Source::Env(var) => ConfigError::Env { var: var.clone(), message },
+        Source::File { path, line } => ConfigError::File { path: path.clone(), line: *line, column: 1, message },
+        Source::Default => ConfigError::Read { path: "configuration".into(), message: format!("{path}: {message}") },
     }
 }
 

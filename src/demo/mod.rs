@@ -267,6 +267,17 @@ async fn start_stack(args: &DemoArgs, dir: &Path, nginx_bin: &Path, prom_bin: &P
     cfg.prometheus.timeout = Duration::from_secs(2);
     // Two scrapes at least; the analysis window is the policy's interval.
     cfg.prometheus.min_window = Duration::from_secs(2);
+    // The NGINX router is a profile of the daemon's configuration: rollouts name it, never a file.
+    cfg.routers.nginx.insert(
+        PROFILE.into(),
+        crate::config::NginxProfile {
+            config_file: nginx.split_file(),
+            variable: VARIABLE.into(),
+            test: Some(nginx.command(&["-t", "-q"])),
+            reload: nginx.command(&["-s", "reload"]),
+            namespaces: vec!["demo".into()],
+        },
+    );
     let http = load::client();
     let api = format!("http://{api}");
     let (tx, daemon) = start_daemon(cfg, &http, &api).await?;
@@ -355,15 +366,15 @@ async fn scenario(args: &DemoArgs, dir: &Path, nginx_bin: &Path, prom_bin: &Path
     Ok((stack, summary))
 }
 
-fn router(stack: &Stack, from: &str, to: &str) -> Value {
+/// The daemon's `[routers.nginx.demo]` profile.
+const PROFILE: &str = "demo";
+
+fn router(from: &str, to: &str) -> Value {
     json!({
         "kind": "nginx",
-        "configFile": stack.nginx.split_file().display().to_string(),
-        "variable": VARIABLE,
+        "profile": PROFILE,
         "stableUpstream": procs::upstream(from),
         "canaryUpstream": procs::upstream(to),
-        "test": stack.nginx.command(&["-t", "-q"]),
-        "reload": stack.nginx.command(&["-s", "reload"]),
     })
 }
 
@@ -378,7 +389,7 @@ async fn run_rollout(
 ) -> anyhow::Result<RolloutSummary> {
     let body = json!({
         "service": "demo", "namespace": "demo", "version": to, "stableVersion": from, "policy": POLICY,
-        "router": router(stack, from, to),
+        "router": router(from, to),
     });
     let file = dir.join(format!("rollout-{to}.json"));
     std::fs::write(&file, serde_json::to_string_pretty(&body)?)?;

@@ -35,6 +35,8 @@ pub struct Wiring {
     pub notifier: std::sync::Arc<dyn Notifier>,
     /// The Slack signing secret, when set: the API's interactions endpoint verifies requests with it.
     pub slack: Option<String>,
+    /// Every configured secret, for the other adapters whose text may carry one (command output).
+    pub redactor: std::sync::Arc<crate::redact::Redactor>,
 }
 
 /// Build hooks and outbox (started, with its catch-up done), and read the Slack signing secret. Call it inside the
@@ -48,7 +50,11 @@ pub fn wire(
 ) -> anyhow::Result<Wiring> {
     use std::sync::Arc;
     let var = |name: &str| Some(name).filter(|n| !n.is_empty()).and_then(&env).filter(|v| !v.trim().is_empty());
-    let hooks = Arc::new(crate::hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?);
+    let redactor = Arc::new(crate::redact::Redactor::from_config(cfg, &env));
+    let hooks = Arc::new(
+        crate::hooks::HttpHooks::new(var(&cfg.notifications.hook_secret_env), metrics.clone())?
+            .with_redactor(redactor.clone()),
+    );
     let mut sinks = sinks(&cfg.notifications.webhooks, &env)?;
     if let Some(url) = var(&cfg.slack.webhook_url_env) {
         sinks.push(outbox::Sink::slack(url.trim()));
@@ -63,7 +69,7 @@ pub fn wire(
         Arc::new(o)
     };
     let slack = var(&cfg.slack.signing_secret_env);
-    Ok(Wiring { hooks, notifier, slack })
+    Ok(Wiring { hooks, notifier, slack, redactor })
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

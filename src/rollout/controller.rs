@@ -118,6 +118,7 @@ impl Controller {
             )
             .into());
         }
+        self.env.routers.admit(&req)?;
         let now = self.env.clock.now();
         let id = ulid::Ulid::new().to_string();
         let (mut r, out) = machine::create(id, &req, policy, actor, now);

@@ -121,6 +121,7 @@ pub struct Rollout {
     pub version: String,
     pub stable_version: String,
     pub policy: Policy,
+    #[serde(deserialize_with = "spec::stored_router")]
     pub router: RouterSpec,
     pub created_by: String,
     pub created_at: Millis,

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Event, Millis, Phase, Rollout, rfc3339};
+use super::{CreateRequest, Event, Millis, Phase, Rollout, rfc3339};
 use crate::BoxFut;
-use crate::policy::{HookKind, HookSpec, Preflight};
+use crate::policy::{FieldError, HookKind, HookSpec, Preflight};
 
 // ---- traffic ----
 
@@ -58,6 +58,12 @@ pub trait Router: Send + Sync + 'static {
 /// Builds the router for a rollout from its spec.
 pub trait RouterFactory: Send + Sync + 'static {
     fn build(&self, rollout: &Rollout) -> Result<Arc<dyn Router>, RouterError>;
+
+    /// Whether a create request may use the router it names (e.g. a configured profile that serves
+    /// its namespace); checked before anything is stored. A 422 naming the field otherwise.
+    fn admit(&self, _request: &CreateRequest) -> Result<(), FieldError> {
+        Ok(())
+    }
 }
 
 // ---- analysis ----
@@ -312,6 +318,9 @@ pub trait Store: Send + Sync + 'static {
     fn events(&self, id: &str, after: u64) -> Result<Vec<Event>, StoreError>;
     /// A cheap read that proves the store answers (readiness).
     fn ping(&self) -> bool;
+    /// Retention (`[store] retention`): delete every finished rollout last updated before `cutoff`,
+    /// with its events and the idempotency keys that point to it. Returns how many went.
+    fn sweep(&self, cutoff: Millis) -> BoxFut<'_, Result<usize, StoreError>>;
 
     // The notification queue (at-least-once delivery that survives restarts).
 

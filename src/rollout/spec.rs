@@ -5,6 +5,95 @@ use utoipa::ToSchema;
 
 use crate::policy::{FieldError, Overrides, Policy, Strategy, is_dns_label};
 
+/// The longest string any field of a create body may hold.
+pub const MAX_FIELD_LEN: usize = 256;
+
+/// Router fields that name a command or a file: the daemon's configuration owns them (SPEC §4).
+const DAEMON_ONLY_ROUTER_FIELDS: &[&str] = &["command", "configFile", "test", "reload", "variable", "env"];
+
+/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`: safe in a URL path, a label, a file name.
+pub fn is_version(v: &str) -> bool {
+    let mut chars = v.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && v.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `^[A-Za-z0-9_.:-]{1,128}$`: one NGINX token, nothing that could end a directive or a block.
+pub fn is_upstream(v: &str) -> bool {
+    (1..=128).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+}
+
+/// A stored rollout's router. Rollouts stored before router profiles named their command or file;
+/// they load with an empty profile — their router then fails with a message saying so, and a human
+/// finishes them — instead of making the whole store unreadable (the daemon could not start).
+pub fn stored_router<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RouterSpec, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    RouterSpec::deserialize(&v).or_else(|e| {
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        match v["kind"].as_str() {
+            Some("exec") => Ok(RouterSpec::Exec { profile: String::new() }),
+            Some("nginx") => Ok(RouterSpec::Nginx {
+                profile: String::new(),
+                stable_upstream: text("stableUpstream"),
+                canary_upstream: text("canaryUpstream"),
+            }),
+            _ => Err(serde::de::Error::custom(e)),
+        }
+    })
+}
+
+/// Checks of the raw create body that its typed form cannot express: a router naming a command or a
+/// file (422 naming it, e.g. `router.command`), and any string longer than [`MAX_FIELD_LEN`].
+pub fn check_raw_body(body: &serde_json::Value) -> Result<(), FieldError> {
+    if let Some(router) = body.get("router").and_then(|r| r.as_object()) {
+        let kind = router.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        for f in DAEMON_ONLY_ROUTER_FIELDS {
+            if router.contains_key(*f) {
+                return Err(FieldError::new(
+                    format!("router.{f}"),
+                    format!(
+                        "commands and files belong to the daemon's configuration: name a profile \
+                         ([routers.{kind}.NAME]) with router.profile"
+                    ),
+                ));
+            }
+        }
+    }
+    long_string(body, &mut String::new())
+}
+
+fn long_string(v: &serde_json::Value, path: &mut String) -> Result<(), FieldError> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.chars().count() > MAX_FIELD_LEN => {
+            Err(FieldError::new(path.clone(), format!("at most {MAX_FIELD_LEN} characters")))
+        }
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let r = long_string(item, path);
+            path.truncate(len);
+            r
+        }),
+        Value::Object(map) => map.iter().try_for_each(|(k, item)| {
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            let shown: String = k.chars().take(64).collect();
+            path.push_str(&shown);
+            if k.chars().count() > MAX_FIELD_LEN {
+                return Err(FieldError::new(path.clone(), "field name too long"));
+            }
+            let r = long_string(item, path);
+            path.truncate(len);
+            r
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateRequest {
@@ -57,19 +146,12 @@ pub enum RouterSpec {
         stable_backend: String,
         canary_backend: String,
     },
+    /// Standalone NGINX through a `[routers.nginx.NAME]` profile of the daemon's configuration,
+    /// which owns the file, the variable and the commands.
     #[serde(rename_all = "camelCase")]
-    Nginx {
-        config_file: String,
-        variable: String,
-        stable_upstream: String,
-        canary_upstream: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        test: Option<Vec<String>>,
-        reload: Vec<String>,
-    },
-    Exec {
-        command: Vec<String>,
-    },
+    Nginx { profile: String, stable_upstream: String, canary_upstream: String },
+    /// Any other load balancer through a `[routers.exec.NAME]` profile (the command is the profile's).
+    Exec { profile: String },
 }
 
 impl RouterSpec {
@@ -165,44 +247,38 @@ impl RouterSpec {
                 if rule.as_deref().is_some_and(|r| !is_dns_subdomain(r)) {
                     return Err(FieldError::new("router.rule", SUBDOMAIN));
                 }
-                for (v, f) in [(stable_backend, "stableBackend"), (canary_backend, "canaryBackend")] {
-                    if !is_dns_label(v) {
-                        return Err(FieldError::new(
-                            format!("router.{f}"),
-                            "must be a Service name (a lowercase DNS label: a-z, 0-9, '-', at most 63)",
-                        ));
-                    }
-                }
-                if stable_backend == canary_backend {
-                    return Err(FieldError::new("router.canaryBackend", "must differ from stableBackend"));
-                }
+                check_pair(
+                    [(stable_backend, "stableBackend"), (canary_backend, "canaryBackend")],
+                    is_dns_label,
+                    "must be a Service name (a lowercase DNS label: a-z, 0-9, '-', at most 63)",
+                )?;
             }
-            RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => {
-                need(config_file, "configFile")?;
-                if !variable.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || variable.is_empty() {
-                    return Err(FieldError::new("router.variable", "must be an NGINX variable name ([A-Za-z0-9_]+)"));
-                }
-                for (v, f) in [(stable_upstream, "stableUpstream"), (canary_upstream, "canaryUpstream")] {
-                    need(v, f)?;
-                    if v.chars().any(|c| c.is_whitespace() || c == ';' || c == '{' || c == '}') {
-                        return Err(FieldError::new(format!("router.{f}"), "must be a single NGINX token"));
-                    }
-                }
-                if reload.is_empty() {
-                    return Err(FieldError::new("router.reload", "give the reload command as an argv list"));
-                }
-                if test.as_ref().is_some_and(|t| t.is_empty()) {
-                    return Err(FieldError::new("router.test", "leave test out or give an argv list"));
-                }
+            RouterSpec::Nginx { profile, stable_upstream, canary_upstream } => {
+                need(profile, "profile")?;
+                check_pair(
+                    [(stable_upstream, "stableUpstream"), (canary_upstream, "canaryUpstream")],
+                    is_upstream,
+                    "must be an NGINX upstream name (1-128 of A-Z a-z 0-9 _ . : -)",
+                )?;
             }
-            RouterSpec::Exec { command } => {
-                if command.is_empty() || command[0].trim().is_empty() {
-                    return Err(FieldError::new("router.command", "give the command as an argv list"));
-                }
-            }
+            RouterSpec::Exec { profile } => need(profile, "profile")?,
         }
         Ok(())
     }
+}
+
+/// A stable/canary pair of names (`[(value, field); 2]`): both `valid`, and different.
+fn check_pair(pair: [(&String, &str); 2], valid: fn(&str) -> bool, rule: &str) -> Result<(), FieldError> {
+    for (v, f) in pair {
+        if !valid(v) {
+            return Err(FieldError::new(format!("router.{f}"), rule));
+        }
+    }
+    let [(stable, stable_field), (canary, canary_field)] = pair;
+    if stable == canary {
+        return Err(FieldError::new(format!("router.{canary_field}"), format!("must differ from {stable_field}")));
+    }
+    Ok(())
 }
 
 const SUBDOMAIN: &str = "must be a Kubernetes name (lowercase a-z, 0-9, '-', '.', at most 253)";
@@ -214,6 +290,17 @@ fn is_dns_subdomain(s: &str) -> bool {
 
 impl CreateRequest {
     /// Check the request against the loaded policies and return the effective policy.
+    /// The interval of the effective policy must not be below `min` (the server's `min_interval`).
+    pub fn check_min_interval(&self, min: std::time::Duration) -> Result<(), FieldError> {
+        match self.overrides.interval {
+            Some(i) if i < min => Err(FieldError::new(
+                "overrides.interval",
+                format!("must be at least {} (server.min_interval)", humantime::format_duration(min)),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn resolve(&self, policies: &[Policy]) -> Result<Policy, FieldError> {
         for (v, f) in [(&self.service, "service"), (&self.namespace, "namespace")] {
             if !is_dns_label(v) {
@@ -221,8 +308,11 @@ impl CreateRequest {
             }
         }
         for (v, f) in [(&self.version, "version"), (&self.stable_version, "stableVersion")] {
-            if v.trim().is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(FieldError::new(f, "must be a non-empty version label without spaces (at most 128)"));
+            if !is_version(v) {
+                return Err(FieldError::new(
+                    f,
+                    "must be a version label: a letter or digit, then up to 127 of A-Z a-z 0-9 . _ -",
+                ));
             }
         }
         if self.version == self.stable_version {
@@ -286,6 +376,7 @@ impl CreateRequest {
 mod tests {
     use super::*;
     use crate::fixtures;
+    use serde_json::json;
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -340,5 +431,55 @@ mod tests {
         assert!(e.message.contains("one header only"), "{e}");
         policy.canary_match[0].headers.remove("x-tester");
         assert!(ingress.resolve(&[policy]).is_ok());
+    }
+
+    #[test]
+    fn versions_and_upstreams_follow_the_spec_patterns() {
+        for ok in ["v1", "1.2.3", "v1.1.0-rc_1", &"a".repeat(128)] {
+            assert!(is_version(ok), "{ok}");
+        }
+        for bad in ["", "-v1", ".v1", "v2@127.0.0.1:18099/x?", "v 1", "v1/x", "v1%2F", &"a".repeat(129)] {
+            assert!(!is_version(bad), "{bad}");
+        }
+        assert!(is_upstream("stable_up:8080") && is_upstream("a.b-c"));
+        for bad in ["", "a;b", "a b", "a}", "a{", &"u".repeat(129)] {
+            assert!(!is_upstream(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_router_stored_before_profiles_still_loads() {
+        #[derive(Deserialize)]
+        struct Stored {
+            #[serde(deserialize_with = "stored_router")]
+            router: RouterSpec,
+        }
+        let old = json!({"router": {"kind": "exec", "command": ["/tmp/route.sh"]}});
+        let r: Stored = serde_json::from_value(old).unwrap();
+        assert_eq!(r.router, RouterSpec::Exec { profile: String::new() });
+        let old = json!({"router": {"kind": "nginx", "configFile": "/x", "variable": "v", "stableUpstream": "s",
+                                    "canaryUpstream": "c", "reload": ["true"]}});
+        let r: Stored = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            r.router,
+            RouterSpec::Nginx { profile: String::new(), stable_upstream: "s".into(), canary_upstream: "c".into() }
+        );
+        assert!(serde_json::from_value::<Stored>(json!({"router": {"kind": "teleport"}})).is_err());
+    }
+
+    #[test]
+    fn raw_body_checks_name_the_field() {
+        let e = check_raw_body(&json!({"router": {"kind": "exec", "command": ["touch", "/tmp/x"]}})).unwrap_err();
+        assert_eq!(e.field, "router.command");
+        let e = check_raw_body(&json!({"router": {"kind": "nginx", "profile": "p", "configFile": "/x"}})).unwrap_err();
+        assert_eq!(e.field, "router.configFile");
+        let e = check_raw_body(&json!({"service": "a", "overrides": {"steps": [1], "interval": "x".repeat(300)}}))
+            .unwrap_err();
+        assert_eq!(e.field, "overrides.interval");
+        let e = check_raw_body(&json!({"router": {"kind": "istio", "route": ["a", "b".repeat(257)]}})).unwrap_err();
+        assert_eq!(e.field, "router.route[1]");
+        assert!(
+            check_raw_body(&json!({"router": {"kind": "exec", "profile": "lb"}, "version": "v".repeat(256)})).is_ok()
+        );
     }
 }

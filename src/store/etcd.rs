@@ -419,6 +419,11 @@ impl EtcdStore {
 }
 
 impl Store for EtcdStore {
+    /// Retention is not implemented on etcd yet: finished rollouts stay until deleted by hand
+    /// (README and docs/operations.md say so).
+    fn sweep(&self, _cutoff: Millis) -> BoxFut<'_, Result<usize, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
     fn create<'a>(
         &'a self,
         r: &'a mut Rollout,

@@ -236,10 +236,7 @@ impl SledStore {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => e.into(),
-            })?;
+            .map_err(tx_error)?;
         self.durable().await?;
         *r = staged;
         Ok(events)
@@ -365,6 +362,65 @@ impl SledStore {
         Ok(())
     }
 
+    /// Retention (`[store] retention`): delete every finished rollout last updated before `cutoff`,
+    /// with its events, its service index entry and the idempotency keys that point to it. Each
+    /// rollout goes in one transaction, so a crash leaves it whole or gone. Returns how many went.
+    pub async fn sweep(&self, cutoff: Millis) -> Result<usize, StoreError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Age {
+            service: String,
+            namespace: String,
+            phase: Phase,
+            updated_at: Millis,
+        }
+        let mut expired = Vec::new();
+        for kv in self.rollouts.iter() {
+            let (id, v) = kv?;
+            let a: Age = from_json(&id, &v)?;
+            if a.phase.is_terminal() && a.updated_at < cutoff {
+                let skey = service_key(&a.service, &a.namespace, &String::from_utf8_lossy(&id));
+                expired.push((id, skey));
+            }
+        }
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let gone: std::collections::HashSet<&[u8]> = expired.iter().map(|(id, _)| id.as_ref()).collect();
+        let mut idem_keys: std::collections::HashMap<Vec<u8>, Vec<sled::IVec>> = Default::default();
+        for kv in self.idem.iter() {
+            let (k, v) = kv?;
+            let rec: IdemRecord = from_json(&k, &v)?;
+            if gone.contains(rec.id.as_bytes()) {
+                idem_keys.entry(rec.id.into_bytes()).or_default().push(k);
+            }
+        }
+        for (id, skey) in &expired {
+            let id_str = String::from_utf8_lossy(id);
+            let events: Vec<sled::IVec> = self
+                .events
+                .range(event_key(&id_str, 0)..=event_key(&id_str, u64::MAX))
+                .keys()
+                .collect::<Result<_, _>>()?;
+            let idem = idem_keys.get(id.as_ref()).map(Vec::as_slice).unwrap_or_default();
+            (&self.rollouts, &self.events, &self.idem, &self.by_service)
+                .transaction(|(rt, et, it, st)| {
+                    rt.remove(id)?;
+                    for k in &events {
+                        et.remove(k)?;
+                    }
+                    for k in idem {
+                        it.remove(k)?;
+                    }
+                    st.remove(skey.as_bytes())?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_error)?;
+        }
+        self.durable().await?;
+        Ok(expired.len())
+    }
+
     /// A cheap read that proves the store answers (readiness).
     pub fn ping(&self) -> bool {
         self.rollouts.first().is_ok()
@@ -389,6 +445,13 @@ fn release(
         tt.insert(target.as_bytes(), to_json(&claims))?;
     }
     Ok(())
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
+    }
 }
 
 fn abort_corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {
@@ -501,6 +564,9 @@ impl Store for SledStore {
         Ok(self.cursors.get(rollout.as_bytes())?.map(|v| be_u64(&v)))
     }
 
+    fn sweep(&self, cutoff: Millis) -> BoxFut<'_, Result<usize, StoreError>> {
+        Box::pin(SledStore::sweep(self, cutoff))
+    }
     fn queue_drop_cursor(&self, rollout: &str) -> Result<(), StoreError> {
         self.cursors.remove(rollout.as_bytes())?;
         Ok(())
@@ -514,5 +580,43 @@ impl Store for SledStore {
                 Ok(now)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+    use crate::rollout::machine;
+
+    #[tokio::test]
+    async fn the_sweep_deletes_only_finished_rollouts_past_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let policy = fixtures::policy("p", &[5, 100], std::time::Duration::from_secs(1), 1);
+        let mut ids = Vec::new();
+        for (service, finished, updated_at) in [("old", true, 1_000), ("new", true, 9_000), ("running", false, 1_000)] {
+            let req = fixtures::request(service, "p");
+            let (mut r, out) = machine::create(format!("01ID{service:0>22}"), &req, policy.clone(), "ci", 0);
+            let key = format!("key-{service}");
+            store.create(&mut r, out.events, Some((&key, "body"))).await.unwrap();
+            if finished {
+                r.phase = Phase::Aborted;
+            }
+            r.updated_at = updated_at;
+            store.commit(&mut r, vec![]).await.unwrap();
+            ids.push(r.id.clone());
+        }
+        assert_eq!(store.sweep(5_000).await.unwrap(), 1);
+        assert_eq!(store.get(&ids[0]).unwrap(), None);
+        assert!(store.events(&ids[0], 0).unwrap().is_empty());
+        let by_old = ListFilter { service: Some("old".into()), limit: 10, ..Default::default() };
+        assert!(store.list(&by_old).unwrap().is_empty());
+        assert!(store.idem.get("key-old").unwrap().is_none());
+        for id in &ids[1..] {
+            assert!(store.get(id).unwrap().is_some() && !store.events(id, 0).unwrap().is_empty());
+        }
+        assert!(store.idem.get("key-new").unwrap().is_some());
+        assert_eq!(store.sweep(5_000).await.unwrap(), 0);
     }
 }

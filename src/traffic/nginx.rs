@@ -2,7 +2,10 @@
 //!
 //! vane owns one small file holding a `split_clients` block that maps each request to the stable or
 //! the canary upstream; the user's server block includes it and does `proxy_pass http://$variable;`.
-//! A change is: write the file atomically (temp file in the same directory, fsync, rename), run the
+//! The file, the variable and the commands come from a `[routers.nginx.NAME]` profile of the daemon's
+//! configuration, never from a request. A change is: write the file atomically (a temp file with an
+//! unpredictable name created exclusively in the same directory, fsync, rename over the target —
+//! which replaces a symlink there instead of writing through it), run the
 //! `test` command if given — restoring the previous file if it fails, so a broken config never waits
 //! for the next reload — then run `reload` (NGINX reloads gracefully: in-flight requests finish). A
 //! failed reload restores the previous file too, so the file always shows what NGINX was last told, and
@@ -10,14 +13,16 @@
 //! the weight reads back only when both agree (a crash between writing and reloading leaves it unknown,
 //! and the decided weight is applied again).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::{Router, RouterError};
 use crate::BoxFut;
+use crate::redact::{Redactor, tail};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,6 +33,7 @@ pub struct NginxRouter {
     canary_upstream: String,
     test: Option<Vec<String>>,
     reload: Vec<String>,
+    redactor: Arc<Redactor>,
 }
 
 /// The file for `canary` percent (hashing `$request_id`, i.e. per request, not sticky).
@@ -121,12 +127,12 @@ fn find_program(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
-async fn run(what: &str, argv: &[String]) -> Result<(), RouterError> {
+async fn run(what: &str, argv: &[String], redactor: &Redactor) -> Result<(), RouterError> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(RouterError::Permanent(format!("{what}: empty command")));
     };
     let mut cmd = Command::new(prog);
-    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.args(args).env_clear().envs(super::exec::child_env(&[])).stdin(std::process::Stdio::null()).kill_on_drop(true);
     let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
         .await
         .map_err(|_| RouterError::Transient(format!("{what} ({prog}) timed out after {COMMAND_TIMEOUT:?}")))?
@@ -137,32 +143,31 @@ async fn run(what: &str, argv: &[String]) -> Result<(), RouterError> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let text = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
-    let tail: String = text.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
-    Err(RouterError::Transient(format!("{what} ({prog}) exited with {}: {tail}", out.status)))
+    let shown = tail(redactor, text, 400);
+    Err(RouterError::Transient(format!("{what} ({prog}) exited with {}: {shown}", out.status)))
 }
 
 /// Replace `path` with `bytes` atomically: readers see the old or the new file, never half of one.
+/// The temp file has a random name and is created with O_EXCL (nobody can plant it or a symlink in
+/// its place); the rename replaces `path` itself, also when `path` is a symlink.
 async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.vane-{}.tmp", std::process::id()));
-    let result = async {
-        let mut f = tokio::fs::File::create(&tmp).await?;
-        f.write_all(bytes).await?;
-        f.sync_all().await?;
-        drop(f);
-        tokio::fs::rename(&tmp, path).await
-    }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result
+    let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".vane.tmp").tempfile_in(&dir)?;
+        tmp.write_all(&bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 impl NginxRouter {
     pub fn new(
-        config_file: &str,
+        config_file: impl AsRef<Path>,
         variable: &str,
         stable_upstream: &str,
         canary_upstream: &str,
@@ -170,13 +175,20 @@ impl NginxRouter {
         reload: Vec<String>,
     ) -> Self {
         NginxRouter {
-            config_file: config_file.into(),
+            config_file: config_file.as_ref().to_path_buf(),
             variable: variable.into(),
             stable_upstream: stable_upstream.into(),
             canary_upstream: canary_upstream.into(),
             test,
             reload,
+            redactor: Arc::default(),
         }
+    }
+
+    /// Mask these secrets in the output of `test` and `reload`.
+    pub fn with_redactor(mut self, redactor: Arc<Redactor>) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     fn file_error(&self, doing: &str, e: std::io::Error) -> RouterError {
@@ -196,7 +208,7 @@ impl NginxRouter {
     }
 
     /// Where vane records the weight of the last reload NGINX accepted: a hidden file next to
-    /// `configFile`. The config file alone cannot say it — it is written before the reload.
+    /// `config_file`. The config file alone cannot say it — it is written before the reload.
     fn applied_file(&self) -> PathBuf {
         let dir = self.config_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = self.config_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -221,7 +233,7 @@ impl Router for NginxRouter {
             let dir = self.config_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             if !dir.is_dir() {
                 return Err(RouterError::Permanent(format!(
-                    "the directory of configFile {} does not exist",
+                    "the directory of config_file {} does not exist",
                     self.config_file.display()
                 )));
             }
@@ -242,7 +254,7 @@ impl Router for NginxRouter {
             let previous = self.read_previous().await?;
             write_atomically(&self.config_file, text.as_bytes()).await.map_err(|e| self.file_error("write", e))?;
             if let Some(test) = &self.test
-                && let Err(e) = run("config test", test).await
+                && let Err(e) = run("config test", test, &self.redactor).await
             {
                 let restored = match self.restore(previous).await {
                     Ok(()) => "previous file restored".to_string(),
@@ -253,7 +265,7 @@ impl Router for NginxRouter {
             // A failed reload puts the previous file back as well: the file is what `observe` reads back
             // after a restart, so it must never claim a split NGINX is not running (a rollback that
             // never reached NGINX would look complete). The machine retries the whole change.
-            if let Err(e) = run("reload", &self.reload).await {
+            if let Err(e) = run("reload", &self.reload, &self.redactor).await {
                 let restored = match self.restore(previous).await {
                     Ok(()) => "previous file restored".to_string(),
                     Err(r) => format!("restoring the previous file failed too: {r}"),
@@ -347,6 +359,26 @@ mod tests {
         let e = down.set_weight(0).await.unwrap_err();
         assert!(!e.is_permanent() && e.to_string().contains("previous file restored"), "{e}");
         assert_eq!(down.observe().await.unwrap(), Some(50), "the file still shows what NGINX runs");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_at_the_target_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let file = dir.path().join("split.conf");
+        std::os::unix::fs::symlink(&victim, &file).unwrap();
+        let r = NginxRouter::new(&file, "v", "s", "c", None, vec!["true".into()]);
+        r.set_weight(10).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!std::fs::symlink_metadata(&file).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), split_file("v", "s", "c", 10));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[tokio::test]

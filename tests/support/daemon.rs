@@ -68,6 +68,25 @@ impl Daemon {
     }
 }
 
+/// A TOML basic string (JSON's escapes are TOML's).
+pub fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// A TOML array of strings.
+pub fn toml_argv<S: AsRef<str>>(argv: &[S]) -> String {
+    let items: Vec<String> = argv.iter().map(|a| toml_str(a.as_ref())).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The value of `VANE_ROUTERS_EXEC` for these `[routers.exec.NAME]` profiles (name, argv), each
+/// serving every namespace. Without it the daemon has one profile, `noop` (`true`).
+pub fn exec_profiles(profiles: &[(&str, &[&str])]) -> String {
+    let items: Vec<String> =
+        profiles.iter().map(|(name, argv)| format!("{name} = {{ command = {} }}", toml_argv(argv))).collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
 fn spawn(dir: &Path, port: u16, env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_vane"))
@@ -77,6 +96,7 @@ fn spawn(dir: &Path, port: u16, env: &[(String, String)]) -> Child {
         .env("VANE_STORE_PATH", dir.join("data"))
         .env("VANE_POLICIES_DIR", dir.join("policies"))
         .env("RUST_LOG", "info")
+        .env("VANE_ROUTERS_EXEC", exec_profiles(&[("noop", &["true"])]))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -37,17 +37,28 @@ impl Site {
         Site { service: service.into(), v1, v2, nginx }
     }
 
-    /// The `nginx` router of a rollout on this site.
-    pub fn router(&self, test: Option<Vec<String>>, reload: Vec<String>) -> Value {
-        json!({
-            "kind": "nginx", "configFile": self.nginx.split_file().display().to_string(), "variable": VARIABLE,
-            "stableUpstream": STABLE, "canaryUpstream": CANARY, "test": test, "reload": reload,
-        })
+    /// The `nginx` router of a rollout on this site: the daemon's profile `site` (see [`Site::profile`]).
+    pub fn router(&self) -> Value {
+        json!({ "kind": "nginx", "profile": "site", "stableUpstream": STABLE, "canaryUpstream": CANARY })
     }
 
-    /// `nginx -t -q` and `nginx -s reload` for this NGINX.
-    pub fn plain_router(&self) -> Value {
-        self.router(Some(self.nginx.command(&["-t", "-q"])), self.nginx.command(&["-s", "reload"]))
+    /// The daemon's `[routers.nginx.site]` profile for this NGINX, as an environment variable.
+    pub fn profile(&self, test: Option<Vec<String>>, reload: Vec<String>) -> (&'static str, String) {
+        use super::daemon::{toml_argv, toml_str};
+        let test = test.map(|t| format!(", test = {}", toml_argv(&t))).unwrap_or_default();
+        let file = self.nginx.split_file().display().to_string();
+        let site = format!(
+            "config_file = {}, variable = {}, reload = {}{test}",
+            toml_str(&file),
+            toml_str(VARIABLE),
+            toml_argv(&reload)
+        );
+        ("VANE_ROUTERS_NGINX", format!("{{ site = {{ {site} }} }}"))
+    }
+
+    /// The profile with `nginx -t -q` and `nginx -s reload` for this NGINX.
+    pub fn plain_profile(&self) -> (&'static str, String) {
+        self.profile(Some(self.nginx.command(&["-t", "-q"])), self.nginx.command(&["-s", "reload"]))
     }
 
     /// A reload command that fails while `flag` exists (the router is unreachable) and logs

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use vane::BoxFut;
 use vane::analysis::{AnalysisContext, AnalysisReport, Analyzer, MetricResult, MetricVerdict, TimeOnly, Verdict};
+use vane::config::{ExecProfile, RouterProfiles};
 use vane::notify::{AlwaysOk, HookRunner, Notifier, Silent};
 use vane::policy::{HookKind, Policy};
 use vane::rollout::controller::Controller;
@@ -40,7 +41,7 @@ impl World {
     ) -> Controller {
         let env = Env {
             store: self.store.clone(),
-            routers: Arc::new(Routers::default()),
+            routers: Arc::new(Routers::default().with_profiles(self.profiles(), Arc::default())),
             analyzer,
             hooks,
             notifier,
@@ -53,6 +54,18 @@ impl World {
     /// Time-only analysis, hooks always OK, no notifications.
     pub fn plain(&self, policies: Vec<Policy>) -> Controller {
         self.controller(policies, Arc::new(TimeOnly), Arc::new(AlwaysOk), Arc::new(Silent))
+    }
+
+    /// `[routers.exec.log]`: appends each weight it is asked to set to the service's weights file.
+    fn profiles(&self) -> RouterProfiles {
+        let mut p = RouterProfiles::default();
+        let command =
+            format!("echo \"$VANE_CANARY_WEIGHT\" >> '{}'/\"$VANE_SERVICE\".weights", self.dir.path().display());
+        p.exec.insert(
+            "log".into(),
+            ExecProfile { command: vec!["sh".into(), "-c".into(), command], env: vec![], namespaces: vec!["*".into()] },
+        );
+        p
     }
 
     /// Where the exec router of `service` logs the weights it set, one per line.
@@ -70,21 +83,16 @@ impl World {
     }
 
     pub fn request(&self, service: &str, policy: &str) -> CreateRequest {
-        let log = self.weights_file(service);
         CreateRequest {
             service: service.into(),
             namespace: "shop".into(),
             version: "v2".into(),
             stable_version: "v1".into(),
             policy: policy.into(),
-            router: RouterSpec::Exec { command: exec_logging(&log) },
+            router: RouterSpec::Exec { profile: "log".into() },
             overrides: Default::default(),
         }
     }
-}
-
-fn exec_logging(log: &Path) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), format!("echo \"$VANE_CANARY_WEIGHT\" >> '{}'", log.display())]
 }
 
 pub fn policy(yaml: &str) -> Policy {

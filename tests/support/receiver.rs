@@ -37,6 +37,8 @@ struct Inner {
     /// Status after the script runs out (200 unless set).
     defaults: HashMap<String, u16>,
     delays: HashMap<String, Duration>,
+    /// 307 with this Location.
+    redirects: HashMap<String, String>,
 }
 
 pub struct Receiver {
@@ -56,11 +58,16 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, &'static str) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let path = uri.path().to_string();
     let (status, delay) = {
         let mut g = s.lock().unwrap();
         g.requests.push(Request { path: path.clone(), headers, body });
+        if let Some(to) = g.redirects.get(&path) {
+            return (StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, to.clone())], "moved")
+                .into_response();
+        }
         let scripted = g.scripts.get_mut(&path).and_then(|q| q.pop_front());
         let status = scripted.or_else(|| g.defaults.get(&path).copied()).unwrap_or(200);
         (status, g.delays.get(&path).copied())
@@ -68,7 +75,7 @@ async fn record(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    (StatusCode::from_u16(status).unwrap(), if status < 300 { "ok" } else { "nope" })
+    (StatusCode::from_u16(status).unwrap(), if status < 300 { "ok" } else { "nope" }).into_response()
 }
 
 impl Receiver {
@@ -102,9 +109,19 @@ impl Receiver {
         self.inner.lock().unwrap().scripts.insert(path.into(), statuses.iter().copied().collect());
     }
 
+    /// Answer 307 Temporary Redirect to `location` (which would repeat a POST with its body).
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.inner.lock().unwrap().redirects.insert(path.into(), location.into());
+    }
+
     /// Wait this long before answering.
     pub fn delay(&self, path: &str, d: Duration) {
         self.inner.lock().unwrap().delays.insert(path.into(), d);
+    }
+
+    /// Every request, on any path.
+    pub fn all(&self) -> Vec<Request> {
+        self.inner.lock().unwrap().requests.clone()
     }
 
     pub fn requests(&self, path: &str) -> Vec<Request> {
