@@ -57,9 +57,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
     let analyzer: Arc<dyn Analyzer> =
         Arc::new(PromAnalyzer::from_config(&cfg.prometheus, notify.hooks.clone(), metrics.clone())?);
+    let routers = Routers::new(&cfg.kubernetes);
     let env = Arc::new(Env {
         store,
-        routers: Arc::new(Routers::new(&cfg.kubernetes)),
+        workloads: Arc::new(crate::workload::K8sWorkloads::new(routers.kube())),
+        routers: Arc::new(routers),
         analyzer,
         hooks: notify.hooks,
         notifier: notify.notifier,

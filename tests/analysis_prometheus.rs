@@ -215,6 +215,7 @@ async fn slo_analysis_against_real_prometheus() {
     let env = Arc::new(Env {
         store: Store::open(store_dir.path()).unwrap(),
         routers: routers.clone(),
+        workloads: Arc::new(vane::fixtures::NoWorkloads),
         analyzer: Arc::new(analyzer(&prom.url, Duration::from_millis(800), metrics.clone())),
         hooks: Arc::new(AlwaysOk),
         notifier: Arc::new(Silent),

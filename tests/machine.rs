@@ -49,6 +49,9 @@ impl World {
                 Effect::Validate { op } | Effect::Preflight { op } => Input::StageDone { op, result: Ok(()) },
                 Effect::CallHooks { op: Some(op), .. } => Input::StageDone { op, result: Ok(()) },
                 Effect::CallHooks { op: None, .. } | Effect::Observe => continue,
+                Effect::Workload { op, .. } => {
+                    Input::WorkloadDone { op, result: Ok(vane::rollout::ports::WorkloadStatus::Ready("ok".into())) }
+                }
                 Effect::Analyse { op } => Input::Analysis {
                     op,
                     report: AnalysisReport {

@@ -8,13 +8,15 @@ pub mod driver;
 pub mod machine;
 pub mod ports;
 pub mod spec;
+pub mod workload;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::policy::{Policy, Strategy};
 pub use ports::AnalysisReport;
-pub use spec::{CreateRequest, RouterSpec};
+pub use spec::{CreateRequest, RouterSpec, WorkloadSpec};
+pub use workload::WorkloadRun;
 
 /// Milliseconds since the Unix epoch. Wall-clock, so deadlines survive restarts.
 pub type Millis = u64;
@@ -80,6 +82,8 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Stage {
+    /// Workload releases: the canary Deployment rolled out at its first size, routing prepared.
+    Deploy,
     /// Check the router's objects (e.g. the DestinationRule subsets) before any shift.
     Validate,
     ConfirmRollout,
@@ -97,6 +101,7 @@ pub enum Busy {
     Router { op: u64, weight: u8 },
     Analysis { op: u64 },
     Step { op: u64 },
+    Workload { op: u64, action: ports::WorkloadAction },
 }
 
 /// Why a rollout rolls back; decides RolledBack (controller) vs Aborted (a person).
@@ -157,6 +162,9 @@ pub struct Rollout {
     pub next_op: u64,
     /// Last event sequence number written for this rollout.
     pub last_seq: u64,
+    /// vane runs the Deployments too (SPEC §4 "workload").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRun>,
 }
 
 /// The rollout's timers: what fires when the clock reaches it (see [`Rollout::timers`]).
@@ -172,6 +180,8 @@ pub enum Timer {
     RouterRetry,
     /// Blue/green: the post-flip window ended healthy.
     PostFlip,
+    /// Reconcile the workload again (pods starting, a retry, the retirement delay).
+    Workload,
 }
 
 impl Rollout {
@@ -193,7 +203,7 @@ impl Rollout {
     }
     /// The timer table: when each timer fires (None: not armed in this phase). The driver sleeps
     /// until the earliest ([`Rollout::wake_at`]); the machine's timer checks read the same table.
-    pub fn timers(&self) -> [(Timer, Option<Millis>); 5] {
+    pub fn timers(&self) -> [(Timer, Option<Millis>); 6] {
         let analysis = match self.phase {
             Phase::Progressing | Phase::AwaitingApproval | Phase::Pending => self.next_analysis_at,
             _ => None,
@@ -214,6 +224,7 @@ impl Rollout {
             (Timer::GateTimeout, self.gate_deadline),
             (Timer::RouterRetry, self.router_retry_at),
             (Timer::PostFlip, post_flip),
+            (Timer::Workload, self.workload.as_ref().filter(|w| !w.todo.is_empty()).and_then(|w| w.check_at)),
         ]
     }
     /// The earliest moment the machine wants a tick, if any.
@@ -254,10 +265,12 @@ pub enum EventKind {
     RolledBack,
     Succeeded,
     Failed,
+    /// A workload step: the canary ready at a size, the Deployment promoted, the canary retired.
+    Workload,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Created,
         EventKind::Stage,
         EventKind::Step,
@@ -276,6 +289,7 @@ impl EventKind {
         EventKind::RolledBack,
         EventKind::Succeeded,
         EventKind::Failed,
+        EventKind::Workload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -298,6 +312,7 @@ impl EventKind {
             EventKind::RolledBack => "rolled-back",
             EventKind::Succeeded => "succeeded",
             EventKind::Failed => "failed",
+            EventKind::Workload => "workload",
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod exec;
 pub mod istio;
+pub mod istio_shape;
 pub mod k8s;
 pub mod nginx;
 pub mod nginx_ingress;
@@ -36,6 +37,11 @@ impl Routers {
         Routers { kube: Arc::new(KubeAccess::new(kubernetes.clone())) }
     }
 
+    /// The cluster access these routers share (the workload adapter uses it too).
+    pub fn kube(&self) -> Arc<KubeAccess> {
+        self.kube.clone()
+    }
+
     /// Routers talking to the cluster through this client (tests, embedding).
     pub fn with_kube_client(client: kube::Client) -> Self {
         Routers { kube: Arc::new(KubeAccess::with_client(client)) }
@@ -47,16 +53,17 @@ impl RouterFactory for Routers {
         let ns = &r.namespace;
         Ok(match &r.router {
             RouterSpec::Exec { command } => Arc::new(exec::ExecRouter::new(command.clone(), r)),
-            RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => {
-                Arc::new(istio::IstioRouter::new(
+            RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => Arc::new(
+                istio::IstioRouter::new(
                     self.kube.clone(),
                     ns,
                     virtual_service,
                     route.as_deref(),
                     stable_subset,
                     canary_subset,
-                ))
-            }
+                )
+                .with_version(&r.version),
+            ),
             RouterSpec::NginxIngress { ingress, canary_ingress, canary_service, stable_service } => {
                 let mode = match (r.policy.strategy, canary_ingress) {
                     (Strategy::Canary, Some(k)) => nginx_ingress::Mode::Canary { canary_ingress: k.clone() },

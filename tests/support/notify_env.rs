@@ -41,6 +41,7 @@ impl World {
         let env = Env {
             store: self.store.clone(),
             routers: Arc::new(Routers::default()),
+            workloads: Arc::new(vane::fixtures::NoWorkloads),
             analyzer,
             hooks,
             notifier,
@@ -79,6 +80,7 @@ impl World {
             policy: policy.into(),
             router: RouterSpec::Exec { command: exec_logging(&log) },
             overrides: Default::default(),
+            workload: None,
         }
     }
 }

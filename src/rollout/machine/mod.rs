@@ -22,10 +22,11 @@ mod rollback;
 mod router;
 mod stages;
 mod timers;
+mod workload;
 
 use serde_json::json;
 
-use super::ports::{AnalysisReport, RouterError};
+use super::ports::{AnalysisReport, RouterError, WorkloadAction, WorkloadError, WorkloadStatus};
 use super::{Busy, Event, EventKind, Millis, Phase, RollbackKind, Rollout, Stage};
 use crate::policy::{HookKind, Policy};
 use canary::{advance, on_analysis, progress_message, set_phase_weight};
@@ -34,6 +35,7 @@ use rollback::{fail, finish, start_rollback};
 use router::{on_observed, on_router, on_weight_applied};
 use stages::on_stage;
 use timers::check_timers;
+use workload::{on_workload, schedule_workload};
 
 /// Someone asking the rollout to do something.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +83,11 @@ pub enum Input {
         op: u64,
         report: AnalysisReport,
     },
+    /// A workload reconcile answered.
+    WorkloadDone {
+        op: u64,
+        result: Result<WorkloadStatus, WorkloadError>,
+    },
     Command {
         command: Command,
         actor: String,
@@ -117,6 +124,12 @@ pub enum Effect {
     },
     /// Read the live weight back (drift detection); answered with `Input::Observed`.
     Observe,
+    /// Drive the workload (or, for `Route`, the routing objects) to `action`; answered with
+    /// `Input::WorkloadDone`.
+    Workload {
+        op: u64,
+        action: WorkloadAction,
+    },
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -149,7 +162,7 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         updated_at: now,
         phase: Phase::Pending,
         paused_from: None,
-        stage: Stage::Validate,
+        stage: if req.workload.is_some() { Stage::Deploy } else { Stage::Validate },
         step_index: 0,
         canary_weight: 0,
         applied_weight: None,
@@ -171,7 +184,10 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         busy: vec![],
         next_op: 1,
         last_seq: 0,
+        workload: None,
     };
+    let first = r.steps().first().copied().unwrap_or(100);
+    r.workload = req.workload.clone().map(|w| super::WorkloadRun::new(w, first, now));
     let mut out = Output::default();
     let msg = format!(
         "{} {} → {} ({}, policy {}, router {})",
@@ -220,6 +236,7 @@ pub fn step(r: &mut Rollout, input: Input, now: Millis) -> Result<Output, Comman
         Input::RouterDone { op, result } => on_router(r, op, result, now, &mut out),
         Input::StageDone { op, result } => on_stage(r, op, result, now, &mut out),
         Input::Analysis { op, report } => on_analysis(r, op, report, now, &mut out),
+        Input::WorkloadDone { op, result } => on_workload(r, op, result, now, &mut out),
         Input::Command { command, actor } => on_command(r, command, &actor, now, &mut out)?,
     }
     check_timers(r, now, &mut out);
@@ -245,8 +262,10 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
         r.busy.push(Busy::Router { op, weight: canary });
         out.effects.push(Effect::SetWeight { op, canary });
     }
+    schedule_workload(r, now, out);
     let idle = !r.busy.iter().any(|b| matches!(b, Busy::Step { .. } | Busy::Analysis { .. }));
-    if r.phase == Phase::Pending && due && idle {
+    // The deploy stage is the workload's plan, reconciled above.
+    if r.phase == Phase::Pending && due && idle && r.stage != Stage::Deploy {
         let op = next_op(r);
         r.busy.push(Busy::Step { op });
         out.effects.push(match r.stage {
@@ -254,7 +273,7 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
             Stage::ConfirmRollout => Effect::CallHooks { op: Some(op), kind: HookKind::ConfirmRollout },
             Stage::PreRollout => Effect::CallHooks { op: Some(op), kind: HookKind::PreRollout },
             Stage::Preflight => Effect::Preflight { op },
-            Stage::Ready => {
+            Stage::Deploy | Stage::Ready => {
                 r.busy.pop();
                 advance(r, now, out, CONTROLLER, false);
                 // Starting may have decided the first weight: reconcile now rather than next tick.

@@ -18,7 +18,8 @@ pub(super) fn start_rollback(
     r.paused_from = None;
     r.gate_deadline = None;
     r.next_analysis_at = None;
-    r.busy.retain(|b| matches!(b, Busy::Router { .. }));
+    r.busy.retain(|b| matches!(b, Busy::Router { .. } | Busy::Workload { .. }));
+    super::workload::drop_shift(r);
     let label = if kind == RollbackKind::Aborted { EventKind::Aborted } else { EventKind::RollingBack };
     let nothing_moved = r.applied_weight.unwrap_or(0) == 0 && r.canary_weight == 0 && router_busy(r).is_none();
     r.canary_weight = 0;
@@ -47,6 +48,10 @@ pub(super) fn fail(r: &mut Rollout, now: Millis, out: &mut Output, message: Stri
 }
 
 pub(super) fn finish(r: &mut Rollout, phase: Phase, now: Millis, out: &mut Output, kind: EventKind, message: String) {
+    // A workload release first promotes and retires, or scales the canary to 0; then it ends.
+    if super::workload::plan_finish(r, phase, now, out, kind, &message) {
+        return;
+    }
     r.phase = phase;
     r.paused_from = None;
     r.busy.clear();
