@@ -1,0 +1,433 @@
+//! Workload releases end to end against a real Kubernetes API server, with the deployment
+//! standard's objects (Deployment agent-service v1.0.0 × 5, the VirtualService with its `canary:
+//! true` header route and weighted route, the DestinationRule with subset v1-0-0) and a test
+//! deployment controller writing Deployment status: vane deploys the canary, waits for it, scales
+//! it ahead of each shift, promotes it into the Deployment and retires it — or rolls back first and
+//! then scales it to 0.
+
+#[path = "support/deploy_controller.rs"]
+mod deploy_controller;
+#[path = "support/k8s.rs"]
+mod k8s;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::api::{Api, DynamicObject, PostParams};
+use serde_json::{Value, json};
+use vane::BoxFut;
+use vane::fixtures;
+use vane::notify::{AlwaysOk, Silent};
+use vane::rollout::controller::Controller;
+use vane::rollout::driver::{Env, SystemClock};
+use vane::rollout::ports::{AnalysisContext, AnalysisReport, Analyzer, Verdict};
+use vane::rollout::spec::{CanaryScale, Retire, WorkloadSpec};
+use vane::rollout::{Phase, Rollout, RouterSpec};
+use vane::store::Store;
+use vane::telemetry::Metrics;
+use vane::traffic::Routers;
+use vane::traffic::k8s::{destination_rule, virtual_service};
+use vane::workload::K8sWorkloads;
+
+const INTERVAL: Duration = Duration::from_millis(200);
+const IMAGE: &str = "aiworkflow.azurecr.io/agent-service";
+
+/// Passes every analysis except at one weight.
+struct FailAt(Option<u8>);
+
+impl Analyzer for FailAt {
+    fn analyse(&self, ctx: AnalysisContext) -> BoxFut<'_, AnalysisReport> {
+        let fail = self.0 == Some(ctx.rollout.canary_weight);
+        let verdict = if fail { Verdict::Fail } else { Verdict::Pass };
+        let summary = if fail { "request-success-rate 90 < 99".into() } else { String::new() };
+        Box::pin(async move { AnalysisReport { at: ctx.now, verdict, metrics: vec![], summary } })
+    }
+}
+
+fn deployment() -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "agent-service", "labels": { "app": "agent-service" } },
+        "spec": {
+            "replicas": 5,
+            "selector": { "matchLabels": { "app": "agent-service" } },
+            "template": {
+                "metadata": { "labels": { "app": "agent-service", "version": "v1.0.0" } },
+                "spec": { "containers": [{
+                    "name": "agent-service", "image": format!("{IMAGE}:v1.0.0"),
+                    "resources": { "requests": { "cpu": "500m", "memory": "1Gi" } } }] } } }
+    })
+}
+
+/// Between releases: the header route on the previous canary (now stable), the weighted route on it.
+fn virtual_service_object() -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": { "name": "agent-service" },
+        "spec": { "hosts": ["agent-service"], "http": [
+            { "match": [{ "headers": { "canary": { "exact": "true" } } }],
+              "route": [{ "destination": { "host": "agent-service", "subset": "v1-0-0" } }] },
+            { "route": [{ "destination": { "host": "agent-service", "subset": "v1-0-0" }, "weight": 100 }] } ] }
+    })
+}
+
+fn destination_rule_object() -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+        "metadata": { "name": "agent-service" },
+        "spec": { "host": "agent-service",
+                  "trafficPolicy": { "loadBalancer": { "simple": "LEAST_REQUEST" },
+                                     "outlierDetection": { "consecutiveErrors": 5, "interval": "30s" } },
+                  "subsets": [{ "name": "v1-0-0", "labels": { "version": "v1.0.0" } }] }
+    })
+}
+
+fn hpa_object() -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": { "name": "agent-service-hpa" },
+        "spec": { "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "agent-service" },
+                  "minReplicas": 3, "maxReplicas": 20,
+                  "metrics": [{ "type": "Resource", "resource": { "name": "cpu",
+                                "target": { "type": "Utilization", "averageUtilization": 70 } } }] }
+    })
+}
+
+struct World {
+    client: kube::Client,
+    ns: String,
+    c: Controller,
+    _controller: deploy_controller::DeploymentController,
+    _store: tempfile::TempDir,
+}
+
+async fn world(test: &str, fail_at: Option<u8>, hpa: bool) -> World {
+    let client = k8s::shared_client().await;
+    let ns = k8s::namespace(test);
+    let mut objects =
+        vec![(virtual_service(), virtual_service_object()), (destination_rule(), destination_rule_object())];
+    if hpa {
+        let ar = kube::api::ApiResource::erase::<HorizontalPodAutoscaler>(&());
+        objects.push((ar, hpa_object()));
+    }
+    objects.push((kube::api::ApiResource::erase::<Deployment>(&()), deployment()));
+    for (ar, obj) in objects {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.expect("create");
+    }
+    let controller = deploy_controller::start(client.clone(), &ns);
+    let dir = tempfile::tempdir().unwrap();
+    let routers = Routers::with_kube_client(client.clone());
+    let env = Env {
+        store: Store::open(dir.path()).expect("store"),
+        workloads: Arc::new(K8sWorkloads::new(routers.kube())),
+        routers: Arc::new(routers),
+        analyzer: Arc::new(FailAt(fail_at)),
+        hooks: Arc::new(AlwaysOk),
+        notifier: Arc::new(Silent),
+        metrics: Arc::new(Metrics::new(Duration::from_secs(3600))),
+        clock: Arc::new(SystemClock),
+    };
+    let policies = vec![fixtures::policy("canary", &[5, 25, 50, 100], INTERVAL, 1)];
+    let w = World { client, ns, c: Controller::new(Arc::new(env), policies), _controller: controller, _store: dir };
+    w.until_stable_ready().await;
+    w
+}
+
+fn workload(image_tag: &str) -> WorkloadSpec {
+    WorkloadSpec {
+        deployment: "agent-service".into(),
+        image: format!("{IMAGE}:{image_tag}"),
+        container: None,
+        canary_scale: CanaryScale::Proportional,
+        ready_timeout: Duration::from_secs(5),
+        retire: Retire::ScaleToZero,
+        retire_after: Duration::from_millis(300),
+    }
+}
+
+/// What the cluster looks like at one moment.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    /// The weighted route's destinations: (subset, weight).
+    route: Vec<(String, i64)>,
+    /// `agent-service-canary`: spec.replicas and available replicas.
+    canary: Option<(i64, i64)>,
+    /// The canary's HPA: (min, max).
+    hpa: Option<(i64, i64)>,
+}
+
+impl Sample {
+    fn canary_weight(&self) -> i64 {
+        self.route.iter().find(|(s, _)| s == "v1-1-0").map_or(0, |(_, w)| *w)
+    }
+}
+
+impl World {
+    fn api(&self, ar: &kube::api::ApiResource) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.ns, ar)
+    }
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    async fn get(&self, ar: &kube::api::ApiResource, name: &str) -> DynamicObject {
+        self.api(ar).get(name).await.expect("object readable")
+    }
+    async fn deployment(&self, name: &str) -> Option<Deployment> {
+        self.deployments().get_opt(name).await.expect("readable")
+    }
+
+    async fn until_stable_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.deployment("agent-service").await.and_then(|d| d.status).and_then(|s| s.available_replicas)
+            != Some(5)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the test deployment controller never rolled out agent-service"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn start(&self, image_tag: &str) -> String {
+        let mut req = fixtures::request("agent-service", "canary");
+        req.namespace = self.ns.clone();
+        req.router = RouterSpec::Istio {
+            virtual_service: "agent-service".into(),
+            route: None,
+            stable_subset: "v1-0-0".into(),
+            canary_subset: "v1-1-0".into(),
+        };
+        req.workload = Some(workload(image_tag));
+        self.c.create(req, "ci", None).await.expect("created").0.id
+    }
+
+    async fn until(&self, id: &str, what: &str, f: impl Fn(&Rollout) -> bool) -> Rollout {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.c.get(id).unwrap();
+            if f(&r) {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:?} {}",
+                r.phase,
+                r.message
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn sample(&self) -> Sample {
+        let vs = self.get(&virtual_service(), "agent-service").await;
+        let http = vs.data.pointer("/spec/http").and_then(Value::as_array).cloned().unwrap_or_default();
+        let weighted = http.iter().find(|r| r.get("match").is_none()).cloned().unwrap_or_default();
+        let route = weighted["route"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| {
+                (d["destination"]["subset"].as_str().unwrap_or("").to_string(), d["weight"].as_i64().unwrap_or(-1))
+            })
+            .collect();
+        let canary = self.deployment("agent-service-canary").await.map(|d| {
+            let avail = d.status.and_then(|s| s.available_replicas).unwrap_or(0) as i64;
+            (d.spec.replicas.unwrap_or(-1) as i64, avail)
+        });
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), &self.ns);
+        let hpa = hpas
+            .get_opt("agent-service-canary")
+            .await
+            .expect("readable")
+            .map(|h| (h.spec.min_replicas.unwrap_or(-1) as i64, h.spec.max_replicas as i64));
+        Sample { route, canary, hpa }
+    }
+
+    /// Record every change of the cluster until `stop` is set (and once more after it).
+    fn record(self: &Arc<Self>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Sample>> {
+        let w = self.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<Sample> = vec![];
+            loop {
+                let last = stop.load(Ordering::SeqCst);
+                let s = w.sample().await;
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+                if last {
+                    return seen;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+
+    fn events(&self, id: &str) -> Vec<(String, String)> {
+        self.c.events(id).unwrap().into_iter().map(|e| (e.kind, e.message)).collect()
+    }
+}
+
+fn dedup<T: PartialEq + Copy>(xs: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = vec![];
+    for x in xs {
+        if out.last() != Some(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_good_release_scales_the_canary_ahead_of_each_shift_then_promotes_and_retires_it() {
+    let w = Arc::new(world("release-good", None, false).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rec = w.record(stop.clone());
+    let id = w.start("v1.1.0").await;
+    let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
+    stop.store(true, Ordering::SeqCst);
+    let samples = rec.await.unwrap();
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+
+    // The canary's size, in order: 1 → 2 → 3 → 5 for 5/25/50/100 %, then retired to 0.
+    let sizes = dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0)));
+    assert_eq!(sizes, vec![1, 2, 3, 5, 0], "canary spec.replicas over time");
+    // Each weight reached the route only once the canary was available at its size.
+    for (weight, size) in [(5, 1), (25, 2), (50, 3), (100, 5)] {
+        let first =
+            samples.iter().find(|s| s.canary_weight() == weight).unwrap_or_else(|| panic!("{weight}% never seen"));
+        let avail = first.canary.map_or(0, |c| c.1);
+        assert!(avail >= size, "{weight}% routed with {avail} available canary replicas (want {size}): {samples:#?}");
+    }
+    let weights = dedup(samples.iter().map(Sample::canary_weight));
+    assert_eq!(weights, vec![0, 5, 25, 50, 100], "canary weight over time");
+
+    // End state (SPEC §4 "workload", Succeeded).
+    let stable = w.deployment("agent-service").await.unwrap();
+    let tpl = &stable.spec.template;
+    assert_eq!(tpl.spec.as_ref().unwrap().containers[0].image.as_deref(), Some(&*format!("{IMAGE}:v1.1.0")));
+    assert_eq!(tpl.metadata.as_ref().unwrap().labels.as_ref().unwrap()["version"], "v1.1.0");
+    assert_eq!(stable.status.as_ref().and_then(|s| s.available_replicas), Some(5), "agent-service rolled out");
+    let vs = w.get(&virtual_service(), "agent-service").await;
+    assert_eq!(
+        vs.data["spec"]["http"],
+        json!([
+            { "match": [{ "headers": { "canary": { "exact": "true" } } }],
+              "route": [{ "destination": { "host": "agent-service", "subset": "v1-1-0" } }] },
+            { "route": [{ "destination": { "host": "agent-service", "subset": "v1-1-0" }, "weight": 100 }] } ]),
+        "header route re-pointed; only the new version routed"
+    );
+    let dr = w.get(&destination_rule(), "agent-service").await;
+    assert_eq!(dr.data["spec"]["subsets"], json!([{ "name": "v1-1-0", "labels": { "version": "v1.1.0" } }]));
+    assert_eq!(dr.data["spec"]["trafficPolicy"], destination_rule_object()["spec"]["trafficPolicy"], "untouched");
+    let canary = w.deployment("agent-service-canary").await.expect("retired by scaling to 0, not deleted");
+    assert_eq!(canary.spec.replicas, Some(0));
+    let labels = canary.metadata.labels.clone().unwrap_or_default();
+    assert_eq!((labels["vane.dev/rollout"].as_str(), labels["vane.dev/managed"].as_str()), (id.as_str(), "true"));
+    assert!(canary.metadata.annotations.unwrap_or_default()["vane.dev/owner"].contains(&id));
+    let list = w.deployments().list(&Default::default()).await.unwrap();
+    assert_eq!(list.items.len(), 2, "no duplicate Deployment");
+    let msgs: Vec<String> = w.events(&id).into_iter().filter(|(k, _)| k == "workload").map(|(_, m)| m).collect();
+    assert!(msgs.iter().any(|m| m.contains("agent-service promoted")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("agent-service-canary retired")), "{msgs:#?}");
+}
+
+#[tokio::test]
+async fn a_bad_release_moves_traffic_back_before_scaling_the_canary_to_zero() {
+    let w = Arc::new(world("release-bad", Some(25), false).await);
+    let generation = w.deployment("agent-service").await.unwrap().metadata.generation;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rec = w.record(stop.clone());
+    let id = w.start("v1.1.0").await;
+    let r = w.until(&id, "RolledBack", |r| r.is_terminal()).await;
+    stop.store(true, Ordering::SeqCst);
+    let samples = rec.await.unwrap();
+    assert_eq!(r.phase, Phase::RolledBack, "{}", r.message);
+    assert!(r.message.contains("request-success-rate"), "{}", r.message);
+
+    assert!(samples.iter().any(|s| s.canary_weight() == 25), "reached 25%");
+    let scaled_down =
+        samples.iter().position(|s| s.canary.is_some_and(|c| c.0 == 0)).expect("the canary was scaled to 0");
+    let back = samples.iter().rposition(|s| s.canary_weight() > 0).expect("traffic reached the canary") + 1;
+    assert!(
+        back <= scaled_down,
+        "traffic back on v1.0.0 (sample {back}) before the canary was scaled to 0 (sample {scaled_down}): {samples:#?}"
+    );
+    assert!(samples[scaled_down..].iter().all(|s| s.canary_weight() == 0));
+
+    assert_eq!(w.deployment("agent-service").await.unwrap().metadata.generation, generation, "agent-service untouched");
+    assert_eq!(w.deployment("agent-service-canary").await.expect("kept").spec.replicas, Some(0));
+    let vs = w.get(&virtual_service(), "agent-service").await;
+    assert_eq!(vs.data["spec"]["http"][0], virtual_service_object()["spec"]["http"][0], "header route back on stable");
+    assert_eq!(
+        vs.data["spec"]["http"][1]["route"],
+        json!([{ "destination": { "host": "agent-service", "subset": "v1-0-0" }, "weight": 100 },
+               { "destination": { "host": "agent-service", "subset": "v1-1-0" }, "weight": 0 }])
+    );
+}
+
+#[tokio::test]
+async fn a_crashlooping_image_fails_before_any_route_object_changes() {
+    let w = world("release-crash", None, false).await;
+    let vs_before = w.get(&virtual_service(), "agent-service").await.metadata.resource_version;
+    let dr_before = w.get(&destination_rule(), "agent-service").await.metadata.resource_version;
+    let generation = w.deployment("agent-service").await.unwrap().metadata.generation;
+    let id = w.start("v1.1.0-crashloop").await;
+    let r = w.until(&id, "Failed", |r| r.is_terminal()).await;
+    assert_eq!(r.phase, Phase::Failed, "{}", r.message);
+    assert!(
+        r.message.contains("ProgressDeadlineExceeded") && r.message.contains("timed out progressing"),
+        "{}",
+        r.message
+    );
+    let failed = w.events(&id).into_iter().find(|(k, _)| k == "failed").expect("a failed event").1;
+    assert!(failed.contains("ProgressDeadlineExceeded"), "{failed}");
+    assert!(!w.events(&id).iter().any(|(k, _)| k == "weight-set"), "no traffic moved");
+    assert_eq!(w.get(&virtual_service(), "agent-service").await.metadata.resource_version, vs_before);
+    assert_eq!(w.get(&destination_rule(), "agent-service").await.metadata.resource_version, dr_before);
+    assert_eq!(w.deployment("agent-service").await.unwrap().metadata.generation, generation);
+    assert_eq!(w.deployment("agent-service-canary").await.expect("kept").spec.replicas, Some(0));
+}
+
+#[tokio::test]
+async fn a_canary_slower_than_ready_timeout_fails_before_traffic() {
+    let w = world("release-slow", None, false).await;
+    let mut req = fixtures::request("agent-service", "canary");
+    req.namespace = w.ns.clone();
+    req.router = RouterSpec::Istio {
+        virtual_service: "agent-service".into(),
+        route: None,
+        stable_subset: "v1-0-0".into(),
+        canary_subset: "v1-1-0".into(),
+    };
+    req.workload = Some(WorkloadSpec { ready_timeout: Duration::from_secs(1), ..workload("v1.1.0-slow") });
+    let id = w.c.create(req, "ci", None).await.unwrap().0.id;
+    let r = w.until(&id, "Failed", |r| r.is_terminal()).await;
+    assert_eq!(r.phase, Phase::Failed, "{}", r.message);
+    assert!(r.message.contains("readyTimeout 1s"), "{}", r.message);
+    assert_eq!(w.deployment("agent-service-canary").await.expect("kept").spec.replicas, Some(0));
+}
+
+#[tokio::test]
+async fn the_hpa_is_cloned_for_the_canary_scaled_like_it_and_removed_with_it() {
+    let w = Arc::new(world("release-hpa", None, true).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rec = w.record(stop.clone());
+    let id = w.start("v1.1.0").await;
+    let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
+    stop.store(true, Ordering::SeqCst);
+    let samples = rec.await.unwrap();
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+    // min 3, max 20 scaled by 5/25/50/100 %: ceil, at least 1.
+    let bounds: Vec<(i64, i64)> = dedup(samples.iter().filter_map(|s| s.hpa));
+    assert_eq!(bounds, vec![(1, 1), (1, 5), (2, 10), (3, 20)], "canary HPA (min, max) over time");
+    assert_eq!(samples.last().unwrap().hpa, None, "removed with the canary");
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(w.client.clone(), &w.ns);
+    let stable = hpas.get("agent-service-hpa").await.unwrap();
+    assert_eq!((stable.spec.min_replicas, stable.spec.max_replicas), (Some(3), 20), "the stable HPA is untouched");
+}
