@@ -23,7 +23,7 @@ use vane::fixtures;
 use vane::notify::{AlwaysOk, Silent};
 use vane::rollout::controller::Controller;
 use vane::rollout::driver::{Env, SystemClock};
-use vane::rollout::ports::{AnalysisContext, AnalysisReport, Analyzer, Verdict};
+use vane::rollout::ports::{AnalysisContext, AnalysisReport, Analyzer, RouteShape, Verdict, WorkloadAction};
 use vane::rollout::spec::{CanaryScale, Retire, WorkloadSpec};
 use vane::rollout::{Phase, Rollout, RouterSpec};
 use vane::store::Store;
@@ -120,9 +120,17 @@ async fn world(test: &str, fail_at: Option<u8>, hpa: bool) -> World {
     }
     let controller = deploy_controller::start(client.clone(), &ns);
     let dir = tempfile::tempdir().unwrap();
-    let routers = Routers::with_kube_client(client.clone());
+    let c = controller_for(client.clone(), dir.path(), fail_at);
+    let w = World { client, ns, c, _controller: controller, _store: dir };
+    w.until_stable_ready().await;
+    w
+}
+
+/// A controller (what a daemon runs) over the store in `store`.
+fn controller_for(client: kube::Client, store: &std::path::Path, fail_at: Option<u8>) -> Controller {
+    let routers = Routers::with_kube_client(client);
     let env = Env {
-        store: Store::open(dir.path()).expect("store"),
+        store: Store::open(store).expect("store"),
         workloads: Arc::new(K8sWorkloads::new(routers.kube())),
         routers: Arc::new(routers),
         analyzer: Arc::new(FailAt(fail_at)),
@@ -132,9 +140,7 @@ async fn world(test: &str, fail_at: Option<u8>, hpa: bool) -> World {
         clock: Arc::new(SystemClock),
     };
     let policies = vec![fixtures::policy("canary", &[5, 25, 50, 100], INTERVAL, 1)];
-    let w = World { client, ns, c: Controller::new(Arc::new(env), policies), _controller: controller, _store: dir };
-    w.until_stable_ready().await;
-    w
+    Controller::new(Arc::new(env), policies)
 }
 
 fn workload(image_tag: &str) -> WorkloadSpec {
@@ -147,6 +153,19 @@ fn workload(image_tag: &str) -> WorkloadSpec {
         retire: Retire::ScaleToZero,
         retire_after: Duration::from_millis(300),
     }
+}
+
+fn request(ns: &str, workload: WorkloadSpec) -> vane::rollout::CreateRequest {
+    let mut req = fixtures::request("agent-service", "canary");
+    req.namespace = ns.to_string();
+    req.router = RouterSpec::Istio {
+        virtual_service: "agent-service".into(),
+        route: None,
+        stable_subset: "v1-0-0".into(),
+        canary_subset: "v1-1-0".into(),
+    };
+    req.workload = Some(workload);
+    req
 }
 
 /// What the cluster looks like at one moment.
@@ -194,16 +213,7 @@ impl World {
     }
 
     async fn start(&self, image_tag: &str) -> String {
-        let mut req = fixtures::request("agent-service", "canary");
-        req.namespace = self.ns.clone();
-        req.router = RouterSpec::Istio {
-            virtual_service: "agent-service".into(),
-            route: None,
-            stable_subset: "v1-0-0".into(),
-            canary_subset: "v1-1-0".into(),
-        };
-        req.workload = Some(workload(image_tag));
-        self.c.create(req, "ci", None).await.expect("created").0.id
+        self.c.create(request(&self.ns, workload(image_tag)), "ci", None).await.expect("created").0.id
     }
 
     async fn until(&self, id: &str, what: &str, f: impl Fn(&Rollout) -> bool) -> Rollout {
@@ -397,16 +407,8 @@ async fn a_crashlooping_image_fails_before_any_route_object_changes() {
 #[tokio::test]
 async fn a_canary_slower_than_ready_timeout_fails_before_traffic() {
     let w = world("release-slow", None, false).await;
-    let mut req = fixtures::request("agent-service", "canary");
-    req.namespace = w.ns.clone();
-    req.router = RouterSpec::Istio {
-        virtual_service: "agent-service".into(),
-        route: None,
-        stable_subset: "v1-0-0".into(),
-        canary_subset: "v1-1-0".into(),
-    };
-    req.workload = Some(WorkloadSpec { ready_timeout: Duration::from_secs(1), ..workload("v1.1.0-slow") });
-    let id = w.c.create(req, "ci", None).await.unwrap().0.id;
+    let slow = WorkloadSpec { ready_timeout: Duration::from_secs(1), ..workload("v1.1.0-slow") };
+    let id = w.c.create(request(&w.ns, slow), "ci", None).await.unwrap().0.id;
     let r = w.until(&id, "Failed", |r| r.is_terminal()).await;
     assert_eq!(r.phase, Phase::Failed, "{}", r.message);
     assert!(r.message.contains("readyTimeout 1s"), "{}", r.message);
@@ -430,4 +432,118 @@ async fn the_hpa_is_cloned_for_the_canary_scaled_like_it_and_removed_with_it() {
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(w.client.clone(), &w.ns);
     let stable = hpas.get("agent-service-hpa").await.unwrap();
     assert_eq!((stable.spec.min_replicas, stable.spec.max_replicas), (Some(3), 20), "the stable HPA is untouched");
+}
+
+/// Where the daemon is stopped: each stage of a release, in order.
+fn stopped_at(r: &Rollout) -> Option<&'static str> {
+    let goal = r.workload.as_ref().and_then(|w| w.goal());
+    match goal {
+        Some(WorkloadAction::Route { shape: RouteShape::Prepared }) => Some("routing being prepared"),
+        Some(WorkloadAction::Canary { weight: 50 }) => Some("canary scaling for 50%"),
+        Some(WorkloadAction::Stable) => Some("agent-service being promoted"),
+        Some(WorkloadAction::Retire) => Some("waiting to retire the canary"),
+        _ if r.canary_weight == 25 && r.applied_weight == Some(25) => Some("at 25%"),
+        _ => None,
+    }
+}
+
+/// The daemon stopped (its runtime shut down, every in-flight call dropped, as on SIGKILL) at each
+/// stage of a release and started again from its store: the release ends exactly as without
+/// restarts, with no duplicate object, every scale-down done and no traffic to an unready canary.
+#[test]
+fn a_release_restarted_at_every_stage_ends_as_without_restarts() {
+    let store = tempfile::tempdir().unwrap();
+    let stages = [
+        "routing being prepared",
+        "at 25%",
+        "canary scaling for 50%",
+        "agent-service being promoted",
+        "waiting to retire the canary",
+    ];
+    let mut samples: Vec<Sample> = vec![];
+    let mut target: Option<(String, String, String)> = None; // (url, namespace, rollout id)
+    for stage in stages.iter().map(Some).chain([None]) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (ns, id, part, r) = rt.block_on(async {
+            let (client, ns) = match &target {
+                None => {
+                    let w = world("release-restart", None, false).await;
+                    (w.client.clone(), w.ns.clone())
+                }
+                Some((url, ns, _)) => (k8s::client_for(url), ns.clone()),
+            };
+            let c = controller_for(client.clone(), store.path(), None);
+            let id = match &target {
+                None => {
+                    let slow_retire = WorkloadSpec { retire_after: Duration::from_secs(1), ..workload("v1.1.0") };
+                    let id = c.create(request(&ns, slow_retire), "ci", None).await.unwrap().0.id;
+                    target = Some((k8s::shared_url().await, ns.clone(), id.clone()));
+                    id
+                }
+                Some((_, _, id)) => {
+                    assert_eq!(c.resume_all().unwrap(), 1, "the rollout resumes from the store");
+                    id.clone()
+                }
+            };
+            let dc = deploy_controller::start(client.clone(), &ns);
+            let w =
+                Arc::new(World { client, ns: ns.clone(), c, _controller: dc, _store: tempfile::tempdir().unwrap() });
+            let stop = Arc::new(AtomicBool::new(false));
+            let rec = w.record(stop.clone());
+            let r = match stage {
+                Some(s) => w.until(&id, s, |r| stopped_at(r) == Some(s)).await,
+                None => w.until(&id, "the end", |r| r.is_terminal()).await,
+            };
+            stop.store(true, Ordering::SeqCst);
+            (ns, id, rec.await.unwrap(), r)
+        });
+        rt.shutdown_timeout(Duration::from_secs(5));
+        samples.extend(part);
+        if stage.is_none() {
+            assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let (url, ..) = target.as_ref().unwrap();
+                let client = k8s::client_for(url);
+                let c = controller_for(client.clone(), store.path(), None);
+                let recovered = c.events(&id).unwrap().iter().filter(|e| e.kind == "recovered").count();
+                assert_eq!(recovered, stages.len(), "one recovery per restart");
+                let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+                assert_eq!(
+                    deployments.list(&Default::default()).await.unwrap().items.len(),
+                    2,
+                    "no duplicate Deployment"
+                );
+                let canary = deployments.get("agent-service-canary").await.unwrap();
+                assert_eq!(canary.spec.replicas, Some(0), "retired: no scale-down lost");
+                let stable = deployments.get("agent-service").await.unwrap();
+                let image = stable.spec.template.spec.as_ref().unwrap().containers[0].image.clone();
+                assert_eq!(image.as_deref(), Some(&*format!("{IMAGE}:v1.1.0")));
+                let vs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &virtual_service());
+                let vs = vs.get("agent-service").await.unwrap();
+                assert_eq!(
+                    vs.data["spec"]["http"][1]["route"],
+                    json!([{ "destination": { "host": "agent-service", "subset": "v1-1-0" }, "weight": 100 }])
+                );
+                let dr: Api<DynamicObject> = Api::namespaced_with(client, &ns, &destination_rule());
+                let dr = dr.get("agent-service").await.unwrap();
+                assert_eq!(
+                    dr.data["spec"]["subsets"],
+                    json!([{ "name": "v1-1-0", "labels": { "version": "v1.1.0" } }])
+                );
+            });
+        }
+    }
+    // Across all restarts: each weight reached the route only with the canary available at its size.
+    for (weight, size) in [(5, 1), (25, 2), (50, 3), (100, 5)] {
+        for s in samples.iter().filter(|s| s.canary_weight() == weight && s.canary.is_some_and(|c| c.0 > 0)) {
+            let avail = s.canary.map_or(0, |c| c.1);
+            assert!(
+                avail >= size.min(s.canary.map_or(0, |c| c.0)),
+                "{weight}% routed with {avail} available canary replicas: {s:?}"
+            );
+        }
+        assert!(samples.iter().any(|s| s.canary_weight() == weight), "{weight}% never seen");
+    }
+    assert_eq!(dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0))), vec![1, 2, 3, 5, 0]);
 }
