@@ -139,7 +139,10 @@ fn controller_for(client: kube::Client, store: &std::path::Path, fail_at: Option
         metrics: Arc::new(Metrics::new(Duration::from_secs(3600))),
         clock: Arc::new(SystemClock),
     };
-    let policies = vec![fixtures::policy("canary", &[5, 25, 50, 100], INTERVAL, 1)];
+    let policies = vec![
+        fixtures::policy("canary", &[5, 25, 50, 100], INTERVAL, 1),
+        fixtures::blue_green("blue-green", INTERVAL, Duration::from_millis(600)),
+    ];
     Controller::new(Arc::new(env), policies)
 }
 
@@ -546,4 +549,31 @@ fn a_release_restarted_at_every_stage_ends_as_without_restarts() {
         assert!(samples.iter().any(|s| s.canary_weight() == weight), "{weight}% never seen");
     }
     assert_eq!(dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0))), vec![1, 2, 3, 5, 0]);
+}
+
+/// The deployment standard's blue/green: green deployed at full size and ready, then the flip, a
+/// post-flip window, and blue's Deployment promoted to the new version with green retired.
+#[tokio::test]
+async fn blue_green_deploys_green_at_full_size_before_the_flip() {
+    let w = Arc::new(world("release-bg", None, false).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rec = w.record(stop.clone());
+    let mut req = request(&w.ns, workload("v1.1.0"));
+    req.policy = "blue-green".into();
+    let id = w.c.create(req, "ci", None).await.unwrap().0.id;
+    let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
+    stop.store(true, Ordering::SeqCst);
+    let samples = rec.await.unwrap();
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+    assert_eq!(dedup(samples.iter().map(Sample::canary_weight)), vec![0, 100], "one flip");
+    let flip = samples.iter().find(|s| s.canary_weight() == 100).unwrap();
+    assert_eq!(flip.canary, Some((5, 5)), "green at full size and available before the flip");
+    assert_eq!(dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0))), vec![5, 0]);
+    let stable = w.deployment("agent-service").await.unwrap();
+    let labels = stable.spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    assert_eq!(labels["version"], "v1.1.0");
+    let kinds: Vec<String> = w.events(&id).into_iter().map(|(k, _)| k).collect();
+    let flipped = kinds.iter().position(|k| k == "weight-set").unwrap();
+    let promoted = kinds.iter().rposition(|k| k == "workload").unwrap();
+    assert!(flipped < promoted, "{kinds:?}");
 }
