@@ -385,6 +385,9 @@ pub struct RolloutView {
     pub message: String,
     pub last_analysis: Option<AnalysisReport>,
     pub router: RouterSpec,
+    /// The workload vane runs (SPEC §4 "workload"), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateView>,
     #[schema(value_type = String)]
@@ -443,6 +446,7 @@ impl From<&Rollout> for RolloutView {
             message: r.message.clone(),
             last_analysis: r.last_analysis.clone(),
             router: r.router.clone(),
+            workload: r.workload.as_ref().map(|w| w.spec.clone()),
             gate,
             created_at: r.created_at,
             updated_at: r.updated_at,
