@@ -281,6 +281,16 @@ impl World {
         })
     }
 
+    /// Run a release to its end while recording the cluster: (its end, its id, the samples).
+    async fn release(self: &Arc<Self>, req: vane::rollout::CreateRequest) -> (Rollout, String, Vec<Sample>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rec = self.record(stop.clone());
+        let id = self.c.create(req, "ci", None).await.expect("created").0.id;
+        let r = self.until(&id, "the end", |r| r.is_terminal()).await;
+        stop.store(true, Ordering::SeqCst);
+        (r, id, rec.await.unwrap())
+    }
+
     fn events(&self, id: &str) -> Vec<(String, String)> {
         self.c.events(id).unwrap().into_iter().map(|e| (e.kind, e.message)).collect()
     }
@@ -299,12 +309,7 @@ fn dedup<T: PartialEq + Copy>(xs: impl IntoIterator<Item = T>) -> Vec<T> {
 #[tokio::test]
 async fn a_good_release_scales_the_canary_ahead_of_each_shift_then_promotes_and_retires_it() {
     let w = Arc::new(world("release-good", None, false).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let rec = w.record(stop.clone());
-    let id = w.start("v1.1.0").await;
-    let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
-    stop.store(true, Ordering::SeqCst);
-    let samples = rec.await.unwrap();
+    let (r, id, samples) = w.release(request(&w.ns, workload("v1.1.0"))).await;
     assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
 
     // The canary's size, in order: 1 → 2 → 3 → 5 for 5/25/50/100 %, then retired to 0.
@@ -354,12 +359,7 @@ async fn a_good_release_scales_the_canary_ahead_of_each_shift_then_promotes_and_
 async fn a_bad_release_moves_traffic_back_before_scaling_the_canary_to_zero() {
     let w = Arc::new(world("release-bad", Some(25), false).await);
     let generation = w.deployment("agent-service").await.unwrap().metadata.generation;
-    let stop = Arc::new(AtomicBool::new(false));
-    let rec = w.record(stop.clone());
-    let id = w.start("v1.1.0").await;
-    let r = w.until(&id, "RolledBack", |r| r.is_terminal()).await;
-    stop.store(true, Ordering::SeqCst);
-    let samples = rec.await.unwrap();
+    let (r, _, samples) = w.release(request(&w.ns, workload("v1.1.0"))).await;
     assert_eq!(r.phase, Phase::RolledBack, "{}", r.message);
     assert!(r.message.contains("request-success-rate"), "{}", r.message);
 
@@ -421,12 +421,7 @@ async fn a_canary_slower_than_ready_timeout_fails_before_traffic() {
 #[tokio::test]
 async fn the_hpa_is_cloned_for_the_canary_scaled_like_it_and_removed_with_it() {
     let w = Arc::new(world("release-hpa", None, true).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let rec = w.record(stop.clone());
-    let id = w.start("v1.1.0").await;
-    let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
-    stop.store(true, Ordering::SeqCst);
-    let samples = rec.await.unwrap();
+    let (r, _, samples) = w.release(request(&w.ns, workload("v1.1.0"))).await;
     assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
     // min 3, max 20 scaled by 5/25/50/100 %: ceil, at least 1.
     let bounds: Vec<(i64, i64)> = dedup(samples.iter().filter_map(|s| s.hpa));
@@ -556,14 +551,9 @@ fn a_release_restarted_at_every_stage_ends_as_without_restarts() {
 #[tokio::test]
 async fn blue_green_deploys_green_at_full_size_before_the_flip() {
     let w = Arc::new(world("release-bg", None, false).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let rec = w.record(stop.clone());
     let mut req = request(&w.ns, workload("v1.1.0"));
     req.policy = "blue-green".into();
-    let id = w.c.create(req, "ci", None).await.unwrap().0.id;
-    let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
-    stop.store(true, Ordering::SeqCst);
-    let samples = rec.await.unwrap();
+    let (r, id, samples) = w.release(req).await;
     assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
     assert_eq!(dedup(samples.iter().map(Sample::canary_weight)), vec![0, 100], "one flip");
     let flip = samples.iter().find(|s| s.canary_weight() == 100).unwrap();
