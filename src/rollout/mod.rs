@@ -205,6 +205,8 @@ impl Rollout {
     /// until the earliest ([`Rollout::wake_at`]); the machine's timer checks read the same table.
     pub fn timers(&self) -> [(Timer, Option<Millis>); 6] {
         let analysis = match self.phase {
+            // The deploy stage is driven by the workload's own timer.
+            Phase::Pending if self.stage == Stage::Deploy => None,
             Phase::Progressing | Phase::AwaitingApproval | Phase::Pending => self.next_analysis_at,
             _ => None,
         };

@@ -218,6 +218,12 @@ pub fn step(r: &mut Rollout, input: Input, now: Millis) -> Result<Output, Comman
             let confirmed = r.applied_weight == Some(r.canary_weight);
             r.busy.clear();
             r.router_retry_at = None;
+            // Reconcile the workload's current step at once (a retirement keeps its delay).
+            if let Some(w) = r.workload.as_mut()
+                && w.goal() != Some(WorkloadAction::Retire)
+            {
+                w.check_at = None;
+            }
             r.applied_weight = observed;
             if r.phase == Phase::Pending {
                 r.next_analysis_at = Some(now);
@@ -250,7 +256,10 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
     if r.is_terminal() {
         return;
     }
-    let started = r.effective_phase() != Phase::Pending;
+    // A workload release cleaning up after a way out had 0 % confirmed (or never moved traffic)
+    // before it planned the clean-up: nothing to re-apply.
+    let cleaning_up = workload::finishing(r) && r.canary_weight == 0;
+    let started = r.effective_phase() != Phase::Pending && !cleaning_up;
     let due = r.next_analysis_at.is_some_and(|t| t <= now);
     if started
         && router_busy(r).is_none()
