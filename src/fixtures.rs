@@ -32,11 +32,14 @@ pub fn policy(name: &str, steps: &[u8], interval: Duration, threshold: u32) -> P
         metrics: vec![],
         judge: Default::default(),
         sequential: None,
+        adaptive: None,
         gates: vec![],
         webhooks: Default::default(),
         preflight: None,
         post_flip: None,
         on_drift: Default::default(),
+        canary_match: vec![],
+        mirror: None,
     }
 }
 
@@ -183,7 +186,8 @@ impl Analyzer for ScriptedAnalyzer {
             let (value, result) = match verdict {
                 Verdict::Pass => (Some(99.9), MetricVerdict::Pass),
                 Verdict::Fail => (Some(90.0), MetricVerdict::Fail),
-                Verdict::NoData => (None, MetricVerdict::NoData),
+                Verdict::NoData | Verdict::Collecting => (None, MetricVerdict::NoData),
+                Verdict::Error => (None, MetricVerdict::Error),
                 _ => (Some(99.0), MetricVerdict::Inconclusive),
             };
             let metric = MetricResult {

@@ -48,6 +48,9 @@ pub enum JudgeKind {
     Threshold,
     /// Canary against stable with an anytime-valid sequential test.
     Sequential,
+    /// Canary against stable on errors and slow requests: a step passes at the end of its interval
+    /// unless there is evidence of harm (held while suspicious, rolled back once established).
+    Adaptive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
@@ -234,6 +237,33 @@ impl Default for SequentialSpec {
     }
 }
 
+/// Settings of the adaptive judge (`judge: adaptive`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdaptiveSpec {
+    /// Bound on the probability of rolling back a canary that is not worse than stable (whole
+    /// rollout, all streams together).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// The last step before 100 % is held for more evidence while its e-value is at least this.
+    #[serde(default = "default_hold_above")]
+    pub hold_above: f64,
+    /// How long a suspicious step is held at most before it passes (default: 5 intervals).
+    #[serde(with = "humantime_serde", default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub max_hold: Option<Duration>,
+}
+
+fn default_hold_above() -> f64 {
+    crate::analysis::adaptive::DEFAULT_HOLD_ABOVE
+}
+
+impl Default for AdaptiveSpec {
+    fn default() -> Self {
+        AdaptiveSpec { alpha: default_alpha(), hold_above: default_hold_above(), max_hold: None }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
@@ -262,6 +292,8 @@ pub struct Policy {
     pub judge: JudgeKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequential: Option<SequentialSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<Gate>,
     #[serde(default)]
@@ -274,6 +306,14 @@ pub struct Policy {
     pub post_flip: Option<Duration>,
     #[serde(default)]
     pub on_drift: OnDrift,
+    /// Requests that always reach the canary while the rollout shifts traffic (testers, A/B): one
+    /// entry per alternative, all headers of an entry must match exactly. Canary strategy only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_match: Vec<CanaryMatch>,
+    /// Before the first step, shadow this share of the requests to the canary for `duration` and judge
+    /// its own errors and latency; users get the stable version's answers. Canary strategy only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 fn default_interval() -> Duration {
@@ -332,6 +372,9 @@ pub struct PolicyFileError {
     pub message: String,
 }
 
+mod routing;
+pub use routing::{CanaryMatch, MAX_CANARY_MATCHES, MAX_MATCH_HEADERS, Mirror};
+
 pub const BUILTIN_TEMPLATES: &[&str] =
     &["success-rate", "error-rate", "latency-p95", "latency-p99", "latency-mean", "request-count"];
 
@@ -379,6 +422,10 @@ impl Policy {
 
     pub fn sequential(&self) -> SequentialSpec {
         self.sequential.clone().unwrap_or_default()
+    }
+
+    pub fn adaptive(&self) -> AdaptiveSpec {
+        self.adaptive.clone().unwrap_or_default()
     }
 
     /// Every rule a policy must satisfy; the first broken one is returned with its field path.
@@ -443,6 +490,20 @@ impl Policy {
                 return Err(FieldError::new("sequential.tolerance", "must be in [0, 100) percentage points"));
             }
         }
+        if self.judge == JudgeKind::Adaptive && self.strategy == Strategy::BlueGreen {
+            return Err(FieldError::new(
+                "judge",
+                "adaptive compares the canary with concurrent stable traffic, which blue-green has none of after the flip; use threshold",
+            ));
+        }
+        if let Some(a) = &self.adaptive {
+            if !(a.alpha > 0.0 && a.alpha < 0.5) {
+                return Err(FieldError::new("adaptive.alpha", "must be in (0, 0.5)"));
+            }
+            if !(a.hold_above >= 1.0 && a.hold_above < 1.0 / a.alpha) {
+                return Err(FieldError::new("adaptive.holdAbove", "must be at least 1 and below 1/alpha"));
+            }
+        }
         let weights = self.weights();
         for (i, g) in self.gates.iter().enumerate() {
             let allowed = g.at == 0 || weights.contains(&g.at);
@@ -478,7 +539,8 @@ impl Policy {
         if self.post_flip.is_some() && self.strategy != Strategy::BlueGreen {
             return Err(FieldError::new("postFlip", "only blue-green policies have a post-flip window"));
         }
-        Ok(())
+        self.validate_canary_match()?;
+        self.validate_mirror()
     }
 }
 
@@ -661,6 +723,19 @@ mod tests {
         for n in ["canary-default", "canary-checklist", "blue-green", "hotfix"] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
+    }
+
+    #[test]
+    fn adaptive_settings_are_checked() {
+        let base = "name: x\nstrategy: canary\nsteps: [10, 100]\njudge: adaptive\n";
+        let pol = p(base).unwrap();
+        assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 1.5));
+        let e = p(&format!("{base}adaptive:\n  holdAbove: 0.5\n")).unwrap_err();
+        assert!(e.message.contains("adaptive.holdAbove"), "{e}");
+        let e = p(&format!("{base}adaptive:\n  alpha: 0.7\n")).unwrap_err();
+        assert!(e.message.contains("adaptive.alpha"), "{e}");
+        let e = p("name: x\nstrategy: blue-green\njudge: adaptive\n").unwrap_err();
+        assert!(e.message.contains("use threshold"), "{e}");
     }
 
     #[test]

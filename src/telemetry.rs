@@ -113,7 +113,7 @@ struct Series {
 /// failure or delivery would never show on a dashboard or trigger an alert.
 const STRATEGIES: [&str; 2] = ["canary", "blue-green"];
 const RESULTS: [Phase; 4] = [Phase::Succeeded, Phase::RolledBack, Phase::Aborted, Phase::Failed];
-const ROUTER_KINDS: [&str; 4] = ["istio", "nginx-ingress", "nginx", "exec"];
+const ROUTER_KINDS: [&str; 5] = ["istio", "nginx-ingress", "gateway-api", "nginx", "exec"];
 const DELIVERY_KINDS: [&str; 3] = ["webhook", "slack", "hook"];
 const CALL_RESULTS: [&str; 2] = ["ok", "error"];
 const CHECK_RESULTS: [MetricVerdict; 5] = [

@@ -8,7 +8,7 @@ mod prom;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prom::{FakeProm, empty, vector};
+use prom::{FakeProm, buckets, empty, vector};
 use vane::BoxFut;
 use vane::analysis::prometheus::{PromClient, QueryError, Scalar};
 use vane::analysis::{AnalysisContext, AnalysisReport, Analyzer, MetricVerdict, PromAnalyzer, Verdict};
@@ -184,11 +184,39 @@ async fn threshold_judge_reports_values_bounds_and_verdict() {
 async fn too_few_canary_requests_is_no_data_for_every_metric() {
     let fake = FakeProm::default();
     fake.rule("increase(http_requests_total", 200, vector(12.0));
-    let report = analyse(&fake, ok_hooks(), rollout(threshold_policy())).await;
-    assert_eq!(report.verdict, Verdict::NoData);
+    let r = rollout(threshold_policy());
+    let report = analyse(&fake, ok_hooks(), r.clone()).await;
+    // minRequests counts the step: 12 new requests is a step still collecting, never a pass.
+    assert_eq!(report.verdict, Verdict::Collecting);
     assert!(report.metrics.iter().all(|m| m.result == MetricVerdict::NoData));
     assert!(report.summary.contains("12 canary requests in 60s < minRequests 50"), "{}", report.summary);
     assert_eq!(fake.queries().len(), 1, "no metric queries without enough traffic");
+    // Still 12 at the next analysis of the step: nothing is accumulating, that is no data.
+    let mut r = r;
+    r.last_analysis = Some(report);
+    let again = analyse(&fake, ok_hooks(), r).await;
+    assert_eq!(again.verdict, Verdict::NoData, "{again:?}");
+    assert!(again.summary.contains("none since the last analysis"), "{}", again.summary);
+}
+
+#[tokio::test]
+async fn min_requests_counts_the_whole_step_for_the_threshold_judge() {
+    // 20 canary requests in the last minute, 60 over the 3-minute step: judged over the step.
+    let fake = FakeProm::default();
+    fake.rule(
+        "increase(http_requests_total{namespace=\"prod\",service=\"cart\",version=\"v1.1.0\"}[60s]",
+        200,
+        vector(20.0),
+    )
+    .rule("increase(http_requests_total", 200, vector(60.0))
+    .rule(r#"code!~"5..""#, 200, vector(100.0))
+    .rule("histogram_quantile(0.95", 200, vector(120.0));
+    let mut r = rollout(threshold_policy());
+    r.step_started_at = NOW - 180_000;
+    let report = analyse(&fake, ok_hooks(), r).await;
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+    let q = fake.queries();
+    assert!(q.iter().any(|q| q.contains(r#"code!~"5.."}[180s]"#)), "metrics over the step: {q:?}");
 }
 
 #[tokio::test]
@@ -332,4 +360,147 @@ async fn sequential_judge_holds_then_passes_at_the_step_maximum_and_carries_evid
     let next = analyse(&fake, ok_hooks(), r).await;
     let carried = next.metrics[0].stats["harmLogECarry"].as_f64().unwrap();
     assert!((carried - block).abs() < 1e-9, "{carried} vs {block}");
+}
+
+fn adaptive_policy() -> Policy {
+    let mut p = fixtures::policy("p", &[5, 25, 50, 100], Duration::from_secs(60), 5);
+    p.judge = JudgeKind::Adaptive;
+    p.min_requests = 50;
+    p.metrics = vec![
+        spec("success", "success-rate", Some(99.0), None),
+        spec("p95", "latency-p95", None, Some(Bound::Duration(Duration::from_millis(500)))),
+    ];
+    p
+}
+
+/// Counts over the step for the adaptive judge: requests and errors, and latency buckets where
+/// `slow` requests of each version took more than 500 ms.
+fn adaptive_counts(fake: &FakeProm, canary: (f64, f64, f64), stable: (f64, f64, f64)) {
+    let (c, s) = (r#"version="v1.1.0""#, r#"version="v1.0.0""#);
+    let le = |(n, _, slow): (f64, f64, f64)| buckets(&[("0.25", n - 2.0 * slow), ("0.5", n - slow), ("+Inf", n)]);
+    fake.rule("histogram_quantile", 200, vector(120.0))
+        .rule(&format!("bucket{{namespace=\"prod\",service=\"cart\",{c}"), 200, le(canary))
+        .rule(&format!("bucket{{namespace=\"prod\",service=\"cart\",{s}"), 200, le(stable));
+    counts(fake, (canary.0, canary.1), (stable.0, stable.1));
+}
+
+#[tokio::test]
+async fn adaptive_judge_passes_a_good_step_at_its_first_interval_with_its_evidence() {
+    let fake = FakeProm::default();
+    adaptive_counts(&fake, (300.0, 1.0, 3.0), (5700.0, 28.0, 57.0));
+    let report = analyse(&fake, ok_hooks(), rollout(adaptive_policy())).await;
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+    let errors = &report.metrics[0];
+    assert_eq!(errors.stats["judge"], "adaptive");
+    assert_eq!(errors.stats["decision"], "pass");
+    assert_eq!(errors.stats["canary"]["requests"], 300.0);
+    assert_eq!(errors.stats["stable"]["errors"], 28.0);
+    assert!(errors.stats["eValue"].as_f64().unwrap() < errors.stats["holdAbove"].as_f64().unwrap());
+    assert_eq!(errors.stats["bound"], 200.0, "α 1 % split over two streams");
+    let v = errors.value.unwrap();
+    assert!((v - (100.0 - 100.0 / 300.0)).abs() < 1e-9, "success rate {v}");
+    let p95 = &report.metrics[1];
+    assert_eq!((p95.result, p95.value, p95.max), (MetricVerdict::Pass, Some(120.0), Some(500.0)));
+    assert_eq!(p95.stats["stream"], "slow:p95");
+    assert_eq!(p95.stats["canary"]["errors"], 3.0, "slow = all − the 0.5 s bucket");
+    assert_eq!(p95.stats["guard"]["result"], "pass");
+    assert!(report.summary.contains("no evidence of harm"), "{}", report.summary);
+    assert!(report.summary.contains("canary 0.333% vs stable 0.491% errors"), "{}", report.summary);
+
+    // Another error metric after the latency one: still one error stream, α still split in two.
+    let mut p = adaptive_policy();
+    p.metrics.push(spec("errors", "error-rate", None, Some(Bound::Number(1.0))));
+    let report = analyse(&fake, ok_hooks(), rollout(p)).await;
+    assert_eq!(report.metrics[2].stats["bound"], 200.0, "{report:?}");
+    assert_eq!(report.metrics[2].stats["eValue"], report.metrics[0].stats["eValue"]);
+    assert!((report.metrics[2].value.unwrap() - 100.0 / 300.0).abs() < 1e-9, "error rate in percent");
+}
+
+#[tokio::test]
+async fn adaptive_judge_rolls_back_errors_or_slow_requests_and_holds_when_suspicious() {
+    // 4× errors at 25 %.
+    let fake = FakeProm::default();
+    adaptive_counts(&fake, (1500.0, 30.0, 15.0), (4500.0, 22.0, 45.0));
+    let report = analyse(&fake, ok_hooks(), rollout(adaptive_policy())).await;
+    assert_eq!(report.verdict, Verdict::Rollback, "{report:?}");
+    assert_eq!(report.metrics[0].stats["decision"], "regression");
+    assert!(report.summary.contains("regression established"), "{}", report.summary);
+
+    // 5× slow requests, errors equal: the latency stream rolls back (its guard alone would not).
+    let fake = FakeProm::default();
+    adaptive_counts(&fake, (1500.0, 7.0, 75.0), (4500.0, 22.0, 45.0));
+    let report = analyse(&fake, ok_hooks(), rollout(adaptive_policy())).await;
+    assert_eq!(report.verdict, Verdict::Rollback, "{report:?}");
+    assert_eq!(report.metrics[1].stats["decision"], "regression");
+    assert_eq!(report.metrics[1].stats["guard"]["result"], "pass");
+
+    // Twice the stable error rate on little traffic: suspicious but not established. An early step
+    // passes (its evidence carries into the next, busier step)...
+    let fake = FakeProm::default();
+    adaptive_counts(&fake, (1500.0, 15.0, 15.0), (4500.0, 22.0, 45.0));
+    let mut r = rollout(adaptive_policy());
+    let early = analyse(&fake, ok_hooks(), r.clone()).await;
+    assert_eq!(early.verdict, Verdict::Pass, "{early:?}");
+    assert!(early.metrics[0].stats["eValue"].as_f64().unwrap() >= 1.5, "{early:?}");
+    // ...the last step before 100 % is held, with the reason.
+    r.step_index = 2;
+    let held = analyse(&fake, ok_hooks(), r.clone()).await;
+    assert_eq!(held.verdict, Verdict::Inconclusive, "{held:?}");
+    assert!(held.summary.contains("holding the step for more evidence"), "{}", held.summary);
+    assert_eq!(held.metrics[0].stats["heldSince"], NOW);
+
+    // The next step starts with this step's evidence: the same counts again establish it.
+    r.last_analysis = Some(held.clone());
+    r.step_started_at = NOW - 1_000;
+    let next = analyse(&fake, ok_hooks(), r.clone()).await;
+    assert_eq!(next.metrics[0].stats["earlier"][0]["canary"]["errors"], 15.0);
+    assert!(next.metrics[0].stats["logE"].as_f64().unwrap() > held.metrics[0].stats["logE"].as_f64().unwrap());
+
+    // Held for maxHold (5 intervals) without an established regression: the step passes.
+    let mut r = rollout(adaptive_policy());
+    r.step_index = 2;
+    let mut last = held;
+    last.metrics[0].stats["heldSince"] = serde_json::json!(NOW - 300_000);
+    r.last_analysis = Some(last);
+    let report = analyse(&fake, ok_hooks(), r).await;
+    assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
+    assert!(report.summary.contains("held for maxHold"), "{}", report.summary);
+}
+
+#[tokio::test]
+async fn nan_counts_are_no_data_never_a_pass() {
+    // Requests are known but the error count is NaN: not "0 errors".
+    let fake = FakeProm::default();
+    fake.rule(r#"code=~"5..""#, 200, vector(f64::NAN)).rule("increase(http_requests_total", 200, vector(600.0));
+    for p in [adaptive_policy(), sequential_policy()] {
+        let report = analyse(&fake, ok_hooks(), rollout(p)).await;
+        assert_eq!(report.verdict, Verdict::NoData, "{report:?}");
+        assert!(report.summary.contains("NaN"), "{}", report.summary);
+    }
+    // A NaN metric value under the threshold judge is no data too, even with onNoData: ignore
+    // leaving nothing else.
+    let fake = FakeProm::default();
+    fake.rule("increase(http_requests_total", 200, vector(600.0)).rule("", 200, vector(f64::NAN));
+    let mut p = threshold_policy();
+    let report = analyse(&fake, ok_hooks(), rollout(p.clone())).await;
+    assert_eq!(report.verdict, Verdict::NoData, "{report:?}");
+    p.on_no_data = OnNoData::Ignore;
+    let report = analyse(&fake, ok_hooks(), rollout(p)).await;
+    assert_eq!(report.verdict, Verdict::NoData, "ignore never turns nothing into a pass: {report:?}");
+}
+
+#[tokio::test]
+async fn an_analysis_where_every_query_errored_is_an_error() {
+    let rejected = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#.to_string();
+    for p in [threshold_policy(), adaptive_policy(), sequential_policy()] {
+        let fake = FakeProm::default();
+        fake.rule("", 400, rejected.clone());
+        let mut p = p;
+        p.min_requests = 0;
+        p.on_no_data = OnNoData::Ignore;
+        let report = analyse(&fake, ok_hooks(), rollout(p)).await;
+        assert_eq!(report.verdict, Verdict::Error, "{report:?}");
+        assert!(report.metrics.iter().all(|m| m.result == MetricVerdict::Error), "{report:?}");
+        assert!(report.summary.contains("parse error"), "{}", report.summary);
+    }
 }

@@ -5,7 +5,9 @@
 //! error canary fails, a 300 ms slower canary fails its latency bound, a canary without traffic is
 //! no data, broken PromQL is an error, the sequential judge rolls back a regression, full rollouts
 //! through the controller succeed / roll back, and a Prometheus that freezes and then dies
-//! mid-rollout is no data and never promotes.
+//! mid-rollout is no data and never promotes. The shipped default policy (the adaptive judge) runs
+//! full rollouts: a healthy canary promotes in steps × interval, twice the stable error rate rolls
+//! back before 100 %.
 
 #[path = "support/prom.rs"]
 mod prom;
@@ -18,7 +20,7 @@ use vane::analysis::prometheus::PromClient;
 use vane::analysis::{AnalysisContext, AnalysisReport, Analyzer, MetricVerdict, PromAnalyzer, Verdict};
 use vane::fixtures::{self, FakeRouters};
 use vane::notify::{AlwaysOk, Silent};
-use vane::policy::{Bound, JudgeKind, MetricSpec, Policy, SequentialSpec};
+use vane::policy::{self, Bound, JudgeKind, MetricSpec, Policy, SequentialSpec};
 use vane::rollout::controller::Controller;
 use vane::rollout::driver::{Env, SystemClock};
 use vane::rollout::{CreateRequest, Phase, Rollout, machine};
@@ -351,4 +353,93 @@ async fn backfilled_history_gives_exact_values() {
     assert!((st["canaryErrorRate"].as_f64().unwrap() - 100.0 * 5.0 / 255.0).abs() < 1e-6, "{st}");
     assert!((st["stableErrorRate"].as_f64().unwrap() - 100.0 / 251.0).abs() < 1e-6, "{st}");
     assert_eq!(st["window"], "600s");
+}
+
+/// `policies/canary-default.yaml` as shipped, with 4-second intervals: a healthy canary (no errors,
+/// fast) promotes at the end of its third interval; a canary with twice the stable error rate
+/// (30 % vs 15 %) rolls back before it takes all traffic, with its evidence in the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_policy_promotes_healthy_and_rolls_back_twice_the_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ok_v1, ok_v2, twice_v1, twice_v2) = tokio::join!(
+        DemoApp::start(d, "fine", "v1", 0.0, "5ms"),
+        DemoApp::start(d, "fine", "v2", 0.0, "5ms"),
+        DemoApp::start(d, "twice", "v1", 0.15, "5ms"),
+        DemoApp::start(d, "twice", "v2", 0.3, "5ms"),
+    );
+    let apps = [&ok_v1, &ok_v2, &twice_v1, &twice_v2];
+    let prom = Prometheus::start(d, &apps.map(|a| a.addr));
+    prom.ready().await;
+    let _load: Vec<Load> = apps.iter().map(|a| Load::start(a.addr, RPS)).collect();
+    wait_for("5 s of scraped traffic from every demo app", Duration::from_secs(40), || {
+        let p = &prom;
+        async move {
+            for s in ["fine", "twice"] {
+                let q = format!(r#"min(count_over_time(http_requests_total{{service="{s}",code="200"}}[5s]))"#);
+                if p.value(&q).await.unwrap_or(0.0) < 4.0 {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/canary-default.yaml");
+    let mut p = policy::parse(&file, &std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(p.judge, JudgeKind::Adaptive, "the shipped default");
+    let interval = Duration::from_secs(4);
+    p.interval = interval;
+    p.progress_deadline = Duration::from_secs(60);
+    let adaptive = p.adaptive.as_mut().expect("adaptive settings");
+    adaptive.max_hold = Some(interval * 5);
+
+    let store_dir = tempfile::tempdir().unwrap();
+    let routers = Arc::new(FakeRouters::default());
+    let metrics = Arc::new(Metrics::new(Duration::from_secs(3600)));
+    let env = Arc::new(Env {
+        store: Store::open(store_dir.path()).unwrap(),
+        routers: routers.clone(),
+        workloads: Arc::new(vane::fixtures::NoWorkloads),
+        analyzer: Arc::new(analyzer(&prom.url, Duration::from_secs(2), metrics.clone())),
+        hooks: Arc::new(AlwaysOk),
+        notifier: Arc::new(Silent),
+        metrics,
+        clock: Arc::new(SystemClock),
+    });
+    let c = Controller::new(env, vec![p]);
+    let finished = |id: String| {
+        let c = &c;
+        async move {
+            wait_for("the rollout to finish", Duration::from_secs(90), || {
+                let r = c.get(&id).ok().filter(|r| r.is_terminal());
+                async move { r }
+            })
+            .await
+        }
+    };
+    let (fine_id, twice_id) = (
+        c.create(request("fine", "canary-default"), "ci", None).await.unwrap().0.id,
+        c.create(request("twice", "canary-default"), "ci", None).await.unwrap().0.id,
+    );
+    let (fine, twice) = tokio::join!(finished(fine_id.clone()), finished(twice_id.clone()));
+
+    assert_eq!(fine.phase, Phase::Succeeded, "{}", fine.message);
+    let took = Duration::from_millis(fine.updated_at - fine.created_at);
+    assert!(took >= interval * 3 && took < interval * 4, "3 steps × 4 s, took {took:?}");
+    let passes: Vec<_> = c.events(&fine_id).unwrap().into_iter().filter(|e| e.kind == "analysis").collect();
+    assert_eq!(passes.len(), 3, "one analysis per step");
+    let ev = &passes[0].details["metrics"][0]["stats"];
+    assert_eq!((ev["judge"].as_str(), ev["decision"].as_str()), (Some("adaptive"), Some("pass")), "{ev}");
+    assert!(ev["canary"]["requests"].as_f64().unwrap() > 50.0 && ev["bound"].as_f64().is_some(), "{ev}");
+    assert!(passes[0].message.contains("no evidence of harm"), "{}", passes[0].message);
+
+    assert_eq!(twice.phase, Phase::RolledBack, "{}", twice.message);
+    assert!(twice.message.contains("regression established"), "{}", twice.message);
+    assert!(!routers.get("twice").weights().contains(&100), "never reached 100 %");
+    let last = twice.last_analysis.expect("the deciding analysis");
+    let st = &last.metrics[0].stats;
+    assert!(st["eValue"].as_f64().unwrap() >= st["bound"].as_f64().unwrap(), "{st}");
+    assert!(st["canaryRate"].as_f64().unwrap() > st["stableRate"].as_f64().unwrap(), "{st}");
 }

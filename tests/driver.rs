@@ -115,6 +115,26 @@ async fn no_data_follows_on_no_data() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_low_traffic_step_extends_while_it_collects_its_min_requests() {
+    let mut slow = canary("slow");
+    slow.progress_deadline = 5 * MIN;
+    let h = harness(vec![slow]);
+    // Step 1 needs 12 intervals to collect its minRequests (more than twice the deadline).
+    let mut script = vec![Verdict::Collecting; 12];
+    script.extend([Verdict::Pass, Verdict::Pass, Verdict::Pass]);
+    h.analyzer.push("cart", &script);
+    let t0 = tokio::time::Instant::now();
+    let id = h.start("cart", "slow").await;
+    let r = h.done(&id).await;
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+    assert_eq!(h.routers.get("cart").weights(), vec![5, 25, 50, 100]);
+    let took = t0.elapsed();
+    assert!(took >= 15 * MIN && took < 16 * MIN, "12 collecting + 3 passing intervals, took {took:?}");
+    let collecting = h.c.events(&id).unwrap().iter().filter(|e| e.message.starts_with("analysis: collecting")).count();
+    assert_eq!(collecting, 12);
+}
+
+#[tokio::test(start_paused = true)]
 async fn pause_holds_and_resume_continues() {
     let h = harness(vec![canary("c")]);
     let id = h.start("cart", "c").await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use vane::analysis::{AnalysisReport, Verdict};
 use vane::fixtures;
-use vane::policy::{Approval, Gate, OnNoData, Policy};
+use vane::policy::{Approval, Gate, Mirror, OnNoData, Policy};
 use vane::rollout::machine::{self, Command, Effect, Input, StageFailure};
 use vane::rollout::{Phase, Rollout};
 use vane::traffic::RouterError;
@@ -25,11 +25,21 @@ struct World {
     router_ok: bool,
     weights: Vec<u8>,
     events: Vec<String>,
+    /// The router mirrors to the canary (turned on by SetMirror, ended by any weight write).
+    mirror_live: bool,
 }
 
 impl World {
     fn new(p: Policy) -> World {
-        World { r: new(p), now: T0, verdict: Verdict::Pass, router_ok: true, weights: vec![], events: vec![] }
+        World {
+            r: new(p),
+            now: T0,
+            verdict: Verdict::Pass,
+            router_ok: true,
+            weights: vec![],
+            events: vec![],
+            mirror_live: false,
+        }
     }
 
     fn feed(&mut self, input: Input) -> Result<(), machine::CommandError> {
@@ -40,6 +50,7 @@ impl World {
                 Effect::SetWeight { op, canary } => {
                     let result = if self.router_ok {
                         self.weights.push(canary);
+                        self.mirror_live = false;
                         Ok(())
                     } else {
                         Err(RouterError::Transient("down".into()))
@@ -48,6 +59,15 @@ impl World {
                 }
                 Effect::Validate { op } | Effect::Preflight { op } => Input::StageDone { op, result: Ok(()) },
                 Effect::CallHooks { op: Some(op), .. } => Input::StageDone { op, result: Ok(()) },
+                Effect::SetMirror { op, .. } => {
+                    let result = if self.router_ok {
+                        self.mirror_live = true;
+                        Ok(())
+                    } else {
+                        Err(RouterError::Transient("down".into()))
+                    };
+                    Input::RouterDone { op, result }
+                }
                 Effect::CallHooks { op: None, .. } | Effect::Observe => continue,
                 Effect::Workload { op, .. } => {
                     Input::WorkloadDone { op, result: Ok(vane::rollout::ports::WorkloadStatus::Ready("ok".into())) }
@@ -136,6 +156,57 @@ fn no_data_holds_fails_or_ignores_per_policy() {
     w.verdict = Verdict::NoData;
     w.run_until(|r| r.is_terminal(), 20);
     assert_eq!((w.r.phase, w.r.failed_checks), (Phase::RolledBack, 3));
+}
+
+#[test]
+fn a_step_still_collecting_its_min_requests_extends_past_the_progress_deadline() {
+    // A low-traffic canary: 8 analyses collecting (well past the 5-minute deadline), then a pass.
+    let mut p = canary(&[50, 100]);
+    p.progress_deadline = Duration::from_secs(300);
+    let mut w = World::new(p);
+    w.verdict = Verdict::Collecting;
+    w.run_until(|r| r.applied_weight == Some(50), 5);
+    for _ in 0..8 {
+        w.tick();
+    }
+    assert_eq!((w.r.phase, w.r.canary_weight, w.r.failed_checks), (Phase::Progressing, 50, 0), "{}", w.r.message);
+    assert!(w.now - T0 >= 8 * 60_000, "past the deadline");
+    assert!(w.r.message.contains("collecting"), "{}", w.r.message);
+    w.verdict = Verdict::Pass;
+    w.run_until(|r| r.is_terminal(), 5);
+    assert_eq!(w.r.phase, Phase::Succeeded);
+
+    // Collecting stops (no new requests: no data): the deadline counts from the last collecting one.
+    let mut p = canary(&[50, 100]);
+    p.progress_deadline = Duration::from_secs(300);
+    let mut w = World::new(p);
+    w.verdict = Verdict::Collecting;
+    w.run_until(|r| r.applied_weight == Some(50), 5);
+    for _ in 0..3 {
+        w.tick();
+    }
+    let last_progress = w.now;
+    w.verdict = Verdict::NoData;
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!(w.r.phase, Phase::RolledBack);
+    assert!(w.r.message.contains("progressDeadline"), "{}", w.r.message);
+    assert!(w.now >= last_progress + 300_000, "rolled back at {} < {}", w.now, last_progress + 300_000);
+}
+
+#[test]
+fn an_analysis_where_every_query_errored_never_passes() {
+    // Whatever onNoData says: never a promotion, never a failed check, the deadline rolls back.
+    for on_no_data in [OnNoData::Hold, OnNoData::Ignore, OnNoData::Fail] {
+        let mut p = canary(&[50, 100]);
+        p.progress_deadline = Duration::from_secs(300);
+        p.on_no_data = on_no_data;
+        let mut w = World::new(p);
+        w.verdict = Verdict::Error;
+        w.run_until(|r| r.is_terminal(), 20);
+        assert_eq!((w.r.phase, w.r.failed_checks), (Phase::RolledBack, 0), "{on_no_data:?}");
+        assert_eq!(w.weights, vec![50, 0], "never promoted");
+        assert!(w.events.iter().filter(|e| *e == "analysis").count() >= 4);
+    }
 }
 
 #[test]
@@ -260,6 +331,76 @@ fn a_crash_after_the_router_applied_the_decision_still_finishes() {
     assert_eq!(w.r.phase, Phase::Succeeded);
 }
 
+// ---- mirroring (policy `mirror`) ----
+
+fn mirrored(steps: &[u8]) -> Policy {
+    Policy { mirror: Some(Mirror { percent: 50, duration: Duration::from_secs(300) }), ..canary(steps) }
+}
+
+#[test]
+fn mirroring_comes_before_the_first_step_then_the_steps_follow() {
+    let mut w = World::new(mirrored(&[5, 25, 50, 100]));
+    w.run_until(|r| r.mirror_until.is_some(), 10);
+    assert!(w.mirror_live && w.weights.is_empty(), "mirror on, no weight written");
+    assert_eq!(w.r.phase, Phase::Pending);
+    assert!(w.r.message.starts_with("mirroring 50% of requests to v1.1.0"), "{}", w.r.message);
+    let mirror_on = w.now;
+    assert_eq!(w.r.step_started_at, mirror_on, "the analysis window starts with the mirror");
+    w.run_until(|r| r.applied_weight == Some(5), 20);
+    assert!(w.now - mirror_on >= 300_000, "the first step waits for the whole mirror duration");
+    assert!(!w.mirror_live, "the first weight write ends the mirror");
+    let first_step = w.events.iter().position(|e| e == "step").unwrap();
+    let mirror = w.events.iter().position(|e| e == "mirror").unwrap();
+    let analyses = w.events[mirror..first_step].iter().filter(|e| *e == "analysis").count();
+    assert!(analyses >= 5, "the mirrored canary is analysed every interval ({analyses})");
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!((w.r.phase, w.weights.clone()), (Phase::Succeeded, vec![5, 25, 50, 100]));
+}
+
+#[test]
+fn a_breach_under_mirroring_rolls_back_with_no_user_traffic() {
+    let mut w = World::new(mirrored(&[5, 25, 50, 100]));
+    w.run_until(|r| r.mirror_until.is_some(), 10);
+    w.verdict = Verdict::Fail;
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!(w.r.phase, Phase::RolledBack, "{}", w.r.message);
+    assert_eq!(w.weights, vec![0], "the only weight ever written is the rollback's 0 %, which ends the mirror");
+    assert!(!w.mirror_live);
+    assert!(!w.events.iter().any(|e| e == "step"), "no step was ever taken: {:?}", w.events);
+    assert!(w.r.message.contains("3 failed checks"), "{}", w.r.message);
+}
+
+#[test]
+fn an_abort_or_a_router_outage_while_mirroring_still_ends_the_mirror() {
+    let mut w = World::new(mirrored(&[5, 100]));
+    w.run_until(|r| r.mirror_until.is_some(), 10);
+    w.router_ok = false;
+    w.cmd(Command::Abort { reason: None }).unwrap();
+    assert_eq!(w.r.phase, Phase::RollingBack, "not done before the router confirms");
+    w.tick();
+    assert_eq!(w.r.phase, Phase::RollingBack);
+    w.router_ok = true;
+    w.run_until(|r| r.is_terminal(), 10);
+    assert_eq!((w.r.phase, w.weights.clone(), w.mirror_live), (Phase::Aborted, vec![0], false));
+
+    // An abort before the mirror was ever on needs no router call at all.
+    let mut w = World::new(mirrored(&[5, 100]));
+    w.cmd(Command::Abort { reason: None }).unwrap();
+    assert_eq!((w.r.phase, w.weights.clone()), (Phase::Aborted, vec![]));
+}
+
+#[test]
+fn a_gate_at_0_after_mirroring_ends_the_mirror_and_its_timeout_rolls_back() {
+    let mut p = mirrored(&[5, 100]);
+    p.gates = vec![Gate { at: 0, approval: Approval::Manual, timeout: Duration::from_secs(900), approvers: vec![] }];
+    let mut w = World::new(p);
+    w.run_until(|r| r.phase == Phase::AwaitingApproval && r.applied_weight == Some(0), 20);
+    assert_eq!((w.weights.clone(), w.mirror_live), (vec![0], false), "entering the gate writes 0 %, ending the mirror");
+    w.run_until(|r| r.is_terminal(), 20);
+    assert_eq!(w.r.phase, Phase::RolledBack, "{}", w.r.message);
+    assert!(w.weights.iter().all(|x| *x == 0) && !w.mirror_live);
+}
+
 // ---- properties ----
 
 #[derive(Debug, Clone)]
@@ -272,6 +413,31 @@ enum Act {
     RouterOk(bool),
     Verdict(u8),
     Drift(u8),
+}
+
+impl World {
+    fn act(&mut self, a: Act) -> Result<(), machine::CommandError> {
+        match a {
+            Act::Wait(ms) => {
+                self.now += ms as u64;
+                self.feed(Input::Tick)
+            }
+            Act::Promote(full) => self.cmd(Command::Promote { full }),
+            Act::Pause => self.cmd(Command::Pause),
+            Act::Resume => self.cmd(Command::Resume),
+            Act::Abort => self.cmd(Command::Abort { reason: None }),
+            Act::RouterOk(ok) => {
+                self.router_ok = ok;
+                Ok(())
+            }
+            Act::Verdict(v) => {
+                self.verdict =
+                    [Verdict::Pass, Verdict::Fail, Verdict::NoData, Verdict::Inconclusive, Verdict::Pass][v as usize];
+                Ok(())
+            }
+            Act::Drift(x) => self.feed(Input::Observed { weight: Ok(Some(x)) }),
+        }
+    }
 }
 
 fn act() -> impl Strategy<Value = Act> {
@@ -314,19 +480,7 @@ proptest! {
         let mut terminal: Option<Phase> = None;
         for a in acts {
             let before = w.r.clone();
-            let res = match a {
-                Act::Wait(ms) => { w.now += ms as u64; w.feed(Input::Tick) }
-                Act::Promote(full) => w.cmd(Command::Promote { full }),
-                Act::Pause => w.cmd(Command::Pause),
-                Act::Resume => w.cmd(Command::Resume),
-                Act::Abort => w.cmd(Command::Abort { reason: None }),
-                Act::RouterOk(ok) => { w.router_ok = ok; Ok(()) }
-                Act::Verdict(v) => {
-                    w.verdict = [Verdict::Pass, Verdict::Fail, Verdict::NoData, Verdict::Inconclusive, Verdict::Pass][v as usize];
-                    Ok(())
-                }
-                Act::Drift(x) => w.feed(Input::Observed { weight: Ok(Some(x)) }),
-            };
+            let res = w.act(a);
             if res.is_err() {
                 prop_assert_eq!(&w.r, &before, "a rejected command changed the rollout");
             }
@@ -349,6 +503,33 @@ proptest! {
             prop_assert!(routers <= 1, "more than one router call in flight");
             if w.r.is_terminal() {
                 terminal = Some(w.r.phase);
+            }
+        }
+    }
+
+    /// With a mirror policy and any sequence of waits, verdicts, pauses, aborts and router outages (no
+    /// manual promotion): no weight above 0 before the mirror stage passed, and a finished rollout
+    /// never leaves the mirror on; a rollback from the mirror stage wrote only 0 %.
+    #[test]
+    fn mirroring_never_serves_users_and_never_outlives_the_rollout(gate0 in any::<bool>(), acts in proptest::collection::vec(act(), 1..80)) {
+        let mut p = mirrored(&[5, 25, 100]);
+        if gate0 {
+            p.gates = vec![Gate { at: 0, approval: Approval::Manual, timeout: Duration::from_secs(900), approvers: vec![] }];
+        }
+        let mut w = World::new(p);
+        for a in acts {
+            if !matches!(a, Act::Promote(_)) {
+                let _ = w.act(a);
+            }
+            let passed = w.events.iter().any(|e| e == "stage") && w.r.stage == vane::rollout::Stage::Ready;
+            if !passed {
+                prop_assert!(w.weights.iter().all(|x| *x == 0), "weights {:?} before the mirror stage passed", w.weights);
+            }
+            if w.r.is_terminal() {
+                prop_assert!(!w.mirror_live, "{:?} with the mirror still on", w.r.phase);
+                if !w.events.iter().any(|e| e == "step") {
+                    prop_assert!(w.weights.iter().all(|x| *x == 0), "{:?}", w.weights);
+                }
             }
         }
     }

@@ -153,25 +153,10 @@ async fn canary_5_25_50_100_succeeds_and_leaves_all_traffic_on_the_new_version()
     // Sample the live object while the rollout runs: every step stays for at least one interval.
     let api = w.vs_api();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut seen: Vec<(i64, i64)> = vec![];
-            loop {
-                // Sample once more after `done`: the last write happened before the rollout finished.
-                let last = done.load(std::sync::atomic::Ordering::Relaxed);
-                let now = weights(&api).await;
-                if seen.last() != Some(&now) {
-                    seen.push(now);
-                }
-                if last {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            seen
-        })
-    };
+    let sampler = k8s::sample(done.clone(), move || {
+        let api = api.clone();
+        async move { weights(&api).await }
+    });
     let id = w.start("canary").await;
     let r = w.until(&id, "Succeeded", |r| r.is_terminal()).await;
     assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);

@@ -7,12 +7,10 @@
 mod k8s;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{Request, Response};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::client::Body;
 use serde_json::{Value, json};
 use vane::fixtures;
 use vane::policy::Policy;
@@ -190,43 +188,10 @@ async fn istio_virtual_service_deleted_mid_rollout_is_a_clear_error() {
     assert!(router.observe().await.unwrap_err().to_string().contains("not found"));
 }
 
-/// A client that passes requests to the real server, but before each of the first `bumps` PATCHes
-/// lets another writer change the object (a label), so the router's guarded write meets a
-/// resourceVersion it did not read.
-fn interfering_client(
-    real: kube::Client,
-    ns: String,
-    ar: kube::api::ApiResource,
-    name: &'static str,
-    bumps: u32,
-) -> (kube::Client, Arc<AtomicU32>) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let patches = Arc::new(AtomicU32::new(0));
-    let seen = patches.clone();
-    tokio::spawn(async move {
-        let mut handle = std::pin::pin!(handle);
-        let other: Api<DynamicObject> = Api::namespaced_with(real.clone(), &ns, &ar);
-        while let Some((req, send)) = handle.next_request().await {
-            if req.method() == http::Method::PATCH {
-                let n = seen.fetch_add(1, Ordering::SeqCst);
-                if n < bumps {
-                    let bump = json!({ "metadata": { "labels": { "edited-by": format!("someone-else-{n}") } } });
-                    other.patch(name, &PatchParams::default(), &Patch::Merge(&bump)).await.expect("concurrent write");
-                }
-            }
-            match real.send(req).await {
-                Ok(resp) => send.send_response(resp),
-                Err(e) => send.send_error(e),
-            }
-        }
-    });
-    (kube::Client::new(svc, "default"), patches)
-}
-
 #[tokio::test]
 async fn istio_conflicting_writer_is_retried_and_both_writes_survive() {
     let (client, ns) = istio_setup("conflict").await;
-    let (racy, patches) = interfering_client(client.clone(), ns.clone(), virtual_service(), "agent-service", 2);
+    let (racy, patches) = k8s::interfering_client(client.clone(), ns.clone(), virtual_service(), "agent-service", 2);
     let router = build(racy, &ns, istio_spec(), canary_policy());
     router.set_weight(25).await.expect("conflicts are retried");
     // Two PATCHes met a changed object (422 from the failed `test` op), the third applied.

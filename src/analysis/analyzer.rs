@@ -6,6 +6,8 @@
 //! steps (the sequential judge's e-value) rides in the rollout's persisted `lastAnalysis`, so a
 //! restart loses nothing.
 
+mod streams;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +56,10 @@ impl PromAnalyzer {
         let verdict = if hooks.rollback || metrics.regression {
             Verdict::Rollback
         } else {
-            judge::combine(&verdicts, r.policy.on_no_data)
+            match judge::combine(&verdicts, r.policy.on_no_data) {
+                Verdict::NoData if metrics.collecting => Verdict::Collecting,
+                v => v,
+            }
         };
         let summary = summary(verdict, &results);
         AnalysisReport { at: ctx.now, verdict, metrics: results, summary }
@@ -89,6 +94,7 @@ impl PromAnalyzer {
         match r.policy.judge {
             JudgeKind::Threshold => self.threshold(r, now).await,
             JudgeKind::Sequential => self.sequential(r, now).await,
+            JudgeKind::Adaptive => self.adaptive(r, now).await,
         }
     }
 
@@ -96,34 +102,38 @@ impl PromAnalyzer {
         templates::promql_duration(d.max(self.min_window))
     }
 
-    /// Every metric against its bounds over the last interval.
+    /// Every metric against its bounds over the last interval — or over the whole step while the
+    /// interval alone has fewer than `minRequests` canary requests (`minRequests` counts the step).
     async fn threshold(&self, r: &Rollout, now: Millis) -> MetricResults {
         let scope = Scope::of(r);
-        let window = self.window(r.policy.interval);
-        if let Some(no_data) = self.min_requests(r, &scope, &window, now).await {
-            return no_data;
+        let mut window = self.window(r.policy.interval);
+        let min = r.policy.min_requests as f64;
+        if min > 0.0 {
+            let step_window = self.window(Duration::from_millis(now.saturating_sub(r.step_started_at)));
+            let mut n = match self.canary_requests(&scope, &window, now).await {
+                Ok(n) => n,
+                Err(p) => return p.for_all(r, Value::Null),
+            };
+            if n < min && step_window != window {
+                window = step_window;
+                n = match self.canary_requests(&scope, &window, now).await {
+                    Ok(n) => n,
+                    Err(p) => return p.for_all(r, Value::Null),
+                };
+            }
+            if let Some(short) = under_min(r, n, &window) {
+                return short.for_all(r, step_stats(r, n, json!({ "judge": "threshold" })));
+            }
         }
         let specs: Vec<&MetricSpec> = r.policy.metrics.iter().collect();
-        MetricResults { results: self.bounded(&specs, &scope, &window, now).await, regression: false }
+        MetricResults { results: self.bounded(&specs, &scope, &window, now).await, ..Default::default() }
     }
 
-    /// The canary's requests in `window` against `minRequests`; `Some` = every metric is no data.
-    async fn min_requests(&self, r: &Rollout, scope: &Scope, window: &str, now: Millis) -> Option<MetricResults> {
-        let min = r.policy.min_requests;
-        if min == 0 {
-            return None;
-        }
-        let q = templates::builtin("request-count", scope, Target::Canary, window).ok()?;
-        let reason = match self.prom.scalar(&q, now).await {
-            Ok(Scalar::Value(v)) if v.is_finite() && v >= min as f64 => return None,
-            Ok(Scalar::Value(v)) if v.is_finite() => {
-                format!("{} canary requests in {window} < minRequests {min}", fmt(v))
-            }
-            Ok(Scalar::Value(_) | Scalar::Empty) => format!("no canary requests in {window} (minRequests {min})"),
-            Ok(Scalar::Ambiguous(s)) => format!("canary request count is ambiguous ({} series)", s.len()),
-            Err(e) => e.to_string(),
-        };
-        Some(all_no_data(r, &reason, json!({ "query": q })))
+    /// The canary's requests in `window` (no series: 0).
+    async fn canary_requests(&self, scope: &Scope, window: &str, now: Millis) -> Result<f64, Problem> {
+        let q = templates::builtin("request-count", scope, Target::Canary, window)
+            .map_err(|e| Problem::Error(format!("template: {e}")))?;
+        count(self.prom.scalar(&q, now).await, &q)
     }
 
     /// Query each metric for the canary and compare it with its bounds (no bound: reported only).
@@ -173,16 +183,10 @@ impl PromAnalyzer {
         let step_window = self.window(elapsed);
         let (canary, stable) = match self.step_counts(&scope, &step_window, now).await {
             Ok(c) => c,
-            Err(reason) => return all_no_data(r, &reason, sequential_carry_stats(r)),
+            Err(p) => return p.for_all(r, sequential_carry_stats(r)),
         };
-        let min = r.policy.min_requests as f64;
-        if canary.requests < min.max(f64::MIN_POSITIVE) {
-            let reason = if canary.requests > 0.0 {
-                format!("{} canary requests this step < minRequests {}", fmt(canary.requests), min)
-            } else {
-                "no canary requests this step".to_string()
-            };
-            return all_no_data(r, &reason, sequential_carry_stats(r));
+        if let Some(short) = under_min(r, canary.requests, &step_window) {
+            return short.for_all(r, step_stats(r, canary.requests, sequential_carry_stats(r)));
         }
         let (seq_specs, other): (Vec<&MetricSpec>, Vec<&MetricSpec>) =
             r.policy.metrics.iter().partition(|m| m.template.as_deref().is_some_and(templates::is_error_template));
@@ -203,11 +207,11 @@ impl PromAnalyzer {
         }
         let position = |name: &str| r.policy.metrics.iter().position(|m| m.name == name);
         results.sort_by_key(|m| position(&m.name));
-        MetricResults { results, regression }
+        MetricResults { results, regression, collecting: false }
     }
 
     /// Requests and errors of both versions since the step started.
-    async fn step_counts(&self, scope: &Scope, window: &str, now: Millis) -> Result<(Counts, Counts), String> {
+    async fn step_counts(&self, scope: &Scope, window: &str, now: Millis) -> Result<(Counts, Counts), Problem> {
         let queries = [
             templates::builtin("request-count", scope, Target::Canary, window),
             Ok(templates::error_count(scope, Target::Canary, window)),
@@ -216,19 +220,14 @@ impl PromAnalyzer {
         ];
         let mut set = JoinSet::new();
         for (i, q) in queries.into_iter().enumerate() {
-            let q = q.map_err(|e| e.to_string())?;
+            let q = q.map_err(|e| Problem::Error(format!("template: {e}")))?;
             let prom = self.prom.clone();
             set.spawn(async move { (i, prom.scalar(&q, now).await, q) });
         }
         let mut v = [0.0f64; 4];
         while let Some(joined) = set.join_next().await {
-            let (i, answer, q) = joined.map_err(|e| format!("query task failed: {e}"))?;
-            v[i] = match answer {
-                Ok(Scalar::Value(x)) if x.is_finite() => x.max(0.0),
-                Ok(Scalar::Value(_) | Scalar::Empty) => 0.0,
-                Ok(Scalar::Ambiguous(s)) => return Err(format!("{} series for {q}", s.len())),
-                Err(e @ QueryError::Unreachable(_)) | Err(e @ QueryError::Rejected(_)) => return Err(e.to_string()),
-            };
+            let (i, answer, q) = joined.map_err(|e| Problem::Error(format!("query task failed: {e}")))?;
+            v[i] = count(answer, &q)?;
         }
         let c = Counts { requests: v[0], errors: v[1].min(v[0]) };
         let s = Counts { requests: v[2], errors: v[3].min(v[2]) };
@@ -252,6 +251,82 @@ struct HookResults {
 struct MetricResults {
     results: Vec<MetricResult>,
     regression: bool,
+    /// No data only because the step has not collected `minRequests` yet (and more arrived).
+    collecting: bool,
+}
+
+/// Why an analysis could not judge: no data (Prometheus unreachable, NaN, too few requests) or an
+/// error (PromQL rejected, several series where one is expected) — the latter never passes.
+enum Problem {
+    NoData(String),
+    Error(String),
+    Collecting(String),
+}
+
+impl Problem {
+    /// Every metric of the policy with this problem (and `stats`, e.g. the carried evidence).
+    fn for_all(&self, r: &Rollout, stats: Value) -> MetricResults {
+        let (verdict, reason, collecting) = match self {
+            Problem::NoData(m) => (MetricVerdict::NoData, m, false),
+            Problem::Error(m) => (MetricVerdict::Error, m, false),
+            Problem::Collecting(m) => (MetricVerdict::NoData, m, true),
+        };
+        let results =
+            r.policy.metrics.iter().map(|m| metric(m, None, verdict, reason.clone(), stats.clone())).collect();
+        MetricResults { results, regression: false, collecting }
+    }
+}
+
+/// A count query's answer: no series is 0; NaN/±Inf is no data (never "0 errors"); several series
+/// or rejected PromQL is an error.
+fn count(answer: Result<Scalar, QueryError>, q: &str) -> Result<f64, Problem> {
+    match answer {
+        Ok(Scalar::Value(x)) if x.is_finite() => Ok(x.max(0.0)),
+        Ok(Scalar::Value(x)) => Err(Problem::NoData(format!("no data: {q} returned {x}"))),
+        Ok(Scalar::Empty) => Ok(0.0),
+        Ok(Scalar::Ambiguous(s)) => Err(Problem::Error(format!("{} series where one is expected: {q}", s.len()))),
+        Err(e @ QueryError::Unreachable(_)) => Err(Problem::NoData(e.to_string())),
+        Err(e @ QueryError::Rejected(_)) => Err(Problem::Error(e.to_string())),
+    }
+}
+
+/// Fewer than `minRequests` canary requests in `window` (the step so far): `None` when there are
+/// enough. More than at the last analysis of this step is *collecting* — the step extends and the
+/// progress deadline starts over; no new request is no data.
+fn under_min(r: &Rollout, n: f64, window: &str) -> Option<Problem> {
+    let min = r.policy.min_requests;
+    if n >= (min as f64).max(f64::MIN_POSITIVE) {
+        return None;
+    }
+    let short = format!("{} canary requests in {window} < minRequests {min}", fmt(n));
+    Some(if n > previous_step_requests(r) {
+        Problem::Collecting(format!("collecting: {short} (counted over the step; the step extends until it has them)"))
+    } else if n > 0.0 {
+        Problem::NoData(format!("{short}, none since the last analysis"))
+    } else {
+        Problem::NoData(short)
+    })
+}
+
+/// `stats` with the step and its canary requests so far, for the next analysis' [`under_min`].
+fn step_stats(r: &Rollout, canary_requests: f64, stats: Value) -> Value {
+    let mut o = match stats {
+        Value::Object(o) => o,
+        _ => serde_json::Map::new(),
+    };
+    o.insert("stepStartedAt".into(), json!(r.step_started_at));
+    o.insert("stepCanaryRequests".into(), json!(canary_requests));
+    Value::Object(o)
+}
+
+/// The canary requests of this step at the last analysis (0 if it was another step).
+fn previous_step_requests(r: &Rollout) -> f64 {
+    r.last_analysis
+        .iter()
+        .flat_map(|a| &a.metrics)
+        .filter(|m| m.stats["stepStartedAt"].as_u64() == Some(r.step_started_at))
+        .filter_map(|m| m.stats["stepCanaryRequests"].as_f64())
+        .fold(0.0, f64::max)
 }
 
 fn result_of(name: &str, value: Option<f64>, result: MetricVerdict, message: String, stats: Value) -> MetricResult {
@@ -268,16 +343,6 @@ fn metric(m: &MetricSpec, value: Option<f64>, result: MetricVerdict, message: St
         message: Some(message),
         stats,
     }
-}
-
-fn all_no_data(r: &Rollout, reason: &str, stats: Value) -> MetricResults {
-    let results = r
-        .policy
-        .metrics
-        .iter()
-        .map(|m| metric(m, None, MetricVerdict::NoData, reason.to_string(), stats.clone()))
-        .collect();
-    MetricResults { results, regression: false }
 }
 
 /// One query's answer judged against the metric's bounds.
@@ -426,12 +491,22 @@ fn summary(verdict: Verdict, results: &[MetricResult]) -> String {
             if errors.is_empty() { line(&[MetricVerdict::NoData]).into_iter().take(1).collect() } else { errors }
         }
         Verdict::Inconclusive => line(&[MetricVerdict::Inconclusive]),
+        Verdict::Collecting => line(&[MetricVerdict::NoData]).into_iter().take(1).collect(),
+        Verdict::Error => line(&[MetricVerdict::Error]),
         Verdict::Pass if results.is_empty() => vec!["no metrics: time-based".into()],
-        Verdict::Pass => vec![format!(
-            "{} of {} checks pass",
-            results.iter().filter(|m| m.result == MetricVerdict::Pass).count(),
-            results.len()
-        )],
+        Verdict::Pass => {
+            let passed = results.iter().filter(|m| m.result == MetricVerdict::Pass).count();
+            let mut parts = vec![format!("{passed} of {} checks pass", results.len())];
+            // The adaptive judge's evidence, once per stream: why the step may advance.
+            let mut seen = vec![];
+            for m in results.iter().filter(|m| m.stats["judge"] == "adaptive" && m.stats["decision"].is_string()) {
+                if !seen.contains(&&m.stats["stream"]) {
+                    seen.push(&m.stats["stream"]);
+                    parts.push(format!("{}: {}", m.name, m.message.as_deref().unwrap_or("pass")));
+                }
+            }
+            parts
+        }
     };
     parts.join("; ")
 }

@@ -23,11 +23,15 @@ pub fn threshold(value: Option<f64>, min: Option<f64>, max: Option<f64>) -> Metr
 
 /// The analysis verdict from the metric verdicts (a sequential regression is decided by the caller):
 /// any failure is one failed check; an error (bad query, ambiguous series) is never ignored and never
-/// passes; no data holds unless `onNoData: ignore` leaves it out; an open sequential test holds.
+/// passes — when every metric errored the analysis is an error; no data holds unless
+/// `onNoData: ignore` leaves it out; an open sequential test holds.
 pub fn combine(results: &[MetricVerdict], on_no_data: OnNoData) -> Verdict {
     use MetricVerdict as M;
     if results.contains(&M::Fail) {
         return Verdict::Fail;
+    }
+    if !results.is_empty() && results.iter().all(|r| *r == M::Error) {
+        return Verdict::Error;
     }
     if results.contains(&M::Error) {
         return Verdict::NoData;
@@ -211,18 +215,18 @@ pub fn sequential(cfg: &SequentialConfig, inp: &SequentialInput) -> SequentialSt
 }
 
 /// The conditional (binomial) log-likelihood of x canary and y stable errors as a function of u = ln r.
-struct CondLik {
+pub(crate) struct CondLik {
     x: f64,
     y: f64,
     ln_rho: f64,
 }
 
 impl CondLik {
-    fn new(x: f64, y: f64, rho: f64) -> CondLik {
+    pub(crate) fn new(x: f64, y: f64, rho: f64) -> CondLik {
         CondLik { x, y, ln_rho: rho.ln() }
     }
 
-    fn at(&self, u: f64) -> f64 {
+    pub(crate) fn at(&self, u: f64) -> f64 {
         let z = u + self.ln_rho;
         // ln θ = −softplus(−z), ln(1−θ) = −softplus(z); 0·(−∞) is 0 here (no errors on that side).
         let a = if self.x > 0.0 { -self.x * softplus(-z) } else { 0.0 };
@@ -266,7 +270,7 @@ fn softplus(x: f64) -> f64 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
 }
 
-fn log_sum_exp(v: &[f64]) -> f64 {
+pub(crate) fn log_sum_exp(v: &[f64]) -> f64 {
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !m.is_finite() {
         return m;
@@ -347,6 +351,10 @@ mod tests {
         assert_eq!(combine(&[M::NoData, M::NoData], Ignore), Verdict::NoData, "nothing left to judge");
         assert_eq!(combine(&[M::Pass, M::Error], Ignore), Verdict::NoData, "an error never passes");
         assert_eq!(combine(&[M::Pass, M::Inconclusive], Hold), Verdict::Inconclusive);
+        for on_no_data in [Hold, Fail, Ignore] {
+            assert_eq!(combine(&[M::Error, M::Error], on_no_data), Verdict::Error, "every query errored: an error");
+        }
+        assert_eq!(combine(&[M::Error, M::Fail], Ignore), Verdict::Fail, "a failure is still evidence");
     }
 
     fn cfg(tol: f64) -> SequentialConfig {

@@ -7,6 +7,7 @@
 //! [`PromAnalyzer`] (Prometheus queries from [`templates`], verdicts from [`judge`]), which also
 //! passes on time alone when a policy has neither metrics nor hooks.
 
+pub mod adaptive;
 mod analyzer;
 pub mod judge;
 pub mod prometheus;

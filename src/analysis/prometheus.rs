@@ -95,6 +95,27 @@ impl PromClient {
 
     /// Evaluate `query` at `at` (ms since the epoch) and reduce the answer to one number.
     pub async fn scalar(&self, query: &str, at: Millis) -> Result<Scalar, QueryError> {
+        Ok(match self.query(query, at).await? {
+            Data::Scalar(s) => Scalar::Value(s.value()),
+            Data::Vector(v) if v.is_empty() => Scalar::Empty,
+            Data::Vector(v) if v.len() == 1 => Scalar::Value(v[0].sample().value()),
+            Data::Vector(v) => Scalar::Ambiguous(v.iter().map(|s| labels(s.metric())).collect()),
+            Data::Matrix(m) => Scalar::Ambiguous(m.iter().map(|s| labels(s.metric())).collect()),
+        })
+    }
+
+    /// Evaluate `query` at `at` and return each series' value of `label` with its sample (e.g. the
+    /// `le` buckets of a histogram). A series without the label is left out.
+    pub async fn by_label(&self, query: &str, label: &str, at: Millis) -> Result<Vec<(String, f64)>, QueryError> {
+        Ok(match self.query(query, at).await? {
+            Data::Vector(v) => {
+                v.iter().filter_map(|s| Some((s.metric().get(label)?.clone(), s.sample().value()))).collect()
+            }
+            Data::Scalar(_) | Data::Matrix(_) => vec![],
+        })
+    }
+
+    async fn query(&self, query: &str, at: Millis) -> Result<Data, QueryError> {
         // The semaphore is never closed; if it were, querying without a permit is the safe fallback.
         let _permit = self.permits.acquire().await.ok();
         let started = Instant::now();
@@ -118,13 +139,7 @@ impl PromClient {
                 m.prometheus_query_errors.inc();
             }
         }
-        Ok(match result?.into_inner().0 {
-            Data::Scalar(s) => Scalar::Value(s.value()),
-            Data::Vector(v) if v.is_empty() => Scalar::Empty,
-            Data::Vector(v) if v.len() == 1 => Scalar::Value(v[0].sample().value()),
-            Data::Vector(v) => Scalar::Ambiguous(v.iter().map(|s| labels(s.metric())).collect()),
-            Data::Matrix(m) => Scalar::Ambiguous(m.iter().map(|s| labels(s.metric())).collect()),
-        })
+        Ok(result?.into_inner().0)
     }
 }
 

@@ -65,7 +65,10 @@ impl Scope {
         let dialect = r.policy.metrics_dialect.unwrap_or(match r.router {
             RouterSpec::Istio { .. } => Dialect::Istio,
             RouterSpec::NginxIngress { .. } => Dialect::NginxIngress,
-            RouterSpec::Nginx { .. } | RouterSpec::Exec { .. } => Dialect::Generic,
+            // Gateway API implementations differ (Envoy Gateway's proxy stats are per rule, not per
+            // backend): the services' own metrics work with all of them. Istio as the implementation:
+            // `metricsDialect: istio`. See docs/routers.md.
+            RouterSpec::GatewayApi { .. } | RouterSpec::Nginx { .. } | RouterSpec::Exec { .. } => Dialect::Generic,
         });
         let (ingress, split) = match &r.router {
             RouterSpec::NginxIngress { ingress, canary_service, stable_service, .. } => {
@@ -188,6 +191,14 @@ pub fn error_count(scope: &Scope, t: Target, window: &str) -> String {
     format!(r#"sum(increase({}{{{},{}=~"5.."}}[{window}])) or vector(0)"#, n.requests, scope.selector(t), n.code)
 }
 
+/// Requests of a target per latency bucket over a window (`sum by (le)`), and how many
+/// milliseconds one unit of the histogram's `le` is.
+pub fn latency_buckets(scope: &Scope, t: Target, window: &str) -> (String, f64) {
+    let n = names(scope.dialect);
+    let q = format!("sum by (le) (increase({}_bucket{{{}}}[{window}]))", n.duration, scope.selector(t));
+    (q, if n.to_ms.is_some() { 1000.0 } else { 1.0 })
+}
+
 /// Does this built-in template measure the error stream (and so can be judged sequentially)?
 pub fn is_error_template(template: &str) -> bool {
     matches!(template, "success-rate" | "error-rate")
@@ -279,6 +290,10 @@ mod tests {
             )
         );
         assert_eq!(q("request-count"), format!(r#"sum(increase(http_requests_total{{{sel}}}[60s]))"#));
+        assert_eq!(
+            latency_buckets(&s, Target::Canary, "90s"),
+            (format!("sum by (le) (increase(http_request_duration_seconds_bucket{{{sel}}}[90s]))"), 1000.0)
+        );
         let stable = builtin("request-count", &s, Target::Stable, "5s").unwrap();
         assert_eq!(stable, r#"sum(increase(http_requests_total{namespace="shop",service="cart",version="v1"}[5s]))"#);
     }
@@ -293,6 +308,7 @@ mod tests {
                 r#"100 * (sum(rate(istio_requests_total{{{sel},response_code=~"5.."}}[1m])) or vector(0)) / sum(rate(istio_requests_total{{{sel}}}[1m]))"#
             )
         );
+        assert_eq!(latency_buckets(&s, Target::Stable, "1m").1, 1.0, "istio buckets are in milliseconds");
         // Istio's histogram is already in milliseconds: no scaling.
         assert_eq!(
             builtin("latency-p99", &s, Target::Stable, "1m").unwrap(),

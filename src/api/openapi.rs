@@ -36,7 +36,8 @@ impl Modify for Bearer {
     components(schemas(
         CreateRequest, RouterSpec, WorkloadSpec, CanaryScale, Retire, Overrides, RolloutView, GateView, Phase, Strategy, Event, Items<RolloutView>,
         Items<Event>, Items<Policy>, AnalysisReport, MetricResult, Verdict, MetricVerdict, Policy, MetricSpec, Bound,
-        Gate, Approval, Hooks, HookSpec, Preflight, SequentialSpec, OnNoData, JudgeKind, OnDrift, Dialect,
+        Gate, Approval, Hooks, HookSpec, Preflight, SequentialSpec, AdaptiveSpec, OnNoData, JudgeKind, OnDrift, Dialect,
+        CanaryMatch, Mirror,
         PromoteBody, AbortBody, ErrorBody, ErrorDetail, SlackAnswer, SlackOrError
     )),
     modifiers(&Bearer)
@@ -45,4 +46,26 @@ pub struct ApiDoc;
 
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request and policy shapes of the Gateway API router, canaryMatch and mirror are published.
+    #[test]
+    fn gateway_api_canary_match_and_mirror_are_in_the_document() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let variants = schemas["RouterSpec"]["oneOf"].as_array().expect("RouterSpec is a oneOf");
+        let gateway =
+            variants.iter().find(|v| v.to_string().contains("\"gateway-api\"")).expect("a gateway-api variant");
+        for field in ["httpRoute", "grpcRoute", "rule", "stableBackend", "canaryBackend"] {
+            assert!(gateway.to_string().contains(&format!("\"{field}\"")), "{field} in {gateway}");
+        }
+        let policy = schemas["Policy"]["properties"].as_object().unwrap();
+        assert!(policy.contains_key("canaryMatch") && policy.contains_key("mirror"));
+        assert!(schemas["Mirror"]["properties"]["percent"].is_object());
+        assert!(schemas["CanaryMatch"]["properties"]["headers"].is_object());
+    }
 }

@@ -247,6 +247,16 @@ impl Driver {
                     Input::Analysis { op, report }
                 });
             }
+            Effect::SetMirror { op, percent } => {
+                self.tasks.spawn(async move {
+                    let result = router.set_mirror(percent).await;
+                    env.metrics.router_call(router.kind(), result.is_ok());
+                    if let Err(e) = &result {
+                        tracing::warn!(rollout = %r.id, percent, error = %e, "router could not turn the mirror on");
+                    }
+                    Input::RouterDone { op, result }
+                });
+            }
             Effect::Workload { op, action } => {
                 let workload = self.workload.clone();
                 self.tasks.spawn(async move {

@@ -90,6 +90,8 @@ pub enum Stage {
     PreRollout,
     /// Blue/green: consecutive health checks of the new version.
     Preflight,
+    /// The policy's `mirror`: shadow traffic to the canary, analysed, before any user request reaches it.
+    Mirror,
     Ready,
 }
 
@@ -101,6 +103,8 @@ pub enum Busy {
     Router { op: u64, weight: u8 },
     Analysis { op: u64 },
     Step { op: u64 },
+    // A router call that turns mirroring on (serialised with weight changes like one).
+    Mirror { op: u64 },
     Workload { op: u64, action: ports::WorkloadAction },
 }
 
@@ -158,6 +162,10 @@ pub struct Rollout {
     #[serde(default)]
     pub observe_failures: u32,
     pub router_retry_at: Option<Millis>,
+    /// When the mirror stage ends. Set once the router confirmed the mirror, cleared by the next
+    /// confirmed weight write (which removes it): while set, vane's mirror may be live.
+    #[serde(default)]
+    pub mirror_until: Option<Millis>,
     pub busy: Vec<Busy>,
     pub next_op: u64,
     /// Last event sequence number written for this rollout.
@@ -216,14 +224,18 @@ impl Rollout {
             }
             _ => None,
         };
-        let post_flip = match (self.phase, self.flipped_at) {
-            (Phase::Progressing, Some(f)) => Some(f + self.post_flip_ms()),
+        // The post-flip window only counts once the router confirmed the flip.
+        let post_flip = match (self.phase, self.flipped_at, self.applied_weight) {
+            (Phase::Progressing, Some(f), Some(100)) => Some(f + self.post_flip_ms()),
             _ => None,
         };
+        // A gate's timeout is armed only while waiting at it: a paused rollout keeps its wall-clock
+        // deadline for after the resume but must not wake (and spin) on it meanwhile.
+        let gate = self.gate_deadline.filter(|_| self.phase == Phase::AwaitingApproval);
         [
             (Timer::Analysis, analysis),
             (Timer::ProgressDeadline, deadline),
-            (Timer::GateTimeout, self.gate_deadline),
+            (Timer::GateTimeout, gate),
             (Timer::RouterRetry, self.router_retry_at),
             (Timer::PostFlip, post_flip),
             (Timer::Workload, self.workload.as_ref().filter(|w| !w.todo.is_empty()).and_then(|w| w.check_at)),
@@ -267,12 +279,14 @@ pub enum EventKind {
     RolledBack,
     Succeeded,
     Failed,
+    /// The router mirrors a share of the requests to the canary (policy `mirror`).
+    Mirror,
     /// A workload step: the canary ready at a size, the Deployment promoted, the canary retired.
     Workload,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::Created,
         EventKind::Stage,
         EventKind::Step,
@@ -291,6 +305,7 @@ impl EventKind {
         EventKind::RolledBack,
         EventKind::Succeeded,
         EventKind::Failed,
+        EventKind::Mirror,
         EventKind::Workload,
     ];
 
@@ -314,6 +329,7 @@ impl EventKind {
             EventKind::RolledBack => "rolled-back",
             EventKind::Succeeded => "succeeded",
             EventKind::Failed => "failed",
+            EventKind::Mirror => "mirror",
             EventKind::Workload => "workload",
         }
     }
@@ -485,6 +501,21 @@ mod tests {
         let armed: Vec<Timer> = r.timers().into_iter().filter(|(_, at)| at.is_some()).map(|(t, _)| t).collect();
         assert_eq!(armed, [Timer::RouterRetry]);
         r.phase = Phase::Succeeded;
+        assert_eq!(r.wake_at(), None);
+    }
+
+    #[test]
+    fn a_rollout_paused_at_a_gate_does_not_wake_on_the_gate_deadline() {
+        let req = crate::fixtures::request("s", "p");
+        let policy = crate::fixtures::policy("p", &[50, 100], std::time::Duration::from_secs(60), 1);
+        let (mut r, _) = machine::create("r".into(), &req, policy, "t", 1_000);
+        r.phase = Phase::AwaitingApproval;
+        r.gate_deadline = Some(2_000);
+        r.next_analysis_at = None;
+        assert_eq!(r.wake_at(), Some(2_000));
+        r.paused_from = Some(Phase::AwaitingApproval);
+        r.phase = Phase::Paused;
+        // Long past the deadline, a paused rollout has nothing to do until someone resumes it.
         assert_eq!(r.wake_at(), None);
     }
 }

@@ -36,7 +36,8 @@ impl RouterError {
 
 /// Sets "canary gets N %, stable 100 − N" on some load balancer. Every call is idempotent.
 pub trait Router: Send + Sync + 'static {
-    /// `istio`, `nginx-ingress`, `nginx`, `exec` (the `router` label of vane_router_requests_total).
+    /// `istio`, `nginx-ingress`, `gateway-api`, `nginx`, `exec` (the `router` label of
+    /// vane_router_requests_total).
     fn kind(&self) -> &'static str;
     /// Check everything needed before the first shift (objects exist, subsets defined, ...).
     fn validate(&self) -> BoxFut<'_, Result<(), RouterError>>;
@@ -52,6 +53,14 @@ pub trait Router: Send + Sync + 'static {
             Err(RouterError::Permanent(format!(
                 "the {kind} router cannot prepare routing for a workload release ({shape:?})"
             )))
+        })
+    }
+    /// Shadow `percent` % of the requests to the canary (its answers are discarded), weights
+    /// untouched, until the next `set_weight`, which removes the mirror. Idempotent.
+    fn set_mirror(&self, percent: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        let kind = self.kind();
+        Box::pin(async move {
+            Err(RouterError::Permanent(format!("router {kind} cannot mirror traffic ({percent}% asked)")))
         })
     }
 }
@@ -157,6 +166,12 @@ pub enum Verdict {
     Inconclusive,
     /// A `rollback` hook asked to roll back now.
     Rollback,
+    /// Fewer than `minRequests` canary requests this step so far, but more than at the last
+    /// analysis: the step extends (it is progressing, so the progress deadline starts over).
+    Collecting,
+    /// Every metric's query failed (rejected PromQL, ambiguous series): never a pass, whatever
+    /// `onNoData` says; the rollout holds and the progress deadline applies.
+    Error,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

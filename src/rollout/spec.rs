@@ -147,6 +147,20 @@ pub enum RouterSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stable_service: Option<String>,
     },
+    /// Gateway API: the two backendRef weights of one rule of an HTTPRoute or a GRPCRoute.
+    #[serde(rename_all = "camelCase")]
+    GatewayApi {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_route: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grpc_route: Option<String>,
+        /// The rule's `name`; without it, the first rule whose backendRefs are exactly the two Services.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        /// Service names (backendRefs of kind Service).
+        stable_backend: String,
+        canary_backend: String,
+    },
     #[serde(rename_all = "camelCase")]
     Nginx {
         config_file: String,
@@ -167,6 +181,7 @@ impl RouterSpec {
         match self {
             RouterSpec::Istio { .. } => "istio",
             RouterSpec::NginxIngress { .. } => "nginx-ingress",
+            RouterSpec::GatewayApi { .. } => "gateway-api",
             RouterSpec::Nginx { .. } => "nginx",
             RouterSpec::Exec { .. } => "exec",
         }
@@ -175,7 +190,7 @@ impl RouterSpec {
     /// Whether the router can read its live weight back, so hand edits can be detected (drift).
     pub fn supports_drift_check(&self) -> bool {
         match self {
-            RouterSpec::Istio { .. } | RouterSpec::NginxIngress { .. } => true,
+            RouterSpec::Istio { .. } | RouterSpec::NginxIngress { .. } | RouterSpec::GatewayApi { .. } => true,
             RouterSpec::Nginx { .. } | RouterSpec::Exec { .. } => false,
         }
     }
@@ -209,6 +224,32 @@ impl RouterSpec {
                     }
                 }
             }
+            RouterSpec::GatewayApi { http_route, grpc_route, rule, stable_backend, canary_backend } => {
+                let route = match (http_route, grpc_route) {
+                    (Some(r), None) => ("httpRoute", r),
+                    (None, Some(r)) => ("grpcRoute", r),
+                    _ => {
+                        return Err(FieldError::new("router.httpRoute", "give exactly one of httpRoute and grpcRoute"));
+                    }
+                };
+                if !is_dns_subdomain(route.1) {
+                    return Err(FieldError::new(format!("router.{}", route.0), SUBDOMAIN));
+                }
+                if rule.as_deref().is_some_and(|r| !is_dns_subdomain(r)) {
+                    return Err(FieldError::new("router.rule", SUBDOMAIN));
+                }
+                for (v, f) in [(stable_backend, "stableBackend"), (canary_backend, "canaryBackend")] {
+                    if !is_dns_label(v) {
+                        return Err(FieldError::new(
+                            format!("router.{f}"),
+                            "must be a Service name (a lowercase DNS label: a-z, 0-9, '-', at most 63)",
+                        ));
+                    }
+                }
+                if stable_backend == canary_backend {
+                    return Err(FieldError::new("router.canaryBackend", "must differ from stableBackend"));
+                }
+            }
             RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => {
                 need(config_file, "configFile")?;
                 if !variable.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || variable.is_empty() {
@@ -237,6 +278,13 @@ impl RouterSpec {
     }
 }
 
+const SUBDOMAIN: &str = "must be a Kubernetes name (lowercase a-z, 0-9, '-', '.', at most 253)";
+
+/// A DNS-1123 subdomain: what Kubernetes accepts as an object name (and Gateway API as a rule name).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|part| part.len() <= 63 && is_dns_label(part))
+}
+
 impl CreateRequest {
     /// Check the request against the loaded policies and return the effective policy.
     pub fn resolve(&self, policies: &[Policy]) -> Result<Policy, FieldError> {
@@ -263,9 +311,110 @@ impl CreateRequest {
         let effective = base.clone().with_overrides(&self.overrides);
         effective.validate().map_err(|e| FieldError::new(format!("overrides.{}", e.field), e.message))?;
         self.router.validate(effective.strategy)?;
+        if effective.mirror.is_some()
+            && !matches!(self.router, RouterSpec::Istio { .. } | RouterSpec::GatewayApi { .. })
+        {
+            return Err(FieldError::new(
+                "policy",
+                format!(
+                    "policy {:?} mirrors traffic, which router {} cannot do (istio and gateway-api can)",
+                    effective.name,
+                    self.router.kind()
+                ),
+            ));
+        }
+        if !effective.canary_match.is_empty() {
+            match &self.router {
+                RouterSpec::Istio { .. } | RouterSpec::GatewayApi { .. } => {}
+                RouterSpec::NginxIngress { .. } => {
+                    if !matches!(effective.canary_match.as_slice(), [one] if one.headers.len() == 1) {
+                        return Err(FieldError::new(
+                            "policy",
+                            format!(
+                                "policy {:?}: ingress-nginx routes by one header only: canaryMatch must be one \
+                                 entry with one header",
+                                effective.name
+                            ),
+                        ));
+                    }
+                }
+                other => {
+                    return Err(FieldError::new(
+                        "policy",
+                        format!(
+                            "policy {:?} has canaryMatch, which router {} cannot express (istio, gateway-api and \
+                             nginx-ingress can)",
+                            effective.name,
+                            other.kind()
+                        ),
+                    ));
+                }
+            }
+        }
         if let Some(w) = &self.workload {
             w.validate(&self.router)?;
         }
         Ok(effective)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn gateway(json: serde_json::Value) -> Result<Policy, FieldError> {
+        let mut req = fixtures::request("agent-service", "p");
+        req.router = serde_json::from_value(json).map_err(|e| FieldError::new("router", e.to_string()))?;
+        req.resolve(&[fixtures::policy("p", &[5, 100], Duration::from_secs(1), 1)])
+    }
+
+    #[test]
+    fn gateway_api_requests_are_validated() {
+        let ok = serde_json::json!({ "kind": "gateway-api", "httpRoute": "web", "rule": "api.v1",
+                                      "stableBackend": "blue", "canaryBackend": "green" });
+        assert!(gateway(ok.clone()).is_ok());
+        let field = |patch: serde_json::Value| {
+            let mut j = ok.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                if v.is_null() {
+                    j.as_object_mut().unwrap().remove(k);
+                } else {
+                    j[k] = v.clone();
+                }
+            }
+            gateway(j).unwrap_err().field
+        };
+        assert_eq!(field(serde_json::json!({ "grpcRoute": "rpc" })), "router.httpRoute", "both kinds");
+        assert_eq!(field(serde_json::json!({ "httpRoute": null })), "router.httpRoute", "neither kind");
+        assert_eq!(field(serde_json::json!({ "httpRoute": "Web_1" })), "router.httpRoute");
+        assert_eq!(field(serde_json::json!({ "rule": "" })), "router.rule");
+        assert_eq!(field(serde_json::json!({ "canaryBackend": "blue" })), "router.canaryBackend");
+        assert_eq!(field(serde_json::json!({ "stableBackend": "a.b" })), "router.stableBackend");
+        assert_eq!(field(serde_json::json!({ "command": ["sh"] })), "router", "unknown fields are refused");
+    }
+
+    #[test]
+    fn canary_match_needs_a_router_that_can_express_it() {
+        let mut policy = fixtures::policy("p", &[5, 100], Duration::from_secs(1), 1);
+        policy.canary_match =
+            vec![crate::policy::CanaryMatch { headers: BTreeMap::from([("canary".into(), "true".into())]) }];
+        let exec = fixtures::request("agent-service", "p");
+        let e = exec.resolve(std::slice::from_ref(&policy)).unwrap_err();
+        assert!(e.field == "policy" && e.message.contains("router exec cannot express"), "{e}");
+        policy.canary_match[0].headers.insert("x-tester".into(), "qa".into());
+        let mut ingress = exec.clone();
+        ingress.router = RouterSpec::NginxIngress {
+            ingress: "main".into(),
+            canary_ingress: Some("canary".into()),
+            canary_service: None,
+            stable_service: None,
+        };
+        let e = ingress.resolve(std::slice::from_ref(&policy)).unwrap_err();
+        assert!(e.message.contains("one header only"), "{e}");
+        policy.canary_match[0].headers.remove("x-tester");
+        assert!(ingress.resolve(&[policy]).is_ok());
     }
 }

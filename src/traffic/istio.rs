@@ -10,10 +10,12 @@ use std::sync::Arc;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
+use super::canary_match::{self, Layout};
 use super::istio_shape::{destination_rule_ops, is_final, virtual_service_ops};
 use super::k8s::{self, Attempt, KubeAccess, Obj};
 use super::{Router, RouterError};
 use crate::BoxFut;
+use crate::policy::CanaryMatch;
 use crate::rollout::ports::RouteShape;
 
 pub struct IstioRouter {
@@ -25,6 +27,82 @@ pub struct IstioRouter {
     canary_subset: String,
     /// The new version (the `version` label of a canary subset vane adds).
     version: String,
+    canary_match: Vec<CanaryMatch>,
+}
+
+/// How a VirtualService spells routes and header matches (`headers: {name: {exact: value}}`).
+pub const LAYOUT: Layout = Layout {
+    list: "/spec/http",
+    matches: "match",
+    targets: "route",
+    headers_of: exact_headers,
+    with_headers: add_exact_headers,
+    strip: strip_mirror,
+};
+
+/// The mirror vane sets: the canary destination (host and subset).
+fn mirror_of(canary_target: &Value) -> Value {
+    let d = canary_target.get("destination").unwrap_or(canary_target);
+    json!({ "host": d.get("host").cloned().unwrap_or(Value::Null), "subset": d.get("subset").cloned().unwrap_or(Value::Null) })
+}
+
+fn is_vane_mirror(route: &Value, canary_target: &Value) -> bool {
+    route.get("mirror").is_some_and(|m| {
+        let want = mirror_of(canary_target);
+        m.get("host") == want.get("host") && m.get("subset") == want.get("subset")
+    })
+}
+
+fn strip_mirror(route: &mut Value, canary_target: &Value) {
+    if is_vane_mirror(route, canary_target)
+        && let Some(o) = route.as_object_mut()
+    {
+        o.remove("mirror");
+        o.remove("mirrorPercentage");
+    }
+}
+
+/// Ops turning vane's mirror of the canary on the route at `base` on (`Some(percent)`) or off.
+/// A mirror to anything else is the user's: it is left alone, and vane will not replace it.
+pub fn mirror_ops(route: &Value, base: &str, canary_target: &Value, percent: Option<u8>) -> Result<Vec<Value>, String> {
+    let ours = is_vane_mirror(route, canary_target);
+    let Some(p) = percent else {
+        let mut ops = vec![];
+        if ours {
+            ops.push(json!({ "op": "remove", "path": format!("{base}/mirror") }));
+            if route.get("mirrorPercentage").is_some() {
+                ops.push(json!({ "op": "remove", "path": format!("{base}/mirrorPercentage") }));
+            }
+        }
+        return Ok(ops);
+    };
+    if let Some(m) = route.get("mirror").filter(|_| !ours) {
+        return Err(format!("already mirrors to {m}; vane does not replace a mirror it did not set"));
+    }
+    let mut ops = vec![];
+    if !ours {
+        ops.push(json!({ "op": "add", "path": format!("{base}/mirror"), "value": mirror_of(canary_target) }));
+    }
+    if route.pointer("/mirrorPercentage/value").and_then(Value::as_f64) != Some(p as f64) {
+        ops.push(json!({ "op": "add", "path": format!("{base}/mirrorPercentage"), "value": { "value": p } }));
+    }
+    Ok(ops)
+}
+
+fn exact_headers(block: &Value) -> Option<std::collections::BTreeMap<String, String>> {
+    let h = block.get("headers")?.as_object()?;
+    h.iter().map(|(k, v)| Some((k.clone(), v.get("exact")?.as_str()?.to_string()))).collect()
+}
+
+fn add_exact_headers(block: &Value, headers: &std::collections::BTreeMap<String, String>) -> Value {
+    let mut b = block.clone();
+    if !b.get("headers").is_some_and(Value::is_object) {
+        b["headers"] = json!({});
+    }
+    for (k, v) in headers {
+        b["headers"][k] = json!({ "exact": v });
+    }
+    b
 }
 
 /// Where the two weights live in `spec.http`.
@@ -162,6 +240,7 @@ impl IstioRouter {
         route: Option<&str>,
         stable_subset: &str,
         canary_subset: &str,
+        canary_match: &[CanaryMatch],
     ) -> Self {
         IstioRouter {
             kube,
@@ -171,6 +250,7 @@ impl IstioRouter {
             stable_subset: stable_subset.into(),
             canary_subset: canary_subset.into(),
             version: String::new(),
+            canary_match: canary_match.to_vec(),
         }
     }
 
@@ -285,10 +365,40 @@ impl IstioRouter {
             return Ok(());
         }
         let r = self.locate(vs, &o)?;
-        if r.canary_weight == Some(canary as i64) && r.stable_weight == Some(100 - canary as i64) {
+        let mut ops = vec![];
+        if r.canary_weight != Some(canary as i64) || r.stable_weight != Some(100 - canary as i64) {
+            ops = weight_ops(&r, canary);
+        }
+        let mut target = o.data.pointer(&format!("/spec/http/{}/route/{}", r.http_index, r.canary_index)).cloned();
+        if let Some(t) = target.as_mut().and_then(Value::as_object_mut) {
+            t.remove("weight");
+        }
+        let active = canary > 0 && canary < 100;
+        let target = target.unwrap_or(Value::Null);
+        let base = format!("/spec/http/{}", r.http_index);
+        let route = o.data.pointer(&base).cloned().unwrap_or(Value::Null);
+        ops.extend(mirror_ops(&route, &base, &target, None).map_err(RouterError::Permanent)?);
+        ops.extend(canary_match::ops(&LAYOUT, &o, r.http_index, &target, &self.canary_match, active));
+        if ops.is_empty() {
             return Ok(());
         }
-        vs.patch_guarded(&k8s::resource_version(&o)?, weight_ops(&r, canary)).await
+        vs.patch_guarded(&k8s::resource_version(&o)?, ops).await
+    }
+}
+
+impl IstioRouter {
+    async fn try_mirror(&self, vs: &Obj, percent: u8) -> Result<(), Attempt> {
+        let o = vs.get().await?;
+        let r = self.locate(vs, &o)?;
+        let base = format!("/spec/http/{}", r.http_index);
+        let route = o.data.pointer(&base).cloned().unwrap_or(Value::Null);
+        let target = json!({ "destination": { "host": r.canary_host, "subset": self.canary_subset } });
+        let ops = mirror_ops(&route, &base, &target, Some(percent))
+            .map_err(|e| RouterError::Permanent(format!("{} route {}: {e}", vs.describe(), r.http_index)))?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        vs.patch_guarded(&k8s::resource_version(&o)?, ops).await
     }
 }
 
@@ -319,6 +429,13 @@ impl Router for IstioRouter {
         Box::pin(k8s::bounded("istio set weight", async move {
             let vs = self.vs().await?;
             k8s::retry_conflicts(&vs.describe(), || self.try_set(&vs, canary)).await
+        }))
+    }
+
+    fn set_mirror(&self, percent: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(k8s::bounded("istio set mirror", async move {
+            let vs = self.vs().await?;
+            k8s::retry_conflicts(&vs.describe(), || self.try_mirror(&vs, percent)).await
         }))
     }
 

@@ -1,4 +1,4 @@
-//! Kubernetes plumbing shared by the `istio` and `nginx-ingress` routers: the lazily created client,
+//! Kubernetes plumbing shared by the `istio`, `nginx-ingress` and `gateway-api` routers: the lazily created client,
 //! the API resources they touch, error classification and the guarded-write retry loop.
 //!
 //! Every write is a JSON patch whose first op is `test /metadata/resourceVersion`: it applies only to
@@ -100,6 +100,18 @@ pub fn ingress() -> ApiResource {
     resource("networking.k8s.io", "v1", "Ingress", "ingresses")
 }
 
+pub fn http_route() -> ApiResource {
+    resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+}
+
+pub fn grpc_route() -> ApiResource {
+    resource("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes")
+}
+
+pub fn service() -> ApiResource {
+    resource("", "v1", "Service", "services")
+}
+
 /// One named object of one kind in one namespace, with errors that name it.
 #[derive(Clone)]
 pub struct Obj {
@@ -163,6 +175,11 @@ impl From<RouterError> for Attempt {
 
 fn attempt(what: &str, e: kube::Error) -> Attempt {
     match &e {
+        // A 422 naming the fields it rejects is the object's schema or CEL rules refusing the change
+        // (a failed `test` op names none): retrying the same change cannot help.
+        kube::Error::Api(s) if s.code == 422 && s.details.as_ref().is_some_and(|d| !d.causes.is_empty()) => {
+            Attempt::Failed(RouterError::Permanent(format!("{what}: the API server refused the change: {}", s.message)))
+        }
         kube::Error::Api(s) if s.code == 409 || s.code == 422 => {
             Attempt::Conflict(format!("{what} changed while being written ({} {}): {}", s.code, s.reason, s.message))
         }

@@ -4,7 +4,9 @@
 //! after a crash or a timeout. Routers hold no rollout logic. The port ([`Router`], [`RouterFactory`],
 //! [`RouterError`]) is the core's (`rollout::ports`); this module holds its implementations.
 
+pub mod canary_match;
 pub mod exec;
+pub mod gateway_api;
 pub mod istio;
 pub mod istio_shape;
 pub mod k8s;
@@ -20,7 +22,7 @@ use crate::rollout::{Rollout, RouterSpec};
 use k8s::KubeAccess;
 
 /// The factory the daemon uses: every router kind of SPEC §4. The Kubernetes client is created on
-/// first use of an `istio` or `nginx-ingress` router (from the `[kubernetes]` config), so a daemon
+/// first use of a Kubernetes router (`istio`, `nginx-ingress`, `gateway-api`; from the `[kubernetes]` config), so a daemon
 /// that only drives NGINX or exec routers needs no cluster access at all.
 pub struct Routers {
     kube: Arc<KubeAccess>,
@@ -61,6 +63,7 @@ impl RouterFactory for Routers {
                     route.as_deref(),
                     stable_subset,
                     canary_subset,
+                    &r.policy.canary_match,
                 )
                 .with_version(&r.version),
             ),
@@ -79,6 +82,26 @@ impl RouterFactory for Routers {
                     mode,
                     stable_service.as_deref(),
                     canary_service.as_deref(),
+                    &r.policy.canary_match,
+                ))
+            }
+            RouterSpec::GatewayApi { http_route, grpc_route, rule, stable_backend, canary_backend } => {
+                let (kind, route) = match (http_route, grpc_route) {
+                    (Some(h), _) => (gateway_api::RouteKind::Http, h),
+                    (None, Some(g)) => (gateway_api::RouteKind::Grpc, g),
+                    (None, None) => {
+                        return Err(RouterError::Permanent(
+                            "gateway-api needs router.httpRoute or router.grpcRoute".into(),
+                        ));
+                    }
+                };
+                Arc::new(gateway_api::GatewayApiRouter::new(
+                    self.kube.clone(),
+                    ns,
+                    (kind, route),
+                    rule.as_deref(),
+                    (stable_backend, canary_backend),
+                    &r.policy.canary_match,
                 ))
             }
             RouterSpec::Nginx { config_file, variable, stable_upstream, canary_upstream, test, reload } => {
@@ -132,17 +155,28 @@ mod tests {
             reload: vec!["true".into()],
         };
         let exec = RouterSpec::Exec { command: vec!["true".into()] };
+        let gateway = |http: Option<&str>, grpc: Option<&str>| RouterSpec::GatewayApi {
+            http_route: http.map(Into::into),
+            grpc_route: grpc.map(Into::into),
+            rule: None,
+            stable_backend: "blue".into(),
+            canary_backend: "green".into(),
+        };
         for (spec, strategy, kind) in [
             (istio, Strategy::Canary, "istio"),
             (ingress(Some("canary")), Strategy::Canary, "nginx-ingress"),
             (ingress(None), Strategy::BlueGreen, "nginx-ingress"),
             (nginx, Strategy::Canary, "nginx"),
             (exec, Strategy::Canary, "exec"),
+            (gateway(Some("web"), None), Strategy::Canary, "gateway-api"),
+            (gateway(None, Some("rpc")), Strategy::BlueGreen, "gateway-api"),
         ] {
             let r = routers.build(&rollout(spec, strategy)).map(|r| r.kind());
             assert_eq!(r, Ok(kind));
         }
         let e = routers.build(&rollout(ingress(None), Strategy::Canary)).err();
         assert!(e.is_some_and(|e| e.is_permanent() && e.to_string().contains("canaryIngress")));
+        let e = routers.build(&rollout(gateway(None, None), Strategy::Canary)).err();
+        assert!(e.is_some_and(|e| e.is_permanent() && e.to_string().contains("httpRoute")));
     }
 }

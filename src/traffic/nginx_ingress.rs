@@ -23,10 +23,14 @@ use serde_json::{Map, Value, json};
 use super::k8s::{self, Attempt, KubeAccess, Obj, pointer_segment};
 use super::{Router, RouterError};
 use crate::BoxFut;
+use crate::policy::CanaryMatch;
 
 pub const CANARY: &str = "nginx.ingress.kubernetes.io/canary";
 pub const CANARY_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
 pub const UPSTREAM_VHOST: &str = "nginx.ingress.kubernetes.io/upstream-vhost";
+/// `canaryMatch` (one header, exact value): requests carrying it always reach the canary Ingress.
+pub const CANARY_BY_HEADER: &str = "nginx.ingress.kubernetes.io/canary-by-header";
+pub const CANARY_BY_HEADER_VALUE: &str = "nginx.ingress.kubernetes.io/canary-by-header-value";
 /// On the canary Ingress: the service the main Ingress pointed at before vane promoted it.
 pub const STABLE_SERVICE: &str = "vane.dev/stable-service";
 
@@ -43,6 +47,31 @@ pub struct NginxIngressRouter {
     mode: Mode,
     canary_service: Option<String>,
     stable_service: Option<String>,
+    /// `canaryMatch` as ingress-nginx can express it: one header name and its exact value.
+    header: Result<Option<(String, String)>, String>,
+}
+
+/// ingress-nginx routes by one header only: `canaryMatch` must be one entry with one header.
+pub fn header_of(cm: &[CanaryMatch]) -> Result<Option<(String, String)>, String> {
+    match cm {
+        [] => Ok(None),
+        [one] if one.headers.len() == 1 => Ok(one.headers.iter().next().map(|(k, v)| (k.clone(), v.clone()))),
+        _ => Err("ingress-nginx routes by one header only: canaryMatch must be one entry with one header".into()),
+    }
+}
+
+/// Ops putting the header annotations on the canary Ingress while `active`, and removing them otherwise.
+pub fn header_ops(k: &DynamicObject, header: Option<&(String, String)>, active: bool) -> Vec<Value> {
+    match header {
+        Some((name, value)) if active => {
+            annotation_ops(k, &[(CANARY_BY_HEADER, name.clone()), (CANARY_BY_HEADER_VALUE, value.clone())])
+        }
+        _ => [CANARY_BY_HEADER, CANARY_BY_HEADER_VALUE]
+            .into_iter()
+            .filter(|key| annotation(k, key).is_some())
+            .map(|key| json!({ "op": "remove", "path": format!("/metadata/annotations/{}", pointer_segment(key)) }))
+            .collect(),
+    }
 }
 
 /// Every backend service name of an Ingress: (JSON pointer of the name, name).
@@ -284,8 +313,10 @@ impl NginxIngressRouter {
         mode: Mode,
         stable_service: Option<&str>,
         canary_service: Option<&str>,
+        canary_match: &[CanaryMatch],
     ) -> Self {
         NginxIngressRouter {
+            header: header_of(canary_match),
             kube,
             namespace: namespace.into(),
             ingress: ingress.into(),
@@ -330,6 +361,14 @@ impl NginxIngressRouter {
             let k = kobj.get_opt().await?;
             let (s, c) = self.resolve(&m, k.as_ref(), kobj)?;
             let next = next_canary_step(&m, k.as_ref(), &s, &c, &kobj.name, weight).map_err(RouterError::Permanent)?;
+            let next = match (next, &k) {
+                (Next::Done, Some(k)) => {
+                    let header = self.header.as_ref().map_err(|e| RouterError::Permanent(e.clone()))?;
+                    let ops = header_ops(k, header.as_ref(), weight > 0 && weight < 100);
+                    if ops.is_empty() { Next::Done } else { Next::PatchCanary(ops) }
+                }
+                (next, _) => next,
+            };
             match next {
                 Next::Done => return Ok(()),
                 Next::Create(obj) => match kobj.api.create(&PostParams::default(), &obj).await {
@@ -370,6 +409,9 @@ impl Router for NginxIngressRouter {
 
     fn validate(&self) -> BoxFut<'_, Result<(), RouterError>> {
         Box::pin(k8s::bounded("nginx-ingress validate", async move {
+            if let Err(e) = &self.header {
+                return Err(RouterError::Permanent(e.clone()));
+            }
             let (main, kobj) = self.objects().await?;
             let m = main.get().await?;
             let (s, c) = match &kobj {

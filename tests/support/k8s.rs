@@ -1,6 +1,6 @@
 //! A real Kubernetes API server for tests: Debian's etcd plus the CRD-only apiserver from
-//! `../shared/k8s-test` (see its README), with the VirtualService, DestinationRule and Ingress CRDs
-//! applied and Established.
+//! `../shared/k8s-test` (see its README), with the CRDs of `crds.yaml` applied and Established (and,
+//! for tests that ask with [`gateway_api_client`], the real Gateway API CRDs of `gateway-api.yaml`).
 //!
 //! One server per test binary, started on first use and shared by its tests (each test works in its
 //! own namespace name; custom objects need no Namespace object on this server). Every process is
@@ -14,10 +14,15 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use http::{Request, Response};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::client::Body;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
@@ -55,12 +60,135 @@ pub fn client_for(url: &str) -> kube::Client {
     kube::Client::try_from(cfg).expect("kube client for the test apiserver")
 }
 
+/// A client that passes requests to the real server, but before each of the first `bumps` PATCHes
+/// lets another writer change the object (a label), so the router's guarded write meets a
+/// resourceVersion it did not read.
+pub fn interfering_client(
+    real: kube::Client,
+    ns: String,
+    ar: kube::api::ApiResource,
+    name: &str,
+    bumps: u32,
+) -> (kube::Client, Arc<AtomicU32>) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let patches = Arc::new(AtomicU32::new(0));
+    let seen = patches.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let mut handle = std::pin::pin!(handle);
+        let other: Api<DynamicObject> = Api::namespaced_with(real.clone(), &ns, &ar);
+        while let Some((req, send)) = handle.next_request().await {
+            if req.method() == http::Method::PATCH {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                if n < bumps {
+                    let bump = json!({ "metadata": { "labels": { "edited-by": format!("someone-else-{n}") } } });
+                    other.patch(&name, &PatchParams::default(), &Patch::Merge(&bump)).await.expect("concurrent write");
+                }
+            }
+            match real.send(req).await {
+                Ok(resp) => send.send_response(resp),
+                Err(e) => send.send_error(e),
+            }
+        }
+    });
+    (kube::Client::new(svc, "default"), patches)
+}
+
+/// A controller (store in `store`, time-only analysis, hooks always pass, no notifications) whose
+/// rollouts drive this cluster.
+pub fn controller(
+    client: kube::Client,
+    store: &Path,
+    policies: Vec<vane::policy::Policy>,
+) -> (vane::rollout::controller::Controller, Arc<vane::telemetry::Metrics>) {
+    controller_with(client, store, policies, Arc::new(vane::analysis::TimeOnly))
+}
+
+/// [`controller`] with this analyzer.
+pub fn controller_with(
+    client: kube::Client,
+    store: &Path,
+    policies: Vec<vane::policy::Policy>,
+    analyzer: Arc<dyn vane::analysis::Analyzer>,
+) -> (vane::rollout::controller::Controller, Arc<vane::telemetry::Metrics>) {
+    let metrics = Arc::new(vane::telemetry::Metrics::new(Duration::from_secs(3600)));
+    let routers = vane::traffic::Routers::with_kube_client(client);
+    let env = vane::rollout::driver::Env {
+        store: vane::store::Store::open(store).expect("store"),
+        workloads: Arc::new(vane::workload::K8sWorkloads::new(routers.kube())),
+        routers: Arc::new(routers),
+        analyzer,
+        hooks: Arc::new(vane::notify::AlwaysOk),
+        notifier: Arc::new(vane::notify::Silent),
+        metrics: metrics.clone(),
+        clock: Arc::new(vane::rollout::driver::SystemClock),
+    };
+    (vane::rollout::controller::Controller::new(Arc::new(env), policies), metrics)
+}
+
+/// Poll the rollout until `f` holds (20 s at most).
+pub async fn until(
+    c: &vane::rollout::controller::Controller,
+    id: &str,
+    what: &str,
+    f: impl Fn(&vane::rollout::Rollout) -> bool,
+) -> vane::rollout::Rollout {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.get(id).expect("rollout readable");
+        if f(&r) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?} {}", r.phase, r.message);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Record each distinct value `read` returns, every 10 ms, until `done` is set (and once more after:
+/// the last write happened before the rollout finished).
+pub fn sample<T, F, Fut>(done: Arc<std::sync::atomic::AtomicBool>, mut read: F) -> tokio::task::JoinHandle<Vec<T>>
+where
+    T: PartialEq + Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
+    tokio::spawn(async move {
+        let mut seen: Vec<T> = vec![];
+        loop {
+            let last = done.load(Ordering::Relaxed);
+            let now = read().await;
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            if last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen
+    })
+}
+
 static SHARED: OnceCell<K8sServer> = OnceCell::const_new();
 
 /// A client of the server shared by this test binary (started on first call).
 pub async fn shared_client() -> kube::Client {
     let s = SHARED.get_or_init(|| async { K8sServer::start().await.unwrap_or_else(|e| panic!("{e}")) }).await;
     s.client()
+}
+
+static GATEWAY_API: OnceCell<()> = OnceCell::const_new();
+
+/// A client of the shared server with the Gateway API v1.6.1 CRDs (`gateway-api.yaml`: real schemas,
+/// defaults and CEL rules) applied and served too.
+pub async fn gateway_api_client() -> kube::Client {
+    let client = shared_client().await;
+    GATEWAY_API
+        .get_or_init(|| async {
+            apply_crd_file(&client, "gateway-api.yaml").await.unwrap_or_else(|e| panic!("{e}"));
+        })
+        .await;
+    client
 }
 
 /// The URL of the shared server (for a test that builds its own client or kubeconfig).
@@ -216,25 +344,32 @@ impl K8sServer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        apply_crds(&client).await?;
+        apply_crd_file(&client, "crds.yaml").await?;
         let _ = std::io::stderr().flush();
         Ok(server)
     }
 }
 
-async fn apply_crds(client: &kube::Client) -> Result<(), String> {
-    let path = test_dir().join("crds.yaml");
+/// Create every CRD of `file` (in the test server directory) and wait until each is served.
+async fn apply_crd_file(client: &kube::Client, file: &str) -> Result<(), String> {
+    let path = test_dir().join(file);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = vec![];
     let mut resources = vec![];
     for doc in yaml_serde::Deserializer::from_str(&text) {
-        let crd: CustomResourceDefinition =
+        let value: serde_json::Value =
             serde::Deserialize::deserialize(doc).map_err(|e| format!("{}: {e}", path.display()))?;
+        if value.is_null() {
+            continue;
+        }
+        let crd: CustomResourceDefinition =
+            serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))?;
         names.push(crd.metadata.name.clone().unwrap_or_default());
         for v in crd.spec.versions.iter().filter(|v| v.served) {
             let gvk = GroupVersionKind::gvk(&crd.spec.group, &v.name, &crd.spec.names.kind);
-            resources.push(ApiResource::from_gvk_with_plural(&gvk, &crd.spec.names.plural));
+            let cluster = crd.spec.scope == "Cluster";
+            resources.push((ApiResource::from_gvk_with_plural(&gvk, &crd.spec.names.plural), cluster));
         }
         match api.create(&PostParams::default(), &crd).await {
             Ok(_) => {}
@@ -262,8 +397,12 @@ async fn apply_crds(client: &kube::Client) -> Result<(), String> {
         }
     }
     // Established is set a moment before the new endpoints answer: wait until each one lists.
-    for ar in resources {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    for (ar, cluster) in resources {
+        let api: Api<DynamicObject> = if cluster {
+            Api::all_with(client.clone(), &ar)
+        } else {
+            Api::namespaced_with(client.clone(), "default", &ar)
+        };
         while let Err(e) = api.list(&ListParams::default().limit(1)).await {
             if Instant::now() > deadline {
                 return Err(format!("{}/{} not served after 20s: {e}", ar.api_version, ar.plural));

@@ -266,6 +266,13 @@ pub fn vector(value: f64) -> String {
     )
 }
 
+/// A `sum by (le)` answer: one series per bucket.
+pub fn buckets(counts: &[(&str, f64)]) -> String {
+    let series: Vec<String> =
+        counts.iter().map(|(le, v)| format!(r#"{{"metric":{{"le":"{le}"}},"value":[1.0,"{v}"]}}"#)).collect();
+    format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, series.join(","))
+}
+
 pub fn empty() -> String {
     r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#.into()
 }

@@ -25,6 +25,8 @@ pub(super) fn on_analysis(r: &mut Rollout, op: u64, report: AnalysisReport, now:
         Verdict::NoData => "no data",
         Verdict::Inconclusive => "inconclusive",
         Verdict::Rollback => "rollback requested",
+        Verdict::Collecting => "collecting",
+        Verdict::Error => "error",
     };
     if verdict == Verdict::Fail {
         r.failed_checks += 1;
@@ -43,6 +45,11 @@ pub(super) fn on_analysis(r: &mut Rollout, op: u64, report: AnalysisReport, now:
                 && r.applied_weight == Some(r.canary_weight) =>
         {
             advance(r, now, out, CONTROLLER, false)
+        }
+        // A step still collecting its minRequests extends: that is progress, not a stall.
+        Verdict::Collecting => {
+            r.last_progress_at = now;
+            r.message = progress_message(r, &format!("{name}{}{summary}", if summary.is_empty() { "" } else { " — " }));
         }
         // The summary says why (no data, an ambiguous query, an open sequential test).
         _ => {

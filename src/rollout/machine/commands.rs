@@ -35,7 +35,7 @@ pub(super) fn on_command(
             );
             r.paused_from = None;
             r.gate_deadline = None;
-            r.busy.retain(|b| matches!(b, Busy::Router { .. } | Busy::Workload { .. }));
+            r.busy.retain(|b| is_router_op(b) || matches!(b, Busy::Workload { .. }));
             r.stage = Stage::Ready;
             r.step_index = r.steps().len() - 1;
             r.last_progress_at = now;
@@ -74,7 +74,7 @@ pub(super) fn on_command(
             }
             r.paused_from = Some(r.phase);
             r.phase = Paused;
-            r.busy.retain(|b| matches!(b, Busy::Router { .. } | Busy::Workload { .. }));
+            r.busy.retain(|b| is_router_op(b) || matches!(b, Busy::Workload { .. }));
             super::workload::drop_shift(r);
             r.message = format!("paused by {actor} at {}% canary", r.canary_weight);
             let m = r.message.clone();

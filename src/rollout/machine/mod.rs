@@ -13,11 +13,13 @@
 //!
 //! One file per concern: [`router`] (the router's answers and read-backs), [`stages`] (the pre-traffic
 //! stages), [`canary`] (analysis, steps and gates), [`blue_green`] (the flip and its post-flip window),
-//! [`commands`] (promote / pause / resume / abort), [`timers`] (deadlines), [`rollback`] (the way out).
+//! [`commands`] (promote / pause / resume / abort), [`timers`] (deadlines), [`rollback`] (the way out),
+//! [`mirror`] (shadow traffic to the canary before the first step).
 
 mod blue_green;
 mod canary;
 mod commands;
+mod mirror;
 mod rollback;
 mod router;
 mod stages;
@@ -124,6 +126,12 @@ pub enum Effect {
     },
     /// Read the live weight back (drift detection); answered with `Input::Observed`.
     Observe,
+    /// Shadow `percent` % of the requests to the canary until the next weight change (which ends it);
+    /// answered with `Input::RouterDone`.
+    SetMirror {
+        op: u64,
+        percent: u8,
+    },
     /// Drive the workload (or, for `Route`, the routing objects) to `action`; answered with
     /// `Input::WorkloadDone`.
     Workload {
@@ -181,6 +189,7 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         router_failures: 0,
         observe_failures: 0,
         router_retry_at: None,
+        mirror_until: None,
         busy: vec![],
         next_op: 1,
         last_seq: 0,
@@ -273,6 +282,9 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
     }
     schedule_workload(r, now, out);
     let idle = !r.busy.iter().any(|b| matches!(b, Busy::Step { .. } | Busy::Analysis { .. }));
+    if r.phase == Phase::Pending && r.stage == Stage::Mirror {
+        return mirror::schedule_mirror(r, now, out, due && idle);
+    }
     // The deploy stage is the workload's plan, reconciled above.
     if r.phase == Phase::Pending && due && idle && r.stage != Stage::Deploy {
         let op = next_op(r);
@@ -282,7 +294,7 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
             Stage::ConfirmRollout => Effect::CallHooks { op: Some(op), kind: HookKind::ConfirmRollout },
             Stage::PreRollout => Effect::CallHooks { op: Some(op), kind: HookKind::PreRollout },
             Stage::Preflight => Effect::Preflight { op },
-            Stage::Deploy | Stage::Ready => {
+            Stage::Deploy | Stage::Mirror | Stage::Ready => {
                 r.busy.pop();
                 advance(r, now, out, CONTROLLER, false);
                 // Starting may have decided the first weight: reconcile now rather than next tick.
@@ -333,8 +345,13 @@ fn next_op(r: &mut Rollout) -> u64 {
     op
 }
 
+/// The router call in flight (a weight change or turning the mirror on): at most one at a time.
 fn router_busy(r: &Rollout) -> Option<Busy> {
-    r.busy.iter().copied().find(|b| matches!(b, Busy::Router { .. }))
+    r.busy.iter().copied().find(is_router_op)
+}
+
+fn is_router_op(b: &Busy) -> bool {
+    matches!(b, Busy::Router { .. } | Busy::Mirror { .. })
 }
 
 fn take_busy(r: &mut Rollout, f: impl Fn(&Busy) -> bool) -> Option<Busy> {

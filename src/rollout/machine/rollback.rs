@@ -12,16 +12,24 @@ pub(super) fn start_rollback(
     actor: &str,
     reason: String,
 ) {
+    // Mirroring sent requests to the canary: the rollback's weight write (which ends the mirror) must
+    // happen, though no user traffic moved.
+    // (Also after the stage, e.g. waiting at a gate at 0 %, until a weight write removed it.)
+    let mirrored = r.mirror_until.is_some() || (r.stage == Stage::Mirror && r.effective_phase() == Phase::Pending);
     r.rollback_kind = Some(kind);
     r.rollback_reason = Some(reason.clone());
     r.rollback_started_at = Some(now);
     r.paused_from = None;
     r.gate_deadline = None;
     r.next_analysis_at = None;
-    r.busy.retain(|b| matches!(b, Busy::Router { .. } | Busy::Workload { .. }));
+    r.busy.retain(|b| is_router_op(b) || matches!(b, Busy::Workload { .. }));
     super::workload::drop_shift(r);
     let label = if kind == RollbackKind::Aborted { EventKind::Aborted } else { EventKind::RollingBack };
-    let nothing_moved = r.applied_weight.unwrap_or(0) == 0 && r.canary_weight == 0 && router_busy(r).is_none();
+    if mirrored {
+        r.applied_weight = None;
+    }
+    let nothing_moved =
+        !mirrored && r.applied_weight.unwrap_or(0) == 0 && r.canary_weight == 0 && router_busy(r).is_none();
     r.canary_weight = 0;
     r.message = reason.clone();
     if nothing_moved {

@@ -42,6 +42,9 @@ pub(super) fn on_observed(r: &mut Rollout, weight: Result<Option<u8>, RouterErro
 }
 
 pub(super) fn on_router(r: &mut Rollout, op: u64, result: Result<(), RouterError>, now: Millis, out: &mut Output) {
+    if take_busy(r, |b| matches!(b, Busy::Mirror { op: o } if *o == op)).is_some() {
+        return mirror::on_mirror(r, result, now, out);
+    }
     let Some(Busy::Router { weight, .. }) = take_busy(r, |b| matches!(b, Busy::Router { op: o, .. } if *o == op))
     else {
         return;
@@ -49,6 +52,7 @@ pub(super) fn on_router(r: &mut Rollout, op: u64, result: Result<(), RouterError
     match result {
         Ok(()) => {
             r.applied_weight = Some(weight);
+            r.mirror_until = None; // a weight write removes vane's mirror
             let recovered = r.router_failures > 0;
             r.router_failures = 0;
             r.router_retry_at = None;

@@ -77,8 +77,15 @@ pub(super) fn on_stage(r: &mut Rollout, op: u64, result: Result<(), StageFailure
 
 pub(super) fn next_stage(r: &Rollout, s: Stage) -> Stage {
     let hooks = &r.policy.webhooks;
-    let order =
-        [Stage::Deploy, Stage::Validate, Stage::ConfirmRollout, Stage::PreRollout, Stage::Preflight, Stage::Ready];
+    let order = [
+        Stage::Deploy,
+        Stage::Validate,
+        Stage::ConfirmRollout,
+        Stage::PreRollout,
+        Stage::Preflight,
+        Stage::Mirror,
+        Stage::Ready,
+    ];
     let pos = order.iter().position(|x| *x == s).unwrap_or(order.len() - 1);
     order[pos + 1..]
         .iter()
@@ -87,6 +94,7 @@ pub(super) fn next_stage(r: &Rollout, s: Stage) -> Stage {
             Stage::ConfirmRollout => !hooks.confirm_rollout.is_empty(),
             Stage::PreRollout => !hooks.pre_rollout.is_empty(),
             Stage::Preflight => r.policy.preflight.is_some() && r.policy.strategy == Strategy::BlueGreen,
+            Stage::Mirror => r.policy.mirror.is_some() && r.policy.strategy == Strategy::Canary,
             _ => true,
         })
         .unwrap_or(Stage::Ready)
@@ -99,6 +107,7 @@ pub(super) fn stage_name(s: Stage) -> &'static str {
         Stage::ConfirmRollout => "confirm-rollout hooks",
         Stage::PreRollout => "pre-rollout hooks",
         Stage::Preflight => "preflight",
+        Stage::Mirror => "mirroring",
         Stage::Ready => "start",
     }
 }

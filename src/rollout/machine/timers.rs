@@ -20,9 +20,9 @@ pub(super) fn check_timers(r: &mut Rollout, now: Millis, out: &mut Output) {
                 let msg = format!("approval gate at {}% timed out", r.canary_weight);
                 return start_rollback(r, now, out, RollbackKind::Controller, CONTROLLER, msg);
             }
-            Timer::PostFlip if r.applied_weight == Some(100) => return blue_green::window_passed(r, now, out),
+            Timer::PostFlip => return blue_green::window_passed(r, now, out),
             // Due work, not deadlines: `schedule` starts it.
-            Timer::Analysis | Timer::RouterRetry | Timer::GateTimeout | Timer::PostFlip | Timer::Workload => {}
+            Timer::Analysis | Timer::RouterRetry | Timer::GateTimeout | Timer::Workload => {}
         }
     }
 }
