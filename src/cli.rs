@@ -24,6 +24,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the daemon (works without a config file: ./vane-data, ./policies, 127.0.0.1:8080).
@@ -116,6 +118,7 @@ pub fn image_tag(image: &str) -> Option<&str> {
     last.split_once(':').map(|(_, t)| t).filter(|t| !t.is_empty())
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum RolloutCmd {
     /// Create a rollout from a JSON/YAML file (-f) or flags; prints its id.
