@@ -5,6 +5,8 @@
 //! it ahead of each shift, promotes it into the Deployment and retires it — or rolls back first and
 //! then scales it to 0.
 
+#[path = "support/daemon.rs"]
+mod daemon;
 #[path = "support/deploy_controller.rs"]
 mod deploy_controller;
 #[path = "support/k8s.rs"]
@@ -566,4 +568,99 @@ async fn blue_green_deploys_green_at_full_size_before_the_flip() {
     let flipped = kinds.iter().position(|k| k == "weight-set").unwrap();
     let promoted = kinds.iter().rposition(|k| k == "workload").unwrap();
     assert!(flipped < promoted, "{kinds:?}");
+}
+
+/// The real daemon, SIGKILLed 8 times at random moments of a release and started again each time:
+/// the release ends exactly as without kills — no duplicate Deployment, no scale-down lost, no
+/// traffic to a canary that was not rolled out at the size of its weight.
+#[test]
+fn the_daemon_killed_at_random_points_of_a_release_ends_it_as_without_kills() {
+    use rand::Rng;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let w = Arc::new(rt.block_on(world("release-sigkill", None, false)));
+    let url = rt.block_on(k8s::shared_url());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{url}\", insecure-skip-tls-verify: true}}\n\
+             users:\n- name: test\n  user: {{token: unused}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\n\
+             current-context: test\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/canary.yaml"),
+        "name: canary\nstrategy: canary\nsteps: [5, 25, 50, 100]\ninterval: 300ms\nthreshold: 1\nprogressDeadline: 60s\n",
+    )
+    .unwrap();
+    let kc = kubeconfig.display().to_string();
+    let mut d = daemon::Daemon::start(dir.path(), daemon::free_port(), &[("VANE_KUBERNETES_KUBECONFIG", &kc)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rec = {
+        let _guard = rt.enter();
+        w.record(stop.clone())
+    };
+    let body = serde_json::to_value(request(
+        &w.ns,
+        WorkloadSpec { retire_after: Duration::from_secs(1), ..workload("v1.1.0") },
+    ))
+    .unwrap();
+    let http = reqwest::blocking::Client::new();
+    let created: Value = http.post(format!("{}/api/v1/rollouts", d.url)).json(&body).send().unwrap().json().unwrap();
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let get = |d: &daemon::Daemon| -> Value {
+        http.get(format!("{}/api/v1/rollouts/{id}", d.url)).send().and_then(|r| r.json()).unwrap_or(Value::Null)
+    };
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..600)));
+        if get(&d)["phase"].as_str().is_some_and(|p| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&p)) {
+            break;
+        }
+        d.restart(); // SIGKILL, then start again on the same store
+        kills += 1;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let end = loop {
+        let r = get(&d);
+        if r["phase"].as_str().is_some_and(|p| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&p)) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "not finished: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    stop.store(true, Ordering::SeqCst);
+    let samples = rt.block_on(rec).unwrap();
+    assert_eq!(end["phase"], "Succeeded", "{end}");
+    assert!(kills >= 4, "the daemon was killed mid-release {kills} times");
+    let events: Value = http.get(format!("{}/api/v1/rollouts/{id}/events", d.url)).send().unwrap().json().unwrap();
+    let recovered = events["items"].as_array().unwrap().iter().filter(|e| e["type"] == "recovered").count();
+    assert_eq!(recovered, kills, "one recovery per kill");
+
+    rt.block_on(async {
+        let list = w.deployments().list(&Default::default()).await.unwrap();
+        assert_eq!(list.items.len(), 2, "no duplicate Deployment");
+        assert_eq!(w.deployment("agent-service-canary").await.unwrap().spec.replicas, Some(0), "no scale-down lost");
+        let stable = w.deployment("agent-service").await.unwrap();
+        let image = stable.spec.template.spec.as_ref().unwrap().containers[0].image.clone();
+        assert_eq!(image.as_deref(), Some(&*format!("{IMAGE}:v1.1.0")));
+        let vs = w.get(&virtual_service(), "agent-service").await;
+        assert_eq!(
+            vs.data["spec"]["http"][1]["route"],
+            json!([{ "destination": { "host": "agent-service", "subset": "v1-1-0" }, "weight": 100 }])
+        );
+        let dr = w.get(&destination_rule(), "agent-service").await;
+        assert_eq!(dr.data["spec"]["subsets"], json!([{ "name": "v1-1-0", "labels": { "version": "v1.1.0" } }]));
+    });
+    for (weight, size) in [(5, 1), (25, 2), (50, 3), (100, 5)] {
+        let first =
+            samples.iter().find(|s| s.canary_weight() == weight).unwrap_or_else(|| panic!("{weight}% never seen"));
+        let avail = first.canary.map_or(0, |c| c.1);
+        assert!(avail >= size, "{weight}% routed with {avail} available canary replicas (want {size})");
+    }
+    assert_eq!(dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0))), vec![1, 2, 3, 5, 0]);
 }
