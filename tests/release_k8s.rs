@@ -664,3 +664,38 @@ fn the_daemon_killed_at_random_points_of_a_release_ends_it_as_without_kills() {
     }
     assert_eq!(dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0))), vec![1, 2, 3, 5, 0]);
 }
+
+/// Two releases in a row: the second starts from the shape the first left (v1-1-0 only, the canary
+/// kept at 0 by the first rollout) and takes that canary over for v1.2.0.
+#[tokio::test]
+async fn a_second_release_starts_from_the_shape_the_first_left() {
+    let w = Arc::new(world("release-twice", None, false).await);
+    let (first, _, _) = w.release(request(&w.ns, workload("v1.1.0"))).await;
+    assert_eq!(first.phase, Phase::Succeeded, "{}", first.message);
+    let mut req = request(&w.ns, workload("v1.2.0"));
+    req.version = "v1.2.0".into();
+    req.stable_version = "v1.1.0".into();
+    req.router = RouterSpec::Istio {
+        virtual_service: "agent-service".into(),
+        route: None,
+        stable_subset: "v1-1-0".into(),
+        canary_subset: "v1-2-0".into(),
+    };
+    let (second, id, samples) = w.release(req).await;
+    assert_eq!(second.phase, Phase::Succeeded, "{}", second.message);
+    assert_eq!(dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0))), vec![0, 1, 2, 3, 5, 0]);
+    let canary = w.deployment("agent-service-canary").await.unwrap();
+    assert_eq!(canary.metadata.labels.unwrap_or_default()["vane.dev/rollout"], id, "taken over by the second rollout");
+    let vs = w.get(&virtual_service(), "agent-service").await;
+    assert_eq!(
+        vs.data["spec"]["http"],
+        json!([
+            { "match": [{ "headers": { "canary": { "exact": "true" } } }],
+              "route": [{ "destination": { "host": "agent-service", "subset": "v1-2-0" } }] },
+            { "route": [{ "destination": { "host": "agent-service", "subset": "v1-2-0" }, "weight": 100 }] } ])
+    );
+    let dr = w.get(&destination_rule(), "agent-service").await;
+    assert_eq!(dr.data["spec"]["subsets"], json!([{ "name": "v1-2-0", "labels": { "version": "v1.2.0" } }]));
+    let stable = w.deployment("agent-service").await.unwrap();
+    assert_eq!(stable.spec.template.metadata.unwrap().labels.unwrap()["version"], "v1.2.0");
+}
