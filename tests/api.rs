@@ -316,6 +316,7 @@ async fn workload_fields_are_validated_with_the_field_named() {
         (json!({ "canaryScale": "half" }), "workload.canaryScale"),
         (json!({ "readyTimeout": "0s" }), "workload.readyTimeout"),
         (json!({ "readyTimeout": "soon" }), "workload.readyTimeout"),
+        (json!({ "readyTimeout": "24h" }), "workload.readyTimeout"),
         (json!({ "retire": "burn" }), "workload.retire"),
         (json!({ "retireAfter": "48h" }), "workload.retireAfter"),
         (json!({ "command": ["sh"] }), "workload"),

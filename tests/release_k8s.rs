@@ -154,7 +154,7 @@ fn workload(image_tag: &str) -> WorkloadSpec {
         image: format!("{IMAGE}:{image_tag}"),
         container: None,
         canary_scale: CanaryScale::Proportional,
-        ready_timeout: Duration::from_secs(5),
+        ready_timeout: Duration::from_secs(3),
         retire: Retire::ScaleToZero,
         retire_after: Duration::from_millis(300),
     }

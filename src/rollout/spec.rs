@@ -353,6 +353,17 @@ impl CreateRequest {
         }
         if let Some(w) = &self.workload {
             w.validate(&self.router)?;
+            // A canary that never becomes ready must fail on readyTimeout (Failed, with the reason),
+            // not on the policy's progress deadline first.
+            if w.ready_timeout >= effective.progress_deadline {
+                return Err(FieldError::new(
+                    "workload.readyTimeout",
+                    format!(
+                        "must be shorter than the policy's progressDeadline ({})",
+                        humantime::format_duration(effective.progress_deadline)
+                    ),
+                ));
+            }
         }
         Ok(effective)
     }
