@@ -333,7 +333,7 @@ async fn workload_fields_are_validated_with_the_field_named() {
     let exec = json!({ "kind": "exec", "command": ["true"] });
     let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good.clone(), exec))).await;
     assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("workload")), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap_or("").contains("istio"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("istio or nginx-ingress"), "{v}");
     let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good, istio))).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 

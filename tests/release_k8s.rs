@@ -699,3 +699,46 @@ async fn a_second_release_starts_from_the_shape_the_first_left() {
     let stable = w.deployment("agent-service").await.unwrap();
     assert_eq!(stable.spec.template.metadata.unwrap().labels.unwrap()["version"], "v1.2.0");
 }
+
+/// nginx-ingress: vane creates the canary Service (selecting `version: v1.1.0`), the router its
+/// canary Ingress; after promotion the stable Service selects the new version and the main Ingress
+/// points at it again, the canary retired.
+#[tokio::test]
+async fn nginx_ingress_gets_a_canary_service_and_ends_on_the_stable_service_at_the_new_version() {
+    use k8s_openapi::api::core::v1::Service;
+    let w = Arc::new(world("release-nginx", None, false).await);
+    let service = json!({ "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "agent-service", "labels": { "app": "agent-service" } },
+        "spec": { "selector": { "app": "agent-service", "version": "v1.0.0" },
+                  "ports": [{ "port": 8080, "targetPort": 8080 }] } });
+    let ingress = json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": { "name": "agent-service" },
+        "spec": { "ingressClassName": "nginx", "rules": [{ "host": "api.aiworkflow.com", "http": { "paths": [
+            { "path": "/api/agents", "pathType": "Prefix",
+              "backend": { "service": { "name": "agent-service", "port": { "number": 8080 } } } } ] } }] } });
+    let services: Api<Service> = Api::namespaced(w.client.clone(), &w.ns);
+    services.create(&PostParams::default(), &serde_json::from_value(service).unwrap()).await.unwrap();
+    let ingresses = w.api(&vane::traffic::k8s::ingress());
+    ingresses.create(&PostParams::default(), &serde_json::from_value(ingress).unwrap()).await.unwrap();
+    let mut req = request(&w.ns, workload("v1.1.0"));
+    req.router = RouterSpec::NginxIngress {
+        ingress: "agent-service".into(),
+        canary_ingress: Some("agent-service-canary".into()),
+        canary_service: Some("agent-service-canary".into()),
+        stable_service: None,
+    };
+    let (r, _, samples) = w.release(req).await;
+    assert_eq!(r.phase, Phase::Succeeded, "{}", r.message);
+    assert_eq!(dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0))), vec![1, 2, 3, 5, 0]);
+    let selector = |s: Service| s.spec.and_then(|s| s.selector).unwrap_or_default();
+    let canary = services.get("agent-service-canary").await.unwrap();
+    assert_eq!(canary.metadata.labels.clone().unwrap_or_default()["vane.dev/managed"], "true");
+    assert_eq!(selector(canary)["version"], "v1.1.0");
+    assert_eq!(selector(services.get("agent-service").await.unwrap())["version"], "v1.1.0", "stable Service promoted");
+    let main = ingresses.get("agent-service").await.unwrap();
+    assert_eq!(main.data["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"], "agent-service");
+    let k = ingresses.get("agent-service-canary").await.unwrap();
+    assert_eq!(k.metadata.annotations.unwrap_or_default()["nginx.ingress.kubernetes.io/canary-weight"], "0");
+    let stable = w.deployment("agent-service").await.unwrap();
+    assert_eq!(stable.spec.template.metadata.unwrap().labels.unwrap()["version"], "v1.1.0");
+}

@@ -112,11 +112,21 @@ impl WorkloadSpec {
         if self.retire_after > MAX_WORKLOAD_WAIT {
             return Err(FieldError::new("workload.retireAfter", "must be at most 24h"));
         }
-        if !matches!(router, RouterSpec::Istio { .. }) {
-            return Err(FieldError::new(
-                "workload",
-                format!("workload releases need the istio router (not yet {})", router.kind()),
-            ));
+        match router {
+            RouterSpec::Istio { .. } => {}
+            RouterSpec::NginxIngress { canary_service: Some(c), .. } if !c.trim().is_empty() => {}
+            RouterSpec::NginxIngress { .. } => {
+                return Err(FieldError::new(
+                    "router.canaryService",
+                    "a workload release with nginx-ingress needs the canary Service's name (vane creates it)",
+                ));
+            }
+            other => {
+                return Err(FieldError::new(
+                    "workload",
+                    format!("workload releases need the istio or nginx-ingress router (not yet {})", other.kind()),
+                ));
+            }
         }
         Ok(())
     }

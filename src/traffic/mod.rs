@@ -12,6 +12,7 @@ pub mod istio_shape;
 pub mod k8s;
 pub mod nginx;
 pub mod nginx_ingress;
+pub mod nginx_ingress_workload;
 
 use std::sync::Arc;
 
@@ -75,15 +76,18 @@ impl RouterFactory for Routers {
                     }
                     (Strategy::BlueGreen, _) => nginx_ingress::Mode::BlueGreen,
                 };
-                Arc::new(nginx_ingress::NginxIngressRouter::new(
-                    self.kube.clone(),
-                    ns,
-                    ingress,
-                    mode,
-                    stable_service.as_deref(),
-                    canary_service.as_deref(),
-                    &r.policy.canary_match,
-                ))
+                Arc::new(
+                    nginx_ingress::NginxIngressRouter::new(
+                        self.kube.clone(),
+                        ns,
+                        ingress,
+                        mode,
+                        stable_service.as_deref(),
+                        canary_service.as_deref(),
+                        &r.policy.canary_match,
+                    )
+                    .with_versions(&r.stable_version, &r.version),
+                )
             }
             RouterSpec::GatewayApi { http_route, grpc_route, rule, stable_backend, canary_backend } => {
                 let (kind, route) = match (http_route, grpc_route) {
