@@ -430,3 +430,62 @@ fn into_router(e: WorkloadError) -> crate::rollout::ports::RouterError {
         WorkloadError::Permanent(m) => RouterError::Permanent(m),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(generation: i64, replicas: i32, status: Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": "agent-service-canary", "generation": generation },
+            "spec": { "replicas": replicas, "selector": {}, "template": { "spec": { "containers": [
+                { "name": "sidecar", "image": "proxy:1" }, { "name": "agent-service", "image": "a:v1" } ] } } },
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rolled_out_is_judged_as_kubectl_rollout_status_does() {
+        let ready = json!({ "observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3 });
+        assert!(matches!(rollout_status(&deployment(2, 3, ready.clone())), WorkloadStatus::Ready(_)));
+        // The controller has not seen the latest spec yet.
+        assert!(
+            matches!(rollout_status(&deployment(3, 3, ready)), WorkloadStatus::Waiting(m) if m.contains("observed"))
+        );
+        let partial = json!({ "observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2 });
+        assert!(
+            matches!(rollout_status(&deployment(2, 3, partial)), WorkloadStatus::Waiting(m) if m.contains("2 of 3 new"))
+        );
+        let old = json!({ "observedGeneration": 2, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 3 });
+        assert!(
+            matches!(rollout_status(&deployment(2, 3, old)), WorkloadStatus::Waiting(m) if m.contains("pending termination"))
+        );
+        let unavailable =
+            json!({ "observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 1 });
+        assert!(
+            matches!(rollout_status(&deployment(2, 3, unavailable)), WorkloadStatus::Waiting(m) if m.contains("1 of 3"))
+        );
+    }
+
+    #[test]
+    fn progressing_false_fails_with_its_reason_and_message() {
+        let stuck = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0,
+            "conditions": [{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                             "message": "ReplicaSet \"x\" has timed out progressing." }] });
+        let s = rollout_status(&deployment(1, 1, stuck));
+        assert!(
+            matches!(&s, WorkloadStatus::Failed(m) if m.contains("ProgressDeadlineExceeded") && m.contains("timed out")),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn the_container_is_the_named_one_the_deployments_namesake_or_the_only_one() {
+        let d = deployment(1, 1, json!({}));
+        assert_eq!(container_index(&d, None, "agent-service"), Ok(1));
+        assert_eq!(container_index(&d, Some("sidecar"), "agent-service"), Ok(0));
+        assert!(container_index(&d, Some("nope"), "agent-service").unwrap_err().contains("sidecar, agent-service"));
+        assert!(container_index(&d, None, "other").unwrap_err().contains("workload.container"));
+    }
+}
