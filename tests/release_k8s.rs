@@ -580,15 +580,7 @@ fn the_daemon_killed_at_random_points_of_a_release_ends_it_as_without_kills() {
     let w = Arc::new(rt.block_on(world("release-sigkill", None, false)));
     let url = rt.block_on(k8s::shared_url());
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = write_kubeconfig(dir.path(), &url);
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/canary.yaml"),
-        "name: canary\nstrategy: canary\nsteps: [5, 25, 50, 100]\ninterval: 300ms\nthreshold: 1\nprogressDeadline: 60s\n",
-    )
-    .unwrap();
-    let kc = kubeconfig.display().to_string();
-    let mut d = daemon::Daemon::start(dir.path(), daemon::free_port(), &[("VANE_KUBERNETES_KUBECONFIG", &kc)]);
+    let mut d = start_daemon(dir.path(), &url, "canary");
     let stop = Arc::new(AtomicBool::new(false));
     let rec = {
         let _guard = rt.enter();
@@ -735,6 +727,19 @@ async fn nginx_ingress_gets_a_canary_service_and_ends_on_the_stable_service_at_t
     assert_eq!(stable.spec.template.metadata.unwrap().labels.unwrap()["version"], "v1.1.0");
 }
 
+/// The real daemon in `dir`, reaching the test API server, with a quick canary policy `policy`
+/// (steps 5/25/50/100, 300 ms apart).
+fn start_daemon(dir: &std::path::Path, url: &str, policy: &str) -> daemon::Daemon {
+    let kubeconfig = write_kubeconfig(dir, url).display().to_string();
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join(format!("policies/{policy}.yaml")),
+        format!("name: {policy}\nstrategy: canary\nsteps: [5, 25, 50, 100]\ninterval: 300ms\nthreshold: 1\nprogressDeadline: 10m\n"),
+    )
+    .unwrap();
+    daemon::Daemon::start(dir, daemon::free_port(), &[("VANE_KUBERNETES_KUBECONFIG", &kubeconfig)])
+}
+
 /// A kubeconfig for the test API server (insecure TLS: its certificate is self-signed).
 fn write_kubeconfig(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
@@ -782,15 +787,8 @@ fn the_quickstart_in_docs_runs_as_written() {
         let _guard = rt.enter();
         deploy_controller::start(client.clone(), ns)
     };
-    let kubeconfig = write_kubeconfig(dir.path(), &url);
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/canary-default.yaml"),
-        "name: canary-default\nstrategy: canary\nsteps: [5, 25, 50, 100]\ninterval: 300ms\nthreshold: 1\nprogressDeadline: 10m\n",
-    )
-    .unwrap();
-    let kc = kubeconfig.display().to_string();
-    let d = daemon::Daemon::start(dir.path(), daemon::free_port(), &[("VANE_KUBERNETES_KUBECONFIG", &kc)]);
+    let d = start_daemon(dir.path(), &url, "canary-default");
+    let kubeconfig = dir.path().join("kubeconfig");
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vane")).parent().unwrap().display().to_string();
     let out = std::process::Command::new("sh")
         .arg("-ec")
