@@ -262,6 +262,9 @@ impl IstioRouter {
 
     /// Promoted by a workload release: only the canary subset is routed (100 %).
     fn promoted(&self, o: &DynamicObject) -> bool {
+        if self.version.is_empty() {
+            return false;
+        }
         let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
         is_final(&spec, self.route.as_deref(), &self.stable_subset, &self.canary_subset)
     }

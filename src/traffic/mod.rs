@@ -56,8 +56,8 @@ impl RouterFactory for Routers {
         let ns = &r.namespace;
         Ok(match &r.router {
             RouterSpec::Exec { command } => Arc::new(exec::ExecRouter::new(command.clone(), r)),
-            RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => Arc::new(
-                istio::IstioRouter::new(
+            RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => {
+                let router = istio::IstioRouter::new(
                     self.kube.clone(),
                     ns,
                     virtual_service,
@@ -65,9 +65,13 @@ impl RouterFactory for Routers {
                     stable_subset,
                     canary_subset,
                     &r.policy.canary_match,
-                )
-                .with_version(&r.version),
-            ),
+                );
+                // Only a workload release shapes the routing objects.
+                match r.workload {
+                    Some(_) => Arc::new(router.with_version(&r.version)),
+                    None => Arc::new(router),
+                }
+            }
             RouterSpec::NginxIngress { ingress, canary_ingress, canary_service, stable_service } => {
                 let mode = match (r.policy.strategy, canary_ingress) {
                     (Strategy::Canary, Some(k)) => nginx_ingress::Mode::Canary { canary_ingress: k.clone() },
@@ -76,18 +80,20 @@ impl RouterFactory for Routers {
                     }
                     (Strategy::BlueGreen, _) => nginx_ingress::Mode::BlueGreen,
                 };
-                Arc::new(
-                    nginx_ingress::NginxIngressRouter::new(
-                        self.kube.clone(),
-                        ns,
-                        ingress,
-                        mode,
-                        stable_service.as_deref(),
-                        canary_service.as_deref(),
-                        &r.policy.canary_match,
-                    )
-                    .with_versions(&r.stable_version, &r.version),
-                )
+                let router = nginx_ingress::NginxIngressRouter::new(
+                    self.kube.clone(),
+                    ns,
+                    ingress,
+                    mode,
+                    stable_service.as_deref(),
+                    canary_service.as_deref(),
+                    &r.policy.canary_match,
+                );
+                // Only a workload release reads and writes Services (and needs the RBAC for it).
+                match r.workload {
+                    Some(_) => Arc::new(router.with_versions(&r.stable_version, &r.version)),
+                    None => Arc::new(router),
+                }
             }
             RouterSpec::GatewayApi { http_route, grpc_route, rule, stable_backend, canary_backend } => {
                 let (kind, route) = match (http_route, grpc_route) {
