@@ -5,6 +5,8 @@
 #     kubernetes-validate; the Prometheus Operator kinds (ServiceMonitor, PrometheusRule) have no
 #     schema there and are checked structurally by the embedded python; any other unknown kind fails;
 #  3. no RBAC rule contains "*", no Secret is rendered, the StatefulSet keeps its security settings;
+#     the base renders no Prometheus Operator kind, ships exactly policies/ and matches docs' RBAC table;
+#     charts/vane renders the same objects as the base (and the components' when enabled);
 #  4. dashboards parse and declare the required template variables;
 #  5. with promtool on PATH: the alert rules load, their unit tests pass and every dashboard and
 #     rule expression parses as PromQL (skipped with a note otherwise).
@@ -112,6 +114,79 @@ for e in errors: print("  " + e, file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
 done
+
+step "base: applies without the Prometheus Operator; policies = policies/; docs' RBAC table = the Roles"
+kubectl kustomize deploy/base >"$tmp/base.yaml" 2>"$tmp/err" || { cat "$tmp/err" >&2; fail "kubectl kustomize deploy/base failed"; }
+validate_k8s "$tmp/base.yaml" base
+! grep -q '^apiVersion: monitoring.coreos.com/' "$tmp/base.yaml" || fail "base renders Prometheus Operator kinds: keep them in deploy/components"
+diff -r policies deploy/base/policies >"$tmp/err" 2>&1 || { cat "$tmp/err" >&2; fail "deploy/base/policies differs from policies/ (copy them: cp policies/*.yaml deploy/base/policies/)"; }
+python3 - "$tmp/base.yaml" <<'PY' || fail "checks above failed"
+import glob, os, re, sys, yaml
+errors = []
+kust = yaml.safe_load(open("deploy/base/kustomization.yaml"))
+listed = sorted(f for g in kust.get("configMapGenerator", []) if g["name"] == "vane-policies" for f in g.get("files", []))
+shipped = sorted("policies/" + os.path.basename(f) for f in glob.glob("policies/*.yaml"))
+if listed != shipped: errors.append(f"vane-policies ConfigMap lists {listed}, policies/ has {shipped}")
+# The RBAC table of docs/deploy.md against the rendered Roles and ClusterRoles.
+rendered = {}
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] in ("Role", "ClusterRole"):
+        for r in d.get("rules", []):
+            for g in r.get("apiGroups", []):
+                for res in r.get("resources", []):
+                    rendered.setdefault((g, res), set()).update(r.get("verbs", []))
+documented, in_table = {}, False
+for line in open("docs/deploy.md"):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if line.strip().startswith("| API group |"): in_table = True; continue
+    if not in_table: continue
+    if not line.strip().startswith("|"): break
+    if set(line.strip()) <= set("|- "): continue
+    for g in cells[0].split(","):
+        g = g.strip().strip('"')
+        documented.setdefault((g, cells[1]), set()).update(v.strip() for v in cells[2].split(","))
+if documented != rendered:
+    for k in sorted(set(documented) | set(rendered)):
+        if documented.get(k) != rendered.get(k):
+            errors.append(f"RBAC {k}: docs/deploy.md says {sorted(documented.get(k, []))}, the manifests grant {sorted(rendered.get(k, []))}")
+for e in errors: print("  " + e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+
+step "charts/vane: renders the base's objects (and the components' when enabled); schema"
+# helm is neither a Debian nor a PyPI package: scripts/render-chart.py renders the subset of Go
+# templates the chart uses and fails on anything else.
+python3 scripts/render-chart.py charts/vane --namespace vane >"$tmp/chart.yaml" || fail "charts/vane does not render"
+python3 scripts/render-chart.py charts/vane --namespace vane --set serviceMonitor.enabled=true \
+  --set prometheusRule.enabled=true >"$tmp/chart-all.yaml" || fail "charts/vane (all enabled) does not render"
+validate_k8s "$tmp/chart-all.yaml" charts/vane
+python3 - "$tmp/base.yaml" "$tmp/chart.yaml" "$tmp/chart-all.yaml" <<'PY' || fail "charts/vane and deploy/ differ (above)"
+import json, re, sys, tomllib, yaml
+def load(path): return [d for d in yaml.safe_load_all(open(path)) if d]
+def normal(d):
+    d = json.loads(json.dumps(d))
+    if d["kind"] == "ConfigMap":
+        d["metadata"]["name"] = re.sub(r"-[a-z0-9]{10}$", "", d["metadata"]["name"])
+        d["data"] = {k: tomllib.loads(v) if k.endswith(".toml") else yaml.safe_load(v) for k, v in d["data"].items()}
+    for v in d.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+        if "configMap" in v: v["configMap"]["name"] = re.sub(r"-[a-z0-9]{10}$", "", v["configMap"]["name"])
+    return (d["kind"], d["metadata"]["name"]), d
+base = dict(normal(d) for d in load(sys.argv[1]) if d["kind"] != "Namespace")
+chart = dict(normal(d) for d in load(sys.argv[2]))
+components = dict(normal(d) for f in ("deploy/components/monitoring/servicemonitor.yaml", "deploy/components/alerts/prometheusrule.yaml") for d in load(f))
+chart_all = dict(normal(d) for d in load(sys.argv[3]))
+errors = []
+def compare(want, got, what):
+    for k in sorted(set(want) | set(got)):
+        if k not in got: errors.append(f"{what}: the chart lacks {k}")
+        elif k not in want: errors.append(f"{what}: the chart has {k} which deploy/ has not")
+        elif want[k] != got[k]:
+            errors.append(f"{what}: {k} differs:\n    deploy/: {json.dumps(want[k], sort_keys=True)[:600]}\n    chart:   {json.dumps(got[k], sort_keys=True)[:600]}")
+compare(base, chart, "default values vs deploy/base")
+compare({**base, **components}, chart_all, "serviceMonitor+prometheusRule enabled vs base+components")
+for e in errors: print("  " + e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
 
 step "deploy/secret.example.yaml: schema"
 validate_k8s deploy/secret.example.yaml secret.example.yaml

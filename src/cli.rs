@@ -1,12 +1,24 @@
-//! The command line (SPEC §1). Client commands talk to the daemon's REST API (`VANE_URL`, `VANE_TOKEN`).
+//! The command line. Client commands talk to the daemon's REST API (`VANE_URL`, `VANE_TOKEN`); their
+//! exit codes are listed in [`client::code`].
 
-use std::io::IsTerminal;
+mod client;
+mod config_show;
+mod output;
+mod policy_check;
+mod watch;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
+
+pub use client::{CliError, code};
+pub use output::Output;
+pub use policy_check::policy_check;
+
+use client::{Api, urlencode};
+use output::{Doc, emit};
 
 #[derive(Parser)]
 #[command(name = "vane", version, about = "Progressive delivery: canary and blue/green rollouts with SLO analysis")]
@@ -30,6 +42,7 @@ pub enum LogFormat {
 pub enum Cmd {
     /// Run the daemon (works without a config file: ./vane-data, ./policies, 127.0.0.1:8080).
     Serve {
+        /// The TOML configuration file (docs/reference/config.md); every key optional.
         #[arg(long, env = "VANE_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -39,6 +52,15 @@ pub enum Cmd {
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The daemon's configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Print a shell completion script: `vane completions bash > /etc/bash_completion.d/vane`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// A demo HTTP service with a configurable error rate and latency, exporting request metrics.
     DemoApp(crate::demo_app::DemoAppArgs),
     /// A real local demo: NGINX, Prometheus, three app versions, load and the daemon; a good rollout
@@ -48,8 +70,10 @@ pub enum Cmd {
 
 #[derive(Args)]
 pub struct Client {
+    /// The daemon's address.
     #[arg(long, env = "VANE_URL", default_value = "http://127.0.0.1:8080", global = true)]
     pub url: String,
+    /// Bearer token (role operator for changes, viewer for reads).
     #[arg(long, env = "VANE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 }
@@ -63,18 +87,19 @@ pub struct WorkloadArgs {
     /// The image to release; its tag is the default `version`.
     #[arg(long)]
     pub image: Option<String>,
+    /// The container whose image changes (default: the one named like the Deployment, or the only one)
     #[arg(long)]
     pub container: Option<String>,
-    /// proportional | full
+    /// How the canary is sized: proportional (to the weight) or full
     #[arg(long)]
     pub canary_scale: Option<String>,
-    /// e.g. 5m
+    /// How long the canary may take to roll out at each size, e.g. 5m
     #[arg(long)]
     pub ready_timeout: Option<String>,
-    /// scale-to-zero | delete | keep
+    /// What happens to the canary after promotion: scale-to-zero, delete or keep
     #[arg(long)]
     pub retire: Option<String>,
-    /// e.g. 5m
+    /// How long the canary keeps running after promotion, e.g. 5m
     #[arg(long)]
     pub retire_after: Option<String>,
 }
@@ -125,17 +150,22 @@ pub enum RolloutCmd {
     Start {
         #[command(flatten)]
         client: Client,
-        /// The create body (SPEC §4) as JSON or YAML; `-` reads stdin.
+        /// The create body as JSON or YAML (see docs/reference/api.md); `-` reads stdin.
         #[arg(short = 'f', long)]
         file: Option<PathBuf>,
+        /// The service rolled out (overrides the file's).
         #[arg(long)]
         service: Option<String>,
+        /// Its namespace.
         #[arg(long)]
         namespace: Option<String>,
+        /// The new version.
         #[arg(long = "version", id = "new_version")]
         new_version: Option<String>,
+        /// The version serving now.
         #[arg(long)]
         stable_version: Option<String>,
+        /// The name of a loaded policy.
         #[arg(long)]
         policy: Option<String>,
         /// The router object as JSON, e.g. '{"kind":"exec","command":["./set-weight.sh"]}'.
@@ -151,57 +181,88 @@ pub enum RolloutCmd {
     List {
         #[command(flatten)]
         client: Client,
+        /// Only this service.
         #[arg(long)]
         service: Option<String>,
+        /// Only this namespace.
         #[arg(long)]
         namespace: Option<String>,
+        /// Only rollouts in this phase (e.g. Progressing).
         #[arg(long)]
         phase: Option<String>,
+        /// At most this many (1-1000; default 100).
         #[arg(long)]
         limit: Option<u32>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
-    /// Show one rollout (JSON).
+    /// Show one rollout (JSON in the API's field order by default).
     Get {
+        /// A rollout id, or namespace/service (its active rollout, else its newest).
         id: String,
         #[command(flatten)]
         client: Client,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Json)]
+        output: Output,
     },
     /// Show a rollout's history.
     Events {
+        /// A rollout id, or namespace/service (its active rollout, else its newest).
         id: String,
         #[command(flatten)]
         client: Client,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
-    /// Follow a rollout; exits 0 when it Succeeded, 1 on any other end.
+    /// Follow a rollout. Exit 0 Succeeded, 1 RolledBack/Aborted/Failed, 2 usage, 3 --timeout
+    /// elapsed, 4 daemon unreachable.
     Watch {
+        /// A rollout id, or namespace/service (its active rollout, else its newest).
         id: String,
         #[command(flatten)]
         client: Client,
         /// Poll interval.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         every: Duration,
+        /// Give up after this long (exit 3); default: wait for the end.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// How long an unreachable daemon (restart, outage) is retried before exit 4.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        reconnect_timeout: Duration,
     },
     /// Pass the current gate/step (or --full: straight to 100 %).
     Promote {
+        /// A rollout id, or namespace/service.
         id: String,
+        /// Straight to 100 %, past every remaining step and gate.
         #[arg(long)]
         full: bool,
         #[command(flatten)]
         client: Client,
     },
+    /// Hold the rollout where it is.
     Pause {
+        /// A rollout id, or namespace/service.
         id: String,
         #[command(flatten)]
         client: Client,
     },
+    /// Continue a paused rollout.
     Resume {
+        /// A rollout id, or namespace/service.
         id: String,
         #[command(flatten)]
         client: Client,
     },
     /// Roll back now.
     Abort {
+        /// A rollout id, or namespace/service.
         id: String,
+        /// Recorded in the events and notifications.
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -211,58 +272,63 @@ pub enum RolloutCmd {
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {
-    /// Validate policy files (default: ./policies); errors as file:line.
-    Check { paths: Vec<PathBuf> },
+    /// Validate policy files (default: ./policies); every problem as file:line:column.
+    Check {
+        /// Files or directories (their *.yaml and *.yml).
+        paths: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of a policy file (the daemon serves the same at /api/v1/policy.schema.json).
+    Schema,
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// The effective configuration (file, then VANE_* variables), secrets masked, each value's source.
+    Show {
+        /// The TOML configuration file, as for `vane serve`.
+        #[arg(long, env = "VANE_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
-impl Api {
-    fn new(c: &Client) -> anyhow::Result<Api> {
-        let http = crate::http::client_builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(Api { http, base: c.url.trim_end_matches('/').to_string(), token: c.token.clone() })
+/// `vane completions SHELL`.
+pub fn completions(shell: clap_complete::Shell) -> i32 {
+    use clap::CommandFactory;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "vane", &mut buf);
+    let _ = emit(&String::from_utf8_lossy(&buf));
+    code::OK
+}
+
+/// `vane policy schema`.
+pub fn policy_schema() -> i32 {
+    let schema = crate::api::openapi::policy_schema();
+    let _ = emit(&format!("{}\n", serde_json::to_string_pretty(&schema).unwrap_or_default()));
+    code::OK
+}
+
+/// `vane config show`.
+pub fn config_show(path: Option<&std::path::Path>) -> i32 {
+    match crate::config::Config::load_with_sources(path, std::env::vars()) {
+        Ok((cfg, sources)) => {
+            let _ = emit(&config_show::render(&cfg, &sources));
+            code::OK
+        }
+        Err(e) => {
+            eprintln!("vane: {e}");
+            code::USAGE
+        }
     }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        headers: &[(&str, String)],
-    ) -> anyhow::Result<Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach vane at {} (is `vane serve` running? set VANE_URL)", self.base))?;
-        let status = res.status();
-        let text = res.text().await?;
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            let e = &json["error"];
-            let field = e["field"].as_str().map(|f| format!(" (field: {f})")).unwrap_or_default();
-            let msg = e["message"].as_str().map(str::to_string).unwrap_or_else(|| json.to_string());
-            bail!("{status}: {msg}{field}");
-        }
-        Ok(json)
-    }
 }
 
-pub async fn run(cmd: RolloutCmd) -> anyhow::Result<i32> {
+/// Run a `vane rollout` command; the exit code, or an error whose [`CliError::code`] is the exit code.
+pub async fn run(cmd: RolloutCmd) -> Result<i32, CliError> {
     use reqwest::Method;
+    let api = |c: &Client| Api::new(&c.url, c.token.clone(), Duration::from_secs(30));
+    // Output that cannot be delivered (the reader of a pipe has gone) is not a failure.
+    let print = |text: &str| {
+        let _ = emit(text);
+    };
     match cmd {
         RolloutCmd::Start {
             client,
@@ -292,14 +358,15 @@ pub async fn run(cmd: RolloutCmd) -> anyhow::Result<i32> {
                 }
             }
             if let Some(r) = router {
-                body["router"] = serde_json::from_str(&r).context("--router is not JSON")?;
+                body["router"] =
+                    serde_json::from_str(&r).map_err(|e| CliError::Usage(format!("--router is not JSON: {e}")))?;
             }
             workload.apply(&mut body);
             let headers: Vec<(&str, String)> = idempotency_key.into_iter().map(|k| ("Idempotency-Key", k)).collect();
-            let r = Api::new(&client)?.call(Method::POST, "/api/v1/rollouts", Some(body), &headers).await?;
-            println!("{}", r["id"].as_str().unwrap_or_default());
+            let r = api(&client)?.call(Method::POST, "/api/v1/rollouts", Some(&body), &headers).await?;
+            print(&format!("{}\n", output::s(&r, "id")));
         }
-        RolloutCmd::List { client, service, namespace, phase, limit } => {
+        RolloutCmd::List { client, service, namespace, phase, limit, output } => {
             let mut q = vec![];
             for (k, v) in [
                 ("service", service),
@@ -312,153 +379,71 @@ pub async fn run(cmd: RolloutCmd) -> anyhow::Result<i32> {
                 }
             }
             let path = format!("/api/v1/rollouts{}{}", if q.is_empty() { "" } else { "?" }, q.join("&"));
-            let r = Api::new(&client)?.call(Method::GET, &path, None, &[]).await?;
-            println!(
-                "{:<26}  {:<28}  {:<14}  {:<17}  {:>6}  MESSAGE",
-                "ID", "NAMESPACE/SERVICE", "VERSION", "PHASE", "WEIGHT"
-            );
-            for i in r["items"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<26}  {:<28}  {:<14}  {:<17}  {:>5}%  {}",
-                    s(&i["id"]),
-                    format!("{}/{}", s(&i["namespace"]), s(&i["service"])),
-                    s(&i["version"]),
-                    s(&i["phase"]),
-                    i["canaryWeight"],
-                    s(&i["message"])
-                );
-            }
+            let r = api(&client)?.get(&path).await?;
+            print(&match output {
+                Output::Json | Output::Yaml => output::document(&r, output),
+                _ => output::rollouts(items(&r), output),
+            });
         }
-        RolloutCmd::Get { id, client } => {
-            let r = Api::new(&client)?
-                .call(Method::GET, &format!("/api/v1/rollouts/{}", urlencode(&id)), None, &[])
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+        RolloutCmd::Get { id, client, output } => {
+            let api = api(&client)?;
+            let id = api.resolve(&id).await?;
+            let r = api.get(&format!("/api/v1/rollouts/{}", urlencode(&id))).await?;
+            print(&match output {
+                Output::Json | Output::Yaml => output::document(&r, output),
+                _ => output::rollouts(std::slice::from_ref(&r), output),
+            });
         }
-        RolloutCmd::Events { id, client } => {
-            let r = Api::new(&client)?
-                .call(Method::GET, &format!("/api/v1/rollouts/{}/events", urlencode(&id)), None, &[])
-                .await?;
-            for e in r["items"].as_array().into_iter().flatten() {
-                println!(
-                    "{:>4}  {}  {:<14} {:<12} {}",
-                    e["seq"],
-                    s(&e["at"]),
-                    s(&e["type"]),
-                    s(&e["actor"]),
-                    s(&e["message"])
-                );
-            }
+        RolloutCmd::Events { id, client, output } => {
+            let api = api(&client)?;
+            let id = api.resolve(&id).await?;
+            let r = api.get(&format!("/api/v1/rollouts/{}/events", urlencode(&id))).await?;
+            print(&match output {
+                Output::Json | Output::Yaml => output::document(&r, output),
+                _ => output::events(&id, items(&r), output),
+            });
         }
-        RolloutCmd::Watch { id, client, every } => return watch(&Api::new(&client)?, &id, every).await,
+        RolloutCmd::Watch { id, client, every, timeout, reconnect_timeout } => {
+            let opts = watch::WatchOpts { every, timeout, reconnect: reconnect_timeout };
+            // One poll never waits longer than the interval it polls at (at least a few seconds).
+            let api = Api::new(
+                &client.url,
+                client.token.clone(),
+                every.clamp(Duration::from_secs(5), Duration::from_secs(30)),
+            )?;
+            return watch::watch(&api, &id, &opts).await;
+        }
         RolloutCmd::Promote { id, full, client } => {
             let body = serde_json::json!({ "full": full });
-            control(&client, &id, "promote", Some(body)).await?;
+            control(&api(&client)?, &id, "promote", Some(body)).await?;
         }
-        RolloutCmd::Pause { id, client } => control(&client, &id, "pause", None).await?,
-        RolloutCmd::Resume { id, client } => control(&client, &id, "resume", None).await?,
+        RolloutCmd::Pause { id, client } => control(&api(&client)?, &id, "pause", None).await?,
+        RolloutCmd::Resume { id, client } => control(&api(&client)?, &id, "resume", None).await?,
         RolloutCmd::Abort { id, reason, client } => {
-            control(&client, &id, "abort", Some(serde_json::json!({ "reason": reason }))).await?;
+            control(&api(&client)?, &id, "abort", Some(serde_json::json!({ "reason": reason }))).await?;
         }
     }
-    Ok(0)
+    Ok(code::OK)
 }
 
-async fn control(client: &Client, id: &str, action: &str, body: Option<Value>) -> anyhow::Result<()> {
-    let path = format!("/api/v1/rollouts/{}/{action}", urlencode(id));
-    let r = Api::new(client)?.call(reqwest::Method::POST, &path, body, &[]).await?;
-    println!("{}: {} at {}% — {}", s(&r["id"]), s(&r["phase"]), r["canaryWeight"], s(&r["message"]));
+fn items(list: &Doc) -> &[Doc] {
+    list.get("items").and_then(Doc::as_sequence).map(Vec::as_slice).unwrap_or_default()
+}
+
+async fn control(api: &Api, id: &str, action: &str, body: Option<Value>) -> Result<(), CliError> {
+    let id = api.resolve(id).await?;
+    let path = format!("/api/v1/rollouts/{}/{action}", urlencode(&id));
+    let r = api.call(reqwest::Method::POST, &path, body.as_ref(), &[]).await?;
+    let s = |k| output::s(&r, k);
+    let _ = emit(&format!("{}: {} at {}% — {}\n", s("id"), s("phase"), s("canaryWeight"), s("message")));
     Ok(())
 }
 
-async fn watch(api: &Api, id: &str, every: Duration) -> anyhow::Result<i32> {
-    let path = format!("/api/v1/rollouts/{}", urlencode(id));
-    let tty = std::io::stdout().is_terminal();
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new(100);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{prefix:.bold} [{bar:40.cyan/blue}] {pos:>3}% {wide_msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
-    let mut last = String::new();
-    loop {
-        let r = api.call(reqwest::Method::GET, &path, None, &[]).await?;
-        let phase = s(&r["phase"]);
-        let weight = r["canaryWeight"].as_u64().unwrap_or(0);
-        let line = format!("{phase} {weight}% {}", s(&r["message"]));
-        if let Some(b) = &bar {
-            b.set_prefix(format!("{}/{} {}", s(&r["namespace"]), s(&r["service"]), phase));
-            b.set_position(weight);
-            b.set_message(s(&r["message"]));
-        } else if line != last {
-            println!("{} {line}", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
-        }
-        last = line;
-        if matches!(phase.as_str(), "Succeeded" | "RolledBack" | "Aborted" | "Failed") {
-            if let Some(b) = &bar {
-                b.finish_with_message(format!("{phase}: {}", s(&r["message"])));
-            }
-            return Ok(if phase == "Succeeded" { 0 } else { 1 });
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-fn read_body(f: &PathBuf) -> anyhow::Result<Value> {
-    let src = if f.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())?
-    } else {
-        std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-    };
+fn read_body(f: &PathBuf) -> Result<Value, CliError> {
+    let src = if f.as_os_str() == "-" { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(f) }
+        .map_err(|e| CliError::Usage(format!("{}: {e}", f.display())))?;
     // YAML is a superset of JSON.
-    yaml_serde::from_str(&src).with_context(|| format!("{} is not JSON or YAML", f.display()))
-}
-
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
-
-fn urlencode(v: &str) -> String {
-    serde_urlencoded::to_string([("", v)]).map(|s| s[1..].to_string()).unwrap_or_default()
-}
-
-/// `vane policy check`: 0 when every file loads, 1 with file:line errors otherwise.
-pub fn policy_check(paths: Vec<PathBuf>) -> i32 {
-    let paths = if paths.is_empty() { vec![PathBuf::from("policies")] } else { paths };
-    let mut files = vec![];
-    for p in &paths {
-        if p.is_dir() {
-            match std::fs::read_dir(p) {
-                Ok(rd) => files.extend(
-                    rd.filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))),
-                ),
-                Err(e) => {
-                    eprintln!("{}: {e}", p.display());
-                    return 1;
-                }
-            }
-        } else {
-            files.push(p.clone());
-        }
-    }
-    files.sort();
-    match crate::policy::load_files(&files) {
-        Ok(ps) => {
-            for p in ps {
-                println!("ok  {} ({:?}, steps {:?})", p.name, p.strategy, p.weights());
-            }
-            0
-        }
-        Err(errs) => {
-            for e in errs {
-                eprintln!("{e}");
-            }
-            1
-        }
-    }
+    yaml_serde::from_str(&src).map_err(|e| CliError::Usage(format!("{} is not JSON or YAML: {e}", f.display())))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! Daemon configuration (SPEC §2): a TOML file, every key optional, each overridable by
-//! `VANE_<SECTION>_<KEY>` environment variables.
+//! Daemon configuration: a TOML file, every key optional, each overridable by `VANE_<SECTION>_<KEY>`
+//! environment variables. Loading (and where each value came from) is in [`load`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -161,78 +161,9 @@ impl Default for Notifications {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
-}
+mod load;
 
-const SECTIONS: &[(&str, &[&str])] = &[
-    ("server", &["listen", "tokens", "metrics_retention"]),
-    ("store", &["path"]),
-    ("policies", &["dir"]),
-    (
-        "prometheus",
-        &[
-            "url",
-            "timeout",
-            "max_concurrent_queries",
-            "bearer_token_env",
-            "basic_auth_user",
-            "basic_auth_password_env",
-            "headers",
-            "min_window",
-        ],
-    ),
-    ("kubernetes", &["kubeconfig", "context"]),
-    ("slack", &["signing_secret_env", "webhook_url_env"]),
-    ("notifications", &["webhooks", "hook_secret_env"]),
-];
-
-impl Config {
-    /// Load from an optional file, then apply `VANE_*` overrides from `env`.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut table = match path {
-            Some(p) => {
-                let src = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError::File { path: p.display().to_string(), message: e.to_string() })?;
-                src.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::File { path: p.display().to_string(), message: e.to_string() })?
-            }
-            None => toml::Table::new(),
-        };
-        for (var, value) in env {
-            let Some((section, key)) = env_key(&var) else { continue };
-            // A TOML value when it parses as one (numbers, arrays, inline tables), else a string.
-            let v = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(value));
-            let sec = table.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
-            match sec {
-                toml::Value::Table(t) => {
-                    t.insert(key, v);
-                }
-                _ => return Err(ConfigError::Env { var, message: "section is not a table".into() }),
-            }
-        }
-        let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "config".into());
-        Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::File { path: shown, message: e.to_string() })
-    }
-}
-
-/// `VANE_SERVER_LISTEN` → ("server", "listen"), only for keys the config has.
-fn env_key(var: &str) -> Option<(String, String)> {
-    let rest = var.strip_prefix("VANE_")?.to_ascii_lowercase();
-    SECTIONS.iter().find_map(|(sec, keys)| {
-        let key = rest.strip_prefix(sec)?.strip_prefix('_')?;
-        keys.contains(&key).then(|| (sec.to_string(), key.to_string()))
-    })
-}
+pub use load::{ConfigError, Source, Sources, defaults};
 
 #[cfg(test)]
 mod tests {

@@ -26,10 +26,13 @@ use rand::Rng;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoAppArgs {
+    /// The `service` label of the exported request metrics.
     #[arg(long, default_value = "demo")]
     pub service: String,
+    /// The `namespace` label.
     #[arg(long, default_value = "default")]
     pub namespace: String,
+    /// The `version` label.
     #[arg(long = "version", id = "app_version", default_value = "v1")]
     pub version: String,
     /// Address to listen on; port 0 picks a free port (printed, and written to --port-file).

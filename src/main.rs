@@ -1,11 +1,11 @@
 use clap::Parser;
-use vane::cli::{Cli, Cmd, LogFormat, PolicyCmd};
+use vane::cli::{Cli, Cmd, ConfigCmd, LogFormat, PolicyCmd};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo logs the daemon to its working directory; the terminal shows its progress.
-    if !matches!(cli.command, Cmd::Demo(_)) {
+    if !matches!(cli.command, Cmd::Demo(_) | Cmd::Completions { .. } | Cmd::Config(_)) {
         vane::telemetry::init_tracing(matches!(cli.log_format, LogFormat::Json));
     }
     let code = match cli.command {
@@ -19,11 +19,14 @@ async fn main() -> std::process::ExitCode {
         Cmd::Rollout(cmd) => match vane::cli::run(cmd).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("vane: {e:#}");
-                1
+                eprintln!("vane: {e}");
+                e.code()
             }
         },
         Cmd::Policy(PolicyCmd::Check { paths }) => vane::cli::policy_check(paths),
+        Cmd::Policy(PolicyCmd::Schema) => vane::cli::policy_schema(),
+        Cmd::Config(ConfigCmd::Show { config }) => vane::cli::config_show(config.as_deref()),
+        Cmd::Completions { shell } => vane::cli::completions(shell),
         Cmd::Demo(args) => match vane::demo::run(args).await {
             Ok(code) => code.into(),
             Err(e) => {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod check;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
@@ -72,12 +74,41 @@ pub enum Dialect {
 }
 
 /// A bound is a plain number (percent, count) or a duration (`500ms`), kept in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Bound {
     Number(f64),
     #[schema(value_type = String)]
     Duration(#[serde(with = "humantime_serde")] Duration),
+}
+
+/// A number, or a string that is a duration. Written by hand so that an error says what a bound is,
+/// not which Rust type failed.
+impl<'de> Deserialize<'de> for Bound {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Bound;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a duration such as 500ms")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Bound, E> {
+                Ok(Bound::Number(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Bound, E> {
+                Ok(Bound::Number(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Bound, E> {
+                Ok(Bound::Number(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bound, E> {
+                humantime::parse_duration(v)
+                    .map(Bound::Duration)
+                    .map_err(|_| E::custom(format!("expected a number or a duration such as 500ms, got {v:?}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Bound {
@@ -363,13 +394,34 @@ impl FieldError {
     }
 }
 
-/// A policy file that did not load, located at `file:line`.
+/// A problem of a policy file, located at `file:line:column` (both 1-based; 0 when the file itself
+/// could not be read).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{}:{line}: {message}", file.display())]
+#[error("{}", self.shown())]
 pub struct PolicyFileError {
     pub file: PathBuf,
     pub line: usize,
+    pub column: usize,
     pub message: String,
+}
+
+impl PolicyFileError {
+    /// A file or directory that could not be read: `PATH: no such file`.
+    pub fn unlocated(file: &Path, e: &std::io::Error) -> Self {
+        let message = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        PolicyFileError { file: file.to_path_buf(), line: 0, column: 0, message }
+    }
+
+    fn shown(&self) -> String {
+        match self.line {
+            0 => format!("{}: {}", self.file.display(), self.message),
+            l => format!("{}:{l}:{}: {}", self.file.display(), self.column, self.message),
+        }
+    }
 }
 
 mod routing;
@@ -428,90 +480,98 @@ impl Policy {
         self.adaptive.clone().unwrap_or_default()
     }
 
-    /// Every rule a policy must satisfy; the first broken one is returned with its field path.
+    /// Every rule a policy must satisfy; the first broken one with its field path.
     pub fn validate(&self) -> Result<(), FieldError> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every broken rule, each with its field path (at most one per field).
+    pub fn problems(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let mut err = |field: String, message: String| errs.push(FieldError { field, message });
         if !is_dns_label(&self.name) {
-            return Err(FieldError::new("name", "must be a lowercase DNS label (a-z, 0-9, '-')"));
+            err("name".into(), "must be a lowercase DNS label (a-z, 0-9, '-')".into());
         }
         match self.strategy {
-            Strategy::Canary => validate_steps(&self.steps)?,
+            Strategy::Canary => {
+                if let Err(e) = validate_steps(&self.steps) {
+                    err(e.field, e.message);
+                }
+            }
             Strategy::BlueGreen => {
                 if !self.steps.is_empty() && self.steps != [100] {
-                    return Err(FieldError::new("steps", "blue-green flips 0 → 100; leave steps out"));
+                    err("steps".into(), "blue-green flips 0 → 100; leave steps out".into());
                 }
             }
         }
         if self.interval < Duration::from_millis(10) {
-            return Err(FieldError::new("interval", "must be at least 10ms"));
+            err("interval".into(), "must be at least 10ms".into());
         }
         if self.threshold == 0 {
-            return Err(FieldError::new("threshold", "must be at least 1"));
+            err("threshold".into(), "must be at least 1".into());
         }
         if self.progress_deadline < self.interval {
-            return Err(FieldError::new("progressDeadline", "must be at least one interval"));
+            err("progressDeadline".into(), "must be at least one interval".into());
         }
         let mut names = std::collections::HashSet::new();
         for (i, m) in self.metrics.iter().enumerate() {
             let f = |k: &str| format!("metrics[{i}].{k}");
             if m.name.trim().is_empty() {
-                return Err(FieldError::new(f("name"), "must not be empty"));
-            }
-            if !names.insert(m.name.as_str()) {
-                return Err(FieldError::new(f("name"), format!("duplicate metric {:?}", m.name)));
+                err(f("name"), "must not be empty".into());
+            } else if !names.insert(m.name.as_str()) {
+                err(f("name"), format!("duplicate metric {:?}", m.name));
             }
             match (&m.template, &m.query) {
-                (Some(_), Some(_)) => {
-                    return Err(FieldError::new(f("query"), "give either template or query, not both"));
-                }
-                (None, None) => return Err(FieldError::new(f("template"), "give a template or a query")),
+                (Some(_), Some(_)) => err(f("query"), "give either template or query, not both".into()),
+                (None, None) => err(f("template"), "give a template or a query".into()),
                 (Some(t), None) if !BUILTIN_TEMPLATES.contains(&t.as_str()) => {
-                    return Err(FieldError::new(
-                        f("template"),
-                        format!("unknown template {t:?}; built-in: {}", BUILTIN_TEMPLATES.join(", ")),
-                    ));
+                    err(f("template"), format!("unknown template {t:?}; built-in: {}", BUILTIN_TEMPLATES.join(", ")))
                 }
-                (None, Some(q)) => validate_query_template(q).map_err(|e| FieldError::new(f("query"), e))?,
+                (None, Some(q)) => {
+                    if let Err(e) = validate_query_template(q) {
+                        err(f("query"), e);
+                    }
+                }
                 _ => {}
             }
             if m.min.is_none() && m.max.is_none() && self.judge == JudgeKind::Threshold {
-                return Err(FieldError::new(f("min"), "give min, max or both"));
+                err(f("min"), "give min, max or both".into());
             }
             if let (Some(lo), Some(hi)) = (m.min, m.max)
                 && lo.value() > hi.value()
             {
-                return Err(FieldError::new(f("min"), "min is greater than max"));
+                err(f("min"), "min is greater than max".into());
             }
         }
         if let Some(s) = &self.sequential {
             if !(s.alpha > 0.0 && s.alpha < 0.5) {
-                return Err(FieldError::new("sequential.alpha", "must be in (0, 0.5)"));
+                err("sequential.alpha".into(), "must be in (0, 0.5)".into());
             }
             if !(s.tolerance >= 0.0 && s.tolerance < 100.0) {
-                return Err(FieldError::new("sequential.tolerance", "must be in [0, 100) percentage points"));
+                err("sequential.tolerance".into(), "must be in [0, 100) percentage points".into());
             }
         }
         if self.judge == JudgeKind::Adaptive && self.strategy == Strategy::BlueGreen {
-            return Err(FieldError::new(
-                "judge",
-                "adaptive compares the canary with concurrent stable traffic, which blue-green has none of after the flip; use threshold",
-            ));
+            err(
+                "judge".into(),
+                "adaptive compares the canary with concurrent stable traffic, which blue-green has none of after the flip; use threshold".into(),
+            );
         }
         if let Some(a) = &self.adaptive {
             if !(a.alpha > 0.0 && a.alpha < 0.5) {
-                return Err(FieldError::new("adaptive.alpha", "must be in (0, 0.5)"));
-            }
-            if !(a.hold_above >= 1.0 && a.hold_above < 1.0 / a.alpha) {
-                return Err(FieldError::new("adaptive.holdAbove", "must be at least 1 and below 1/alpha"));
+                err("adaptive.alpha".into(), "must be in (0, 0.5)".into());
+            } else if !(a.hold_above >= 1.0 && a.hold_above < 1.0 / a.alpha) {
+                err("adaptive.holdAbove".into(), "must be at least 1 and below 1/alpha".into());
             }
         }
         let weights = self.weights();
         for (i, g) in self.gates.iter().enumerate() {
             let allowed = g.at == 0 || weights.contains(&g.at);
             if !allowed || g.at == 100 {
-                return Err(FieldError::new(
+                err(
                     format!("gates[{i}].at"),
                     format!("{} is not a step before 100 (steps: {weights:?}; 0 = before the first shift)", g.at),
-                ));
+                );
             }
         }
         for (kind, hooks) in [
@@ -524,23 +584,26 @@ impl Policy {
         ] {
             for (i, h) in hooks.iter().enumerate() {
                 if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                    return Err(FieldError::new(format!("webhooks.{kind}[{i}].url"), "must be an http(s) URL"));
+                    err(format!("webhooks.{kind}[{i}].url"), "must be an http(s) URL".into());
                 }
             }
         }
         if let Some(p) = &self.preflight {
             if self.strategy != Strategy::BlueGreen {
-                return Err(FieldError::new("preflight", "only blue-green policies have a preflight"));
-            }
-            if p.checks == 0 {
-                return Err(FieldError::new("preflight.checks", "must be at least 1"));
+                err("preflight".into(), "only blue-green policies have a preflight".into());
+            } else if p.checks == 0 {
+                err("preflight.checks".into(), "must be at least 1".into());
             }
         }
         if self.post_flip.is_some() && self.strategy != Strategy::BlueGreen {
-            return Err(FieldError::new("postFlip", "only blue-green policies have a post-flip window"));
+            err("postFlip".into(), "only blue-green policies have a post-flip window".into());
         }
-        self.validate_canary_match()?;
-        self.validate_mirror()
+        for rule in [self.validate_canary_match(), self.validate_mirror()] {
+            if let Err(e) = rule {
+                err(e.field, e.message);
+            }
+        }
+        errs
     }
 }
 
@@ -620,59 +683,16 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Parse and validate one policy document; errors are located at a line of `src`.
+/// Parse and validate one policy document; the first problem, located in `src`.
 pub fn parse(file: &Path, src: &str) -> Result<Policy, PolicyFileError> {
-    let err = |line: usize, message: String| PolicyFileError { file: file.to_path_buf(), line, message };
-    let de = yaml_serde::Deserializer::from_str(src);
-    let policy: Policy = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let line = inner.location().map(|l| l.line()).unwrap_or_else(|| locate(src, &path));
-        let at = if path == "." || path.is_empty() { String::new() } else { format!("{path}: ") };
-        err(line, format!("{at}{inner}"))
-    })?;
-    policy.validate().map_err(|e| err(locate(src, &e.field), e.to_string()))?;
-    Ok(policy)
-}
-
-/// Best-effort line of a field path such as `metrics[1].max` in a YAML source (1-based; 1 if unknown).
-pub fn locate(src: &str, path: &str) -> usize {
-    let lines: Vec<&str> = src.lines().collect();
-    let mut from = 0usize;
-    let mut found = 1usize;
-    for seg in path.split('.').filter(|s| !s.is_empty()) {
-        let (key, index) = match seg.split_once('[') {
-            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
-            None => (seg, None),
-        };
-        let Some(pos) = (from..lines.len()).find(|&i| {
-            let t = lines[i].trim_start().trim_start_matches("- ").trim_start();
-            t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':'))
-        }) else {
-            return found;
-        };
-        found = pos + 1;
-        from = pos;
-        if let Some(n) = index {
-            // The n-th list item below the key (block style `- `), if the list is not inline.
-            let items: Vec<usize> =
-                (pos + 1..lines.len()).filter(|&i| lines[i].trim_start().starts_with("- ")).take(n + 1).collect();
-            if let Some(&i) = items.get(n) {
-                found = i + 1;
-                from = i;
-            }
-        }
-    }
-    found
+    check::parse_all(file, src).map_err(|mut e| e.remove(0))
 }
 
 /// Load every `*.yaml`/`*.yml` in a directory. All files are checked; all errors are returned.
 pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, Vec<PolicyFileError>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) => {
-            return Err(vec![PolicyFileError { file: dir.to_path_buf(), line: 0, message: e.to_string() }]);
-        }
+        Err(e) => return Err(vec![PolicyFileError::unlocated(dir, &e)]),
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -682,26 +702,29 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, Vec<PolicyFileError>> {
     load_files(&files)
 }
 
+/// Load the files; every problem of every file is returned, including a name defined twice.
 pub fn load_files(files: &[PathBuf]) -> Result<Vec<Policy>, Vec<PolicyFileError>> {
     let mut policies: Vec<(PathBuf, Policy)> = Vec::new();
     let mut errors = Vec::new();
     for f in files {
         match std::fs::read_to_string(f) {
-            Ok(src) => match parse(f, &src) {
+            Ok(src) => match check::parse_all(f, &src) {
                 Ok(p) => {
                     if let Some((other, _)) = policies.iter().find(|(_, q)| q.name == p.name) {
+                        let (line, column) = check::position(&src, "name");
                         errors.push(PolicyFileError {
                             file: f.clone(),
-                            line: locate(&src, "name"),
+                            line,
+                            column,
                             message: format!("name: policy {:?} is also defined in {}", p.name, other.display()),
                         });
                     } else {
                         policies.push((f.clone(), p));
                     }
                 }
-                Err(e) => errors.push(e),
+                Err(e) => errors.extend(e),
             },
-            Err(e) => errors.push(PolicyFileError { file: f.clone(), line: 0, message: e.to_string() }),
+            Err(e) => errors.push(PolicyFileError::unlocated(f, &e)),
         }
     }
     if errors.is_empty() { Ok(policies.into_iter().map(|(_, p)| p).collect()) } else { Err(errors) }
@@ -742,7 +765,7 @@ mod tests {
     fn steps_must_end_at_100_with_line() {
         let e = p("name: x\nstrategy: canary\n\nsteps: [5, 25, 50]\n").unwrap_err();
         assert_eq!(e.line, 4, "{e}");
-        assert!(e.to_string().starts_with("p.yaml:4: steps:"), "{e}");
+        assert!(e.to_string().starts_with("p.yaml:4:8: steps:"), "{e}");
     }
 
     #[test]

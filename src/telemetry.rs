@@ -1,4 +1,8 @@
-//! Logs (tracing) and the daemon's own metrics (SPEC §6, prometheus-client).
+//! Logs (tracing) and the daemon's own metrics (prometheus-client), listed in docs/reference/metrics.md.
+//!
+//! Deprecated names are still exposed for one release, as duplicates of their successors:
+//! `vane_info` (now `vane_build_info`) and `vane_analysis_value` / `vane_analysis_threshold` (which mix
+//! percent, milliseconds and counts; now one family per unit).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -77,7 +81,71 @@ pub struct WebhookLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
+
+/// The unit of an analysis metric, from its template; each unit has its own families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// success-rate, error-rate.
+    Percent,
+    /// latency-* templates report milliseconds; exposed in seconds, the base unit.
+    Seconds,
+    /// request-count.
+    Requests,
+    /// A policy's own `query:`: whatever unit the query returns.
+    Custom,
+}
+
+impl Unit {
+    const ALL: [Unit; 4] = [Unit::Percent, Unit::Seconds, Unit::Requests, Unit::Custom];
+
+    pub fn of(template: Option<&str>) -> Unit {
+        match template {
+            Some("success-rate" | "error-rate") => Unit::Percent,
+            Some(t) if t.starts_with("latency-") => Unit::Seconds,
+            Some("request-count") => Unit::Requests,
+            _ => Unit::Custom,
+        }
+    }
+
+    /// (value family, threshold family) names, without the `vane_` prefix.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Unit::Percent => ("analysis_value_percent", "analysis_threshold_percent"),
+            Unit::Seconds => ("analysis_value_seconds", "analysis_threshold_seconds"),
+            Unit::Requests => ("analysis_value_requests", "analysis_threshold_requests"),
+            Unit::Custom => ("analysis_custom_value", "analysis_custom_threshold"),
+        }
+    }
+
+    /// From the unit the analysis reports in to the exposed one.
+    fn scale(self, v: f64) -> f64 {
+        if self == Unit::Seconds { v / 1000.0 } else { v }
+    }
+}
+
+/// The value and threshold families of one unit.
+#[derive(Default)]
+struct UnitFamilies {
+    value: Family<MetricLabels, FGauge>,
+    threshold: Family<BoundLabels, FGauge>,
+}
+
+/// Reads the notification outbox at scrape time: (entries waiting, age of the oldest in seconds).
+pub type OutboxProbe = Box<dyn Fn() -> (i64, f64) + Send + Sync>;
 
 pub struct Metrics {
     registry: Registry,
@@ -94,6 +162,13 @@ pub struct Metrics {
     pub prometheus_query_seconds: Histogram,
     pub prometheus_query_errors: Counter,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_request_seconds: Family<RouteLabels, Histogram>,
+    pub store_commit_seconds: Histogram,
+    outbox_depth: Gauge,
+    outbox_oldest_age: FGauge,
+    outbox_probe: Mutex<Option<OutboxProbe>>,
+    units: [UnitFamilies; 4],
     retention: Duration,
     series: Mutex<Series>,
 }
@@ -141,14 +216,22 @@ impl Metrics {
             prometheus_query_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             prometheus_query_errors: Counter::default(),
             webhook_deliveries: Family::default(),
+            http_requests: Family::default(),
+            http_request_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))),
+            store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            outbox_depth: Gauge::default(),
+            outbox_oldest_age: FGauge::default(),
+            outbox_probe: Mutex::default(),
+            units: Default::default(),
             retention,
             series: Mutex::default(),
             registry: Registry::default(),
         };
-        // A gauge, not an OpenMetrics Info (which would be exposed as `vane_info_info`).
+        // Gauges, not an OpenMetrics Info (which would be exposed as `vane_build_info_info`).
         let info = Family::<Vec<(String, String)>, Gauge>::default();
         info.get_or_create(&vec![("version".to_string(), crate::VERSION.to_string())]).set(1);
-        registry.register("info", "vane build information", info);
+        registry.register("build_info", "vane build information", info.clone());
+        registry.register("info", "Deprecated: use vane_build_info", info);
         registry.register("rollout_weight", "Decided canary weight in percent", m.weight.clone());
         registry.register("rollout_phase", "1 for the rollout's current phase", m.phase.clone());
         registry.register(
@@ -156,8 +239,27 @@ impl Metrics {
             "Failed analysis checks of the current rollout",
             m.failed_checks.clone(),
         );
-        registry.register("analysis_value", "Last analysed value of a metric", m.analysis_value.clone());
-        registry.register("analysis_threshold", "Bound a metric is judged against", m.analysis_threshold.clone());
+        registry.register(
+            "analysis_value",
+            "Deprecated (mixes units): use vane_analysis_value_<unit> or vane_analysis_custom_value",
+            m.analysis_value.clone(),
+        );
+        registry.register(
+            "analysis_threshold",
+            "Deprecated (mixes units): use vane_analysis_threshold_<unit> or vane_analysis_custom_threshold",
+            m.analysis_threshold.clone(),
+        );
+        for (unit, f) in Unit::ALL.iter().zip(&m.units) {
+            let (value, threshold) = unit.names();
+            let what = match unit {
+                Unit::Percent => "in percent",
+                Unit::Seconds => "in seconds",
+                Unit::Requests => "in requests",
+                Unit::Custom => "of a policy's own query",
+            };
+            registry.register(value, format!("Last analysed value of a metric {what}"), f.value.clone());
+            registry.register(threshold, format!("Bound a metric {what} is judged against"), f.threshold.clone());
+        }
         registry.register("analysis_checks", "Analysis results per metric", m.analysis_checks.clone());
         registry.register("rollouts", "Finished rollouts by result", m.rollouts.clone());
         registry.register(
@@ -178,6 +280,23 @@ impl Metrics {
             m.prometheus_query_errors.clone(),
         );
         registry.register("webhook_deliveries", "Outbound webhook and Slack deliveries", m.webhook_deliveries.clone());
+        registry.register("http_requests", "REST API requests by route and status", m.http_requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "REST API request latency by route",
+            m.http_request_seconds.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "A transition with its events written and flushed to disk",
+            m.store_commit_seconds.clone(),
+        );
+        registry.register("outbox_depth", "Notifications waiting for delivery, all sinks", m.outbox_depth.clone());
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest notification waiting for delivery (0 when none waits)",
+            m.outbox_oldest_age.clone(),
+        );
         for strategy in STRATEGIES {
             for result in RESULTS {
                 let l = ResultLabels { strategy: strategy.into(), result: result.as_str().into() };
@@ -198,6 +317,13 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         self.sweep();
+        if let Ok(p) = self.outbox_probe.lock()
+            && let Some(probe) = p.as_ref()
+        {
+            let (depth, age) = probe();
+            self.outbox_depth.set(depth);
+            self.outbox_oldest_age.set(age);
+        }
         let mut s = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
@@ -242,8 +368,12 @@ impl Metrics {
         }
         for m in &a.metrics {
             let l = MetricLabels { namespace: r.namespace.clone(), service: r.service.clone(), metric: m.name.clone() };
+            let spec = r.policy.metrics.iter().find(|s| s.name == m.name);
+            let unit = Unit::of(spec.and_then(|s| s.template.as_deref()));
+            let fam = &self.units[Unit::ALL.iter().position(|u| *u == unit).unwrap_or(3)];
             if let Some(v) = m.value.filter(|v| v.is_finite()) {
                 self.analysis_value.get_or_create(&l).set(v);
+                fam.value.get_or_create(&l).set(unit.scale(v));
             }
             for (bound, v) in [("min", m.min), ("max", m.max)] {
                 if let Some(v) = v {
@@ -254,6 +384,7 @@ impl Metrics {
                         bound: bound.into(),
                     };
                     self.analysis_threshold.get_or_create(&b).set(v);
+                    fam.threshold.get_or_create(&b).set(unit.scale(v));
                 }
             }
             // Every result at zero first, so the first failure of a metric is an increase.
@@ -270,6 +401,25 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Read the outbox at every scrape.
+    pub fn set_outbox_probe(&self, probe: OutboxProbe) {
+        if let Ok(mut p) = self.outbox_probe.lock() {
+            *p = Some(probe);
+        }
+    }
+
+    /// One REST API request; `route` is the matched route template (bounded label values).
+    pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let method = match method {
+            "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
+            _ => "other",
+        };
+        let l = HttpLabels { method: method.into(), route: route.into(), status: status.to_string() };
+        self.http_requests.get_or_create(&l).inc();
+        let r = RouteLabels { method: method.into(), route: route.into() };
+        self.http_request_seconds.get_or_create(&r).observe(elapsed.as_secs_f64());
     }
 
     pub fn router_call(&self, router: &str, ok: bool) {
@@ -303,13 +453,20 @@ impl Metrics {
             for metric in s.metrics.remove(&svc).unwrap_or_default() {
                 let l = MetricLabels { namespace: svc.namespace.clone(), service: svc.service.clone(), metric };
                 self.analysis_value.remove(&l);
+                for f in &self.units {
+                    f.value.remove(&l);
+                }
                 for bound in ["min", "max"] {
-                    self.analysis_threshold.remove(&BoundLabels {
+                    let b = BoundLabels {
                         namespace: l.namespace.clone(),
                         service: l.service.clone(),
                         metric: l.metric.clone(),
                         bound: bound.into(),
-                    });
+                    };
+                    self.analysis_threshold.remove(&b);
+                    for f in &self.units {
+                        f.threshold.remove(&b);
+                    }
                 }
                 for result in CHECK_RESULTS {
                     self.analysis_checks.remove(&CheckLabels {
@@ -340,5 +497,11 @@ impl RolloutMetrics for Metrics {
     }
     fn encode(&self) -> String {
         Metrics::encode(self)
+    }
+    fn store_commit(&self, seconds: f64) {
+        self.store_commit_seconds.observe(seconds)
+    }
+    fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        Metrics::http_request(self, method, route, status, elapsed)
     }
 }

@@ -345,3 +345,59 @@ async fn workload_fields_are_validated_with_the_field_named() {
         assert!(props.contains_key(f), "WorkloadSpec.{f} missing: {props:?}");
     }
 }
+
+/// The served JSON Schema accepts every shipped policy and rejects what `vane policy check` rejects
+/// by shape (checked with python3-jsonschema, the validator family editors' YAML plugins use).
+#[tokio::test]
+async fn policy_schema_accepts_shipped_policies_and_rejects_bad_shapes() {
+    let api = serve().await;
+    let (s, schema) = api.req("GET", "/api/v1/policy.schema.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert!(schema["properties"]["steps"].is_object() && schema["$defs"]["MetricSpec"].is_object(), "{schema}");
+    let dir = tempfile::tempdir().unwrap();
+    let schema_file = dir.path().join("policy.schema.json");
+    std::fs::write(&schema_file, schema.to_string()).unwrap();
+    let bad = [
+        ("typo.yaml", "name: x\nstrategy: canary\nintervall: 1m\n"),
+        ("steps.yaml", "name: x\nstrategy: canary\nsteps: five\n"),
+        ("enum.yaml", "name: x\nstrategy: canary\nonNoData: maybe\n"),
+        ("metric.yaml", "name: x\nstrategy: canary\nmetrics: [{name: a, template: success-rate, min: [1]}]\n"),
+    ];
+    for (f, src) in bad {
+        std::fs::write(dir.path().join(f), src).unwrap();
+    }
+    let script = r#"
+import json, sys, pathlib, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema)
+for f in sys.argv[2:]:
+    errors = list(v.iter_errors(yaml.safe_load(open(f))))
+    print(pathlib.Path(f).name, "invalid" if errors else "valid")
+"#;
+    let shipped: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&schema_file)
+        .args(&shipped)
+        .args(bad.iter().map(|(f, _)| dir.path().join(f)))
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{text}\n(needs Debian's python3-jsonschema and python3-yaml: apt-get install python3-jsonschema python3-yaml)"
+    );
+    for p in &shipped {
+        let name = p.file_name().unwrap().to_string_lossy();
+        assert!(text.contains(&format!("{name} valid")), "{name}: {text}");
+    }
+    for (f, _) in bad {
+        assert!(text.contains(&format!("{f} invalid")), "{f}: {text}");
+    }
+}

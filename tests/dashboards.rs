@@ -1,5 +1,5 @@
 //! The shipped dashboards and alert rules against a real Prometheus scraping a real daemon (issue 6),
-//! and the daemon's own metrics (SPEC §6).
+//! and the daemon's own metrics.
 //!
 //! `every_dashboard_and_alert_expression_against_real_prometheus`: Prometheus (1 s scrapes) scrapes
 //! three `vane demo-app`s of `shop/web` (v1, v2 healthy; v3 with 30 % errors) and the `vane` binary.
@@ -19,7 +19,7 @@
 //!   never match. (`VaneRolloutStuck` is not asserted: without its `for: 30m` it briefly matches any
 //!   rollout's first scrape, which is what `for` is for.)
 //!
-//! It also checks `/metrics` itself: every SPEC §6 metric with exactly the SPEC's labels, and values
+//! It also checks `/metrics` itself: every metric of docs/reference/metrics.md with exactly its labels, and values
 //! the driver set (the final phase, weight 0 after the rollback, the rollouts counted by result).
 //!
 //! `finished_rollouts_series_are_dropped_after_the_retention`: with a 3 s retention (a margin for a
@@ -55,9 +55,19 @@ metrics:
     max: 500ms
 ";
 
-/// SPEC §6: every metric (as exposed: counters with `_total`) and its labels (histograms: besides `le`).
-const SPEC_METRICS: &[(&str, &[&str])] = &[
+/// Every metric of docs/reference/metrics.md (as exposed: counters with `_total`) and its labels
+/// (histograms: besides `le`), the deprecated duplicates included.
+const METRICS: &[(&str, &[&str])] = &[
+    ("vane_build_info", &["version"]),
     ("vane_info", &["version"]),
+    ("vane_analysis_value_percent", &["namespace", "service", "metric"]),
+    ("vane_analysis_threshold_percent", &["namespace", "service", "metric", "bound"]),
+    ("vane_analysis_threshold_seconds", &["namespace", "service", "metric", "bound"]),
+    ("vane_http_requests_total", &["method", "route", "status"]),
+    ("vane_http_request_duration_seconds", &["method", "route"]),
+    ("vane_store_commit_seconds", &[]),
+    ("vane_outbox_depth", &[]),
+    ("vane_outbox_oldest_age_seconds", &[]),
     ("vane_rollout_weight", &["namespace", "service"]),
     ("vane_rollout_phase", &["namespace", "service", "phase"]),
     ("vane_rollout_failed_checks", &["namespace", "service"]),
@@ -240,9 +250,9 @@ async fn every_dashboard_and_alert_expression_against_real_prometheus() {
     let rolled_back = wait_phase(&http, &daemon.url, &bad, "RolledBack").await;
     assert!(rolled_back["message"].as_str().unwrap_or("").contains("success-rate"), "{rolled_back}");
 
-    // /metrics: every SPEC §6 metric with exactly its labels, and the values the driver set.
+    // /metrics: every metric with exactly its labels, and the values the driver set.
     let samples = scrape(&http, &daemon.url).await;
-    for (name, labels) in SPEC_METRICS {
+    for (name, labels) in METRICS {
         let fam = family(&samples, name);
         assert!(!fam.is_empty(), "{name} is not in /metrics");
         let want: BTreeSet<&str> = labels.iter().copied().collect();
@@ -270,6 +280,15 @@ async fn every_dashboard_and_alert_expression_against_real_prometheus() {
     assert!(value_of(&samples, "vane_analysis_checks_total", &fails).unwrap_or(0.0) >= 2.0, "threshold 2");
     let bound = [web[0], web[1], ("metric", "success-rate"), ("bound", "min")];
     assert_eq!(value_of(&samples, "vane_analysis_threshold", &bound), Some(99.0));
+    assert_eq!(value_of(&samples, "vane_analysis_threshold_percent", &bound), Some(99.0));
+    let p95 = [web[0], web[1], ("metric", "latency-p95"), ("bound", "max")];
+    assert_eq!(value_of(&samples, "vane_analysis_threshold_seconds", &p95), Some(0.5), "500ms in seconds");
+    assert_eq!(value_of(&samples, "vane_analysis_threshold", &p95), Some(500.0), "deprecated: milliseconds");
+    assert_eq!(value_of(&samples, "vane_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    let created = [("method", "POST"), ("route", "/api/v1/rollouts"), ("status", "201")];
+    assert!(value_of(&samples, "vane_http_requests_total", &created) >= Some(2.0), "two rollouts created");
+    assert!(value_of(&samples, "vane_store_commit_seconds_count", &[]).unwrap_or(0.0) > 0.0);
+    assert_eq!(value_of(&samples, "vane_outbox_depth", &[]), Some(0.0), "no notification sink configured");
     assert!(value_of(&samples, "vane_router_requests_total", &[("router", "exec"), ("result", "ok")]) >= Some(4.0));
     assert!(value_of(&samples, "vane_prometheus_query_seconds_count", &[]).unwrap_or(0.0) > 0.0);
 

@@ -50,11 +50,32 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/policies", get(list_policies))
         .route("/api/v1/slack/interactions", post(slack::interactions))
         .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/api/v1/policy.schema.json", get(openapi::serve_policy_schema))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), count_request))
         .with_state(state)
+}
+
+/// `vane_http_requests_total` and `vane_http_request_duration_seconds`, labelled with the route
+/// template (`/api/v1/rollouts/{id}`), never the raw path, so label values stay bounded.
+async fn count_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<dyn RolloutMetrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let res = next.run(req).await;
+    metrics.http_request(&method, &route, res.status().as_u16(), started.elapsed());
+    res
 }

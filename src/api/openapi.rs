@@ -31,7 +31,7 @@ impl Modify for Bearer {
     paths(
         routes::create_rollout, routes::list_rollouts, routes::get_rollout, routes::rollout_events,
         routes::promote, routes::pause, routes::resume, routes::abort, routes::list_policies,
-        slack::interactions, routes::live, routes::ready, routes::metrics
+        slack::interactions, routes::live, routes::ready, routes::metrics, serve_policy_schema
     ),
     components(schemas(
         CreateRequest, RouterSpec, WorkloadSpec, CanaryScale, Retire, Overrides, RolloutView, GateView, Phase, Strategy, Event, Items<RolloutView>,
@@ -46,6 +46,55 @@ pub struct ApiDoc;
 
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+/// The JSON Schema (2020-12) of a policy file, from the same types and doc comments as the OpenAPI
+/// document: `Policy` with every schema it refers to under `$defs`. Editors use it to complete and
+/// check `policies/*.yaml` (see docs/reference/policy.md).
+pub fn policy_schema() -> serde_json::Value {
+    let api = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let schemas = &api["components"]["schemas"];
+    let mut defs = serde_json::Map::new();
+    let mut todo = vec!["Policy".to_string()];
+    while let Some(name) = todo.pop() {
+        if defs.contains_key(&name) {
+            continue;
+        }
+        let mut s = schemas[&name].clone();
+        rewrite_refs(&mut s, &mut todo);
+        defs.insert(name, s);
+    }
+    let mut root = defs.remove("Policy").unwrap_or_default();
+    if let Some(o) = root.as_object_mut() {
+        o.insert("$schema".into(), "https://json-schema.org/draft/2020-12/schema".into());
+        o.insert("title".into(), "vane policy".into());
+        o.insert("$defs".into(), serde_json::Value::Object(defs));
+    }
+    root
+}
+
+/// `#/components/schemas/X` → `#/$defs/X`, collecting X.
+fn rewrite_refs(v: &mut serde_json::Value, found: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            if let Some(serde_json::Value::String(r)) = o.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                found.push(name.to_string());
+                *r = format!("#/$defs/{name}");
+            }
+            o.values_mut().for_each(|v| rewrite_refs(v, found));
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|v| rewrite_refs(v, found)),
+        _ => {}
+    }
+}
+
+/// The JSON Schema of a policy file (for editors and CI linters).
+#[utoipa::path(get, path = "/api/v1/policy.schema.json", tag = "policies",
+    responses((status = 200, description = "JSON Schema (2020-12) of a policy file", body = Object)))]
+pub async fn serve_policy_schema() -> Json<serde_json::Value> {
+    Json(policy_schema())
 }
 
 #[cfg(test)]

@@ -180,6 +180,11 @@ impl Outbox {
         let slots = sinks.into_iter().map(|sink| Slot { sink, wake: Notify::new() }).collect();
         let inner = Inner { store: store.clone(), clock, slots, metrics, client, cfg, started: AtomicBool::new(false) };
         let outbox = Outbox { inner: Arc::new(inner) };
+        let weak = Arc::downgrade(&outbox.inner);
+        outbox
+            .inner
+            .metrics
+            .set_outbox_probe(Box::new(move || weak.upgrade().map(|i| i.depth_and_age()).unwrap_or((0, 0.0))));
         outbox.drop_orphans()?;
         let n = outbox.catch_up()?;
         if n > 0 {
@@ -346,6 +351,20 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Entries waiting, and the age in seconds of the oldest (each sink's queue head is its oldest).
+    fn depth_and_age(&self) -> (i64, f64) {
+        let now = self.clock.now();
+        let oldest = self
+            .slots
+            .iter()
+            .filter_map(|s| self.store.queue_head(&s.sink.key).ok().flatten())
+            .filter_map(|(_, v)| serde_json::from_slice::<Entry>(&v).ok())
+            .map(|e| now.saturating_sub(e.enqueued_at))
+            .max()
+            .unwrap_or(0);
+        (self.store.queue_len() as i64, oldest as f64 / 1000.0)
     }
 
     fn remove(&self, key: &QueueKey) {

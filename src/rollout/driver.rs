@@ -162,8 +162,12 @@ impl Driver {
             return Ok(());
         }
         let was_terminal = self.r.is_terminal();
+        let started = std::time::Instant::now();
         let events = match self.env.store.commit(&mut next, out.events).await {
-            Ok(ev) => ev,
+            Ok(ev) => {
+                self.env.metrics.store_commit(started.elapsed().as_secs_f64());
+                ev
+            }
             Err(e) => {
                 tracing::error!(rollout = %self.r.id, error = %e, "cannot persist a transition; recovering in 1s");
                 self.stalled = true;

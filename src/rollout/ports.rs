@@ -278,6 +278,10 @@ pub trait RolloutMetrics: Send + Sync + 'static {
     fn router_call(&self, router: &str, ok: bool);
     /// Every metric in the OpenMetrics text format (`GET /metrics`).
     fn encode(&self) -> String;
+    /// A transition and its events committed and flushed, in `seconds`.
+    fn store_commit(&self, seconds: f64);
+    /// One REST API request; `route` is the matched route template.
+    fn http_request(&self, method: &str, route: &str, status: u16, elapsed: std::time::Duration);
 }
 
 // ---- time ----

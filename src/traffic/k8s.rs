@@ -96,6 +96,11 @@ pub fn destination_rule() -> ApiResource {
     resource("networking.istio.io", "v1beta1", "DestinationRule", "destinationrules")
 }
 
+/// Core v1 Events (what `kubectl describe` shows), see `traffic::events`.
+pub fn event() -> ApiResource {
+    resource("", "v1", "Event", "events")
+}
+
 pub fn ingress() -> ApiResource {
     resource("networking.k8s.io", "v1", "Ingress", "ingresses")
 }

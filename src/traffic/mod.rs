@@ -5,6 +5,7 @@
 //! [`RouterError`]) is the core's (`rollout::ports`); this module holds its implementations.
 
 pub mod canary_match;
+pub mod events;
 pub mod exec;
 pub mod gateway_api;
 pub mod istio;
@@ -27,6 +28,8 @@ use k8s::KubeAccess;
 /// that only drives NGINX or exec routers needs no cluster access at all.
 pub struct Routers {
     kube: Arc<KubeAccess>,
+    /// Record Kubernetes Events on the objects Kubernetes routers change (on unless turned off).
+    events: bool,
 }
 
 impl Default for Routers {
@@ -37,7 +40,7 @@ impl Default for Routers {
 
 impl Routers {
     pub fn new(kubernetes: &config::Kubernetes) -> Self {
-        Routers { kube: Arc::new(KubeAccess::new(kubernetes.clone())) }
+        Routers { kube: Arc::new(KubeAccess::new(kubernetes.clone())), events: true }
     }
 
     /// The cluster access these routers share (the workload adapter uses it too).
@@ -47,14 +50,19 @@ impl Routers {
 
     /// Routers talking to the cluster through this client (tests, embedding).
     pub fn with_kube_client(client: kube::Client) -> Self {
-        Routers { kube: Arc::new(KubeAccess::with_client(client)) }
+        Routers { kube: Arc::new(KubeAccess::with_client(client)), events: true }
+    }
+
+    /// Routers that record no Kubernetes Events (tests that pin a router's exact API requests).
+    pub fn without_events(self) -> Self {
+        Routers { events: false, ..self }
     }
 }
 
 impl RouterFactory for Routers {
     fn build(&self, r: &Rollout) -> Result<Arc<dyn Router>, RouterError> {
         let ns = &r.namespace;
-        Ok(match &r.router {
+        let router: Arc<dyn Router> = match &r.router {
             RouterSpec::Exec { command } => Arc::new(exec::ExecRouter::new(command.clone(), r)),
             RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => {
                 let router = istio::IstioRouter::new(
@@ -124,6 +132,11 @@ impl RouterFactory for Routers {
                     reload.clone(),
                 ))
             }
+        };
+        // Kubernetes routers also leave Events on the object they change.
+        Ok(match events::target(r).filter(|_| self.events) {
+            Some(t) => Arc::new(events::Evented::new(router, self.kube.clone(), t, r)),
+            None => router,
         })
     }
 }
