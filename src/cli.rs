@@ -36,6 +36,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the daemon (works without a config file: ./vane-data, ./policies, 127.0.0.1:8080).
@@ -112,6 +114,72 @@ pub struct Client {
     pub token: Option<String>,
 }
 
+/// `workload` of the create body (SPEC §4): vane runs the Deployments too.
+#[derive(clap::Args, Default)]
+pub struct WorkloadArgs {
+    /// The stable Deployment; also the default `service`.
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// The image to release; its tag is the default `version`.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The container whose image changes (default: the one named like the Deployment, or the only one)
+    #[arg(long)]
+    pub container: Option<String>,
+    /// How the canary is sized: proportional (to the weight) or full
+    #[arg(long)]
+    pub canary_scale: Option<String>,
+    /// How long the canary may take to roll out at each size, e.g. 5m
+    #[arg(long)]
+    pub ready_timeout: Option<String>,
+    /// What happens to the canary after promotion: scale-to-zero, delete or keep
+    #[arg(long)]
+    pub retire: Option<String>,
+    /// How long the canary keeps running after promotion, e.g. 5m
+    #[arg(long)]
+    pub retire_after: Option<String>,
+}
+
+impl WorkloadArgs {
+    /// Merge the flags into `body` (flags win over the file).
+    pub fn apply(self, body: &mut Value) {
+        if let Some(d) = &self.deployment
+            && body.get("service").is_none()
+        {
+            body["service"] = Value::String(d.clone());
+        }
+        if let Some(tag) = self.image.as_deref().and_then(image_tag)
+            && body.get("version").is_none()
+        {
+            body["version"] = Value::String(tag.to_string());
+        }
+        for (k, v) in [
+            ("deployment", self.deployment),
+            ("image", self.image),
+            ("container", self.container),
+            ("canaryScale", self.canary_scale),
+            ("readyTimeout", self.ready_timeout),
+            ("retire", self.retire),
+            ("retireAfter", self.retire_after),
+        ] {
+            if let Some(v) = v {
+                if !body.get("workload").is_some_and(Value::is_object) {
+                    body["workload"] = serde_json::json!({});
+                }
+                body["workload"][k] = Value::String(v);
+            }
+        }
+    }
+}
+
+/// The tag of an image reference (`registry:5000/app:v1.1.0` → `v1.1.0`; none for a digest only).
+pub fn image_tag(image: &str) -> Option<&str> {
+    let name = image.split('@').next().unwrap_or(image);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    last.split_once(':').map(|(_, t)| t).filter(|t| !t.is_empty())
+}
+
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum RolloutCmd {
     /// Create a rollout from a JSON/YAML file (-f) or flags; prints its id.
@@ -143,6 +211,8 @@ pub enum RolloutCmd {
         /// Makes retries safe: the same key returns the same rollout.
         #[arg(long)]
         idempotency_key: Option<String>,
+        #[command(flatten)]
+        workload: WorkloadArgs,
     },
     /// List rollouts, newest first.
     List {
@@ -311,6 +381,7 @@ pub async fn run(cmd: RolloutCmd) -> Result<i32, CliError> {
             policy,
             router,
             idempotency_key,
+            workload,
         } => {
             let mut body = match file {
                 Some(f) => read_body(&f)?,
@@ -331,6 +402,7 @@ pub async fn run(cmd: RolloutCmd) -> Result<i32, CliError> {
                 body["router"] =
                     serde_json::from_str(&r).map_err(|e| CliError::Usage(format!("--router is not JSON: {e}")))?;
             }
+            workload.apply(&mut body);
             let headers: Vec<(&str, String)> = idempotency_key.into_iter().map(|k| ("Idempotency-Key", k)).collect();
             let r = api(&client)?.call(Method::POST, "/api/v1/rollouts", Some(&body), &headers).await?;
             print(&format!("{}\n", output::s(&r, "id")));
@@ -416,4 +488,35 @@ fn read_body(f: &PathBuf) -> Result<Value, CliError> {
         .map_err(|e| CliError::Usage(format!("{}: {e}", f.display())))?;
     // YAML is a superset of JSON.
     yaml_serde::from_str(&src).map_err(|e| CliError::Usage(format!("{} is not JSON or YAML: {e}", f.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags_are_read_like_a_registry_does() {
+        assert_eq!(image_tag("registry/agent-service:v1.1.0"), Some("v1.1.0"));
+        assert_eq!(image_tag("registry:5000/agent-service:v1.1.0"), Some("v1.1.0"));
+        assert_eq!(image_tag("registry:5000/agent-service"), None);
+        assert_eq!(image_tag("agent-service@sha256:abc"), None);
+        assert_eq!(image_tag("agent-service:v2@sha256:abc"), Some("v2"));
+    }
+
+    #[test]
+    fn workload_flags_fill_the_body_without_overriding_explicit_fields() {
+        let args = WorkloadArgs {
+            deployment: Some("agent-service".into()),
+            image: Some("registry/agent-service:v1.1.0".into()),
+            retire_after: Some("5m".into()),
+            ..Default::default()
+        };
+        let mut body = serde_json::json!({ "service": "explicit" });
+        args.apply(&mut body);
+        assert_eq!(
+            body,
+            serde_json::json!({ "service": "explicit", "version": "v1.1.0", "workload": {
+                "deployment": "agent-service", "image": "registry/agent-service:v1.1.0", "retireAfter": "5m" } })
+        );
+    }
 }

@@ -62,6 +62,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     spawn_retention(store.clone(), cfg.store.retention);
     let env = Arc::new(Env {
         store,
+        workloads: Arc::new(crate::workload::K8sWorkloads::new(routers.kube())),
         routers: Arc::new(routers),
         analyzer,
         hooks: notify.hooks,

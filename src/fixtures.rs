@@ -12,7 +12,7 @@ use crate::rollout::clock::TokioClock;
 use crate::rollout::driver::Env;
 use crate::rollout::ports::{
     AnalysisContext, AnalysisReport, Analyzer, Clock, MetricResult, MetricVerdict, Router, RouterError, RouterFactory,
-    SharedStore, Verdict,
+    SharedStore, Verdict, Workload, WorkloadError, WorkloadFactory,
 };
 use crate::rollout::{CreateRequest, Rollout, RouterSpec};
 use crate::telemetry::Metrics;
@@ -61,6 +61,16 @@ pub fn request(service: &str, policy: &str) -> CreateRequest {
         policy: policy.into(),
         router: RouterSpec::Exec { profile: "test".into() },
         overrides: Default::default(),
+        workload: None,
+    }
+}
+
+/// A workload factory for rollouts without a workload (a rollout with one fails before traffic).
+pub struct NoWorkloads;
+
+impl WorkloadFactory for NoWorkloads {
+    fn build(&self, _: &Rollout) -> Result<Arc<dyn Workload>, WorkloadError> {
+        Err(WorkloadError::Permanent("no workload adapter in this test".into()))
     }
 }
 
@@ -203,6 +213,7 @@ pub fn env(dir: &std::path::Path, routers: Arc<FakeRouters>, analyzer: Arc<Scrip
     Arc::new(Env {
         store,
         routers,
+        workloads: Arc::new(NoWorkloads),
         analyzer,
         hooks: Arc::new(AlwaysOk),
         notifier: Arc::new(Silent),

@@ -28,6 +28,7 @@ pub mod sign;
 pub mod store;
 pub mod telemetry;
 pub mod traffic;
+pub mod workload;
 
 use std::future::Future;
 use std::pin::Pin;

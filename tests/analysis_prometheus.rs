@@ -217,6 +217,7 @@ async fn slo_analysis_against_real_prometheus() {
     let env = Arc::new(Env {
         store: Store::open(store_dir.path()).unwrap(),
         routers: routers.clone(),
+        workloads: Arc::new(vane::fixtures::NoWorkloads),
         analyzer: Arc::new(analyzer(&prom.url, Duration::from_millis(800), metrics.clone())),
         hooks: Arc::new(AlwaysOk),
         notifier: Arc::new(Silent),
@@ -400,6 +401,7 @@ async fn default_policy_promotes_healthy_and_rolls_back_twice_the_errors() {
     let env = Arc::new(Env {
         store: Store::open(store_dir.path()).unwrap(),
         routers: routers.clone(),
+        workloads: Arc::new(vane::fixtures::NoWorkloads),
         analyzer: Arc::new(analyzer(&prom.url, Duration::from_secs(2), metrics.clone())),
         hooks: Arc::new(AlwaysOk),
         notifier: Arc::new(Silent),

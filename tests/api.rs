@@ -320,6 +320,60 @@ async fn health_metrics_and_openapi() {
     assert!(doc["components"]["schemas"]["RolloutView"].is_object());
 }
 
+#[tokio::test]
+async fn workload_fields_are_validated_with_the_field_named() {
+    let api = serve().await;
+    let with = |workload: Value, router: Value| {
+        let mut b = body("agent-service");
+        b["router"] = router;
+        b["workload"] = workload;
+        b
+    };
+    let istio = json!({ "kind": "istio", "virtualService": "agent-service", "stableSubset": "v1-0-0", "canarySubset": "v1-1-0" });
+    let good = json!({ "deployment": "agent-service", "image": "registry/agent-service:v1.1.0", "container": "agent-service",
+                       "canaryScale": "proportional", "readyTimeout": "5m", "retire": "scale-to-zero", "retireAfter": "5m" });
+    let long_name = "a".repeat(57);
+    let long_image = format!("registry/{}:v1", "x".repeat(vane::rollout::spec::MAX_IMAGE_LEN));
+    let cases = [
+        (json!({ "deployment": "Agent_Service" }), "workload.deployment"),
+        (json!({ "deployment": long_name }), "workload.deployment"),
+        (json!({ "image": "" }), "workload.image"),
+        (json!({ "image": "registry/agent service:v1" }), "workload.image"),
+        (json!({ "image": long_image }), "workload.image"),
+        (json!({ "container": "Bad/Name" }), "workload.container"),
+        (json!({ "canaryScale": "half" }), "workload.canaryScale"),
+        (json!({ "readyTimeout": "0s" }), "workload.readyTimeout"),
+        (json!({ "readyTimeout": "soon" }), "workload.readyTimeout"),
+        (json!({ "readyTimeout": "24h" }), "workload.readyTimeout"),
+        (json!({ "retire": "burn" }), "workload.retire"),
+        (json!({ "retireAfter": "48h" }), "workload.retireAfter"),
+        (json!({ "command": ["sh"] }), "workload"),
+    ];
+    for (patch, field) in cases {
+        let mut w = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            w[k] = v.clone();
+        }
+        let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(w, istio.clone()))).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{patch}: {v}");
+        assert!(v["error"]["field"].as_str().unwrap_or("").starts_with(field), "{patch}: {v}");
+    }
+    let exec = json!({ "kind": "exec", "command": ["true"] });
+    let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good.clone(), exec))).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("workload")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("istio or nginx-ingress"), "{v}");
+    let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good, istio))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    let (_, doc) = api.req("GET", "/api/v1/openapi.json", None, None).await;
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["CreateRequest"]["properties"]["workload"].is_object(), "{}", schemas["CreateRequest"]);
+    let props = schemas["WorkloadSpec"]["properties"].as_object().expect("WorkloadSpec schema");
+    for f in ["deployment", "image", "container", "canaryScale", "readyTimeout", "retire", "retireAfter"] {
+        assert!(props.contains_key(f), "WorkloadSpec.{f} missing: {props:?}");
+    }
+}
+
 /// The served JSON Schema accepts every shipped policy and rejects what `vane policy check` rejects
 /// by shape (checked with python3-jsonschema, the validator family editors' YAML plugins use).
 #[tokio::test]

@@ -171,6 +171,33 @@ fn promote_gate_approves_once_and_a_retry_is_refused() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
+#[test]
+fn start_with_deployment_and_image_sends_the_workload() {
+    let (dir, d) = setup();
+    std::fs::write(
+        dir.path().join("release.yaml"),
+        "namespace: shop\nstableVersion: v1.0.0\npolicy: quick\nrouter:\n  kind: istio\n  virtualService: agent-service\n  \
+         stableSubset: v1-0-0\n  canarySubset: v1-1-0\n",
+    )
+    .unwrap();
+    let file = dir.path().join("release.yaml");
+    let args = ["rollout", "start", "-f", file.to_str().unwrap(), "--deployment", "agent-service"];
+    let out =
+        vane(&d, &[&args[..], &["--image", "registry:5000/agent-service:v1.1.0", "--retire-after", "1m"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = vane(&d, &["rollout", "get", &id]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!((v["service"].as_str(), v["version"].as_str()), (Some("agent-service"), Some("v1.1.0")), "{v}");
+    assert_eq!(v["workload"]["image"], "registry:5000/agent-service:v1.1.0", "{v}");
+    assert_eq!(
+        (v["workload"]["retireAfter"].as_str(), v["workload"]["canaryScale"].as_str()),
+        (Some("1m"), Some("proportional"))
+    );
+    let out = vane(&d, &[&args[..], &["--image", "registry/agent-service:v1.2.0", "--canary-scale", "half"]].concat());
+    assert!(!out.status.success() && text(&out).contains("workload.canaryScale"), "{}", text(&out));
+}
+
 /// Start a rollout of `ns/svc` with `policy`; its id.
 fn start(d: &Daemon, ns: &str, svc: &str, policy: &str) -> String {
     let out = vane(

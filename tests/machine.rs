@@ -69,6 +69,9 @@ impl World {
                     Input::RouterDone { op, result }
                 }
                 Effect::CallHooks { op: None, .. } | Effect::Observe => continue,
+                Effect::Workload { op, .. } => {
+                    Input::WorkloadDone { op, result: Ok(vane::rollout::ports::WorkloadStatus::Ready("ok".into())) }
+                }
                 Effect::Analyse { op } => Input::Analysis {
                     op,
                     report: AnalysisReport {
@@ -646,7 +649,7 @@ proptest! {
                                 }
                                 Effect::Validate { op } | Effect::Preflight { op } => Input::StageDone { op, result: Ok(()) },
                                 Effect::CallHooks { op: Some(op), .. } => Input::StageDone { op, result: Ok(()) },
-                                Effect::CallHooks { op: None, .. } | Effect::Observe => continue,
+                                Effect::CallHooks { op: None, .. } | Effect::Observe | Effect::Workload { .. } => continue,
                                 Effect::Analyse { op } => Input::Analysis {
                                     op,
                                     report: AnalysisReport { at: now, verdict: Verdict::Pass, metrics: vec![], summary: String::new() },

@@ -57,6 +57,7 @@ fn env(client: kube::Client, store: &std::path::Path) -> (Arc<Env>, Arc<Metrics>
     let env = Env {
         store: Store::open(store).expect("store"),
         routers: Arc::new(Routers::with_kube_client(client)),
+        workloads: Arc::new(vane::fixtures::NoWorkloads),
         analyzer: Arc::new(TimeOnly),
         hooks: Arc::new(AlwaysOk),
         notifier: Arc::new(Silent),

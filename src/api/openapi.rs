@@ -10,6 +10,7 @@ use super::slack::{self, SlackAnswer, SlackOrError};
 use crate::analysis::{AnalysisReport, MetricResult, MetricVerdict, Verdict};
 use crate::policy::*;
 use crate::rollout::ports::Replica;
+use crate::rollout::spec::{CanaryScale, Retire, WorkloadSpec};
 use crate::rollout::{CreateRequest, Event, GateView, Phase, RolloutView, RouterSpec};
 
 struct Bearer;
@@ -34,7 +35,7 @@ impl Modify for Bearer {
         slack::interactions, routes::live, routes::ready, routes::metrics, serve_policy_schema
     ),
     components(schemas(
-        CreateRequest, RouterSpec, Overrides, RolloutView, GateView, Phase, Strategy, Event, Items<RolloutView>,
+        CreateRequest, RouterSpec, WorkloadSpec, CanaryScale, Retire, Overrides, RolloutView, GateView, Phase, Strategy, Event, Items<RolloutView>,
         Items<Event>, Items<Policy>, AnalysisReport, MetricResult, Verdict, MetricVerdict, Policy, MetricSpec, Bound,
         Gate, Approval, Hooks, HookSpec, Preflight, SequentialSpec, AdaptiveSpec, OnNoData, JudgeKind, OnDrift, Dialect,
         CanaryMatch, Mirror,

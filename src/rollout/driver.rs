@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::machine::{self, Command, CommandError, Effect, Input, StageFailure};
 use super::ports::{
     AnalysisContext, Analyzer, HookRunner, Notifier, RolloutMetrics, Router, RouterError, RouterFactory, SharedStore,
-    StoreError,
+    StoreError, Workload, WorkloadAction, WorkloadError, WorkloadFactory, WorkloadStatus,
 };
 use super::{EventKind, Rollout};
 use crate::BoxFut;
@@ -27,6 +27,8 @@ pub use super::ports::Clock;
 pub struct Env {
     pub store: SharedStore,
     pub routers: Arc<dyn RouterFactory>,
+    /// Builds the workload adapter of rollouts that have a `workload`.
+    pub workloads: Arc<dyn WorkloadFactory>,
     pub analyzer: Arc<dyn Analyzer>,
     pub hooks: Arc<dyn HookRunner>,
     pub notifier: Arc<dyn Notifier>,
@@ -67,10 +69,20 @@ impl Router for Unavailable {
     }
 }
 
+/// A workload adapter that could not be built: every reconcile reports why.
+struct NoWorkload(WorkloadError);
+
+impl Workload for NoWorkload {
+    fn reconcile(&self, _: WorkloadAction) -> BoxFut<'_, Result<WorkloadStatus, WorkloadError>> {
+        Box::pin(async { Err(self.0.clone()) })
+    }
+}
+
 struct Driver {
     env: Arc<Env>,
     r: Rollout,
     router: Arc<dyn Router>,
+    workload: Arc<dyn Workload>,
     tasks: JoinSet<Input>,
     /// A commit failed: in-flight work is abandoned and the machine recovers from the durable state.
     stalled: bool,
@@ -82,7 +94,11 @@ struct Driver {
 /// `recover`: the rollout was loaded from the store after a restart.
 pub async fn run(env: Arc<Env>, r: Rollout, mut rx: mpsc::Receiver<Request>, recover: bool) {
     let router = env.routers.build(&r).unwrap_or_else(|e| Arc::new(Unavailable(e)));
-    let mut d = Driver { env, r, router, tasks: JoinSet::new(), stalled: false, fenced: false };
+    let workload: Arc<dyn Workload> = match &r.workload {
+        Some(_) => env.workloads.build(&r).unwrap_or_else(|e| Arc::new(NoWorkload(e))),
+        None => Arc::new(NoWorkload(WorkloadError::Permanent("this rollout has no workload".into()))),
+    };
+    let mut d = Driver { env, r, router, workload, tasks: JoinSet::new(), stalled: false, fenced: false };
     let first = if recover {
         let observed = d.router.observe().await.ok().flatten();
         Input::Recover { observed }
@@ -260,6 +276,23 @@ impl Driver {
                         tracing::warn!(rollout = %r.id, percent, error = %e, "router could not turn the mirror on");
                     }
                     Input::RouterDone { op, result }
+                });
+            }
+            Effect::Workload { op, action } => {
+                let workload = self.workload.clone();
+                self.tasks.spawn(async move {
+                    let result = match action {
+                        WorkloadAction::Route { shape } => {
+                            let result = router.shape(shape).await;
+                            env.metrics.router_call(router.kind(), result.is_ok());
+                            result.map(|()| WorkloadStatus::Ready("done".into())).map_err(WorkloadError::from)
+                        }
+                        _ => workload.reconcile(action).await,
+                    };
+                    if let Err(e) = &result {
+                        tracing::warn!(rollout = %r.id, ?action, error = %e, "workload call failed");
+                    }
+                    Input::WorkloadDone { op, result }
                 });
             }
             Effect::Observe => {

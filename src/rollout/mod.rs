@@ -8,13 +8,15 @@ pub mod driver;
 pub mod machine;
 pub mod ports;
 pub mod spec;
+pub mod workload;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::policy::{Policy, Strategy};
 pub use ports::AnalysisReport;
-pub use spec::{CreateRequest, RouterSpec};
+pub use spec::{CreateRequest, RouterSpec, WorkloadSpec};
+pub use workload::WorkloadRun;
 
 /// Milliseconds since the Unix epoch. Wall-clock, so deadlines survive restarts.
 pub type Millis = u64;
@@ -80,6 +82,8 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Stage {
+    /// Workload releases: the canary Deployment rolled out at its first size, routing prepared.
+    Deploy,
     /// Check the router's objects (e.g. the DestinationRule subsets) before any shift.
     Validate,
     ConfirmRollout,
@@ -101,6 +105,7 @@ pub enum Busy {
     Step { op: u64 },
     // A router call that turns mirroring on (serialised with weight changes like one).
     Mirror { op: u64 },
+    Workload { op: u64, action: ports::WorkloadAction },
 }
 
 /// Why a rollout rolls back; decides RolledBack (controller) vs Aborted (a person).
@@ -166,6 +171,9 @@ pub struct Rollout {
     pub next_op: u64,
     /// Last event sequence number written for this rollout.
     pub last_seq: u64,
+    /// vane runs the Deployments too (SPEC §4 "workload").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRun>,
 }
 
 /// The rollout's timers: what fires when the clock reaches it (see [`Rollout::timers`]).
@@ -181,6 +189,8 @@ pub enum Timer {
     RouterRetry,
     /// Blue/green: the post-flip window ended healthy.
     PostFlip,
+    /// Reconcile the workload again (pods starting, a retry, the retirement delay).
+    Workload,
 }
 
 impl Rollout {
@@ -202,8 +212,10 @@ impl Rollout {
     }
     /// The timer table: when each timer fires (None: not armed in this phase). The driver sleeps
     /// until the earliest ([`Rollout::wake_at`]); the machine's timer checks read the same table.
-    pub fn timers(&self) -> [(Timer, Option<Millis>); 5] {
+    pub fn timers(&self) -> [(Timer, Option<Millis>); 6] {
         let analysis = match self.phase {
+            // The deploy stage is driven by the workload's own timer.
+            Phase::Pending if self.stage == Stage::Deploy => None,
             Phase::Progressing | Phase::AwaitingApproval | Phase::Pending => self.next_analysis_at,
             _ => None,
         };
@@ -227,6 +239,7 @@ impl Rollout {
             (Timer::GateTimeout, gate),
             (Timer::RouterRetry, self.router_retry_at),
             (Timer::PostFlip, post_flip),
+            (Timer::Workload, self.workload.as_ref().filter(|w| !w.todo.is_empty()).and_then(|w| w.check_at)),
         ]
     }
     /// The earliest moment the machine wants a tick, if any.
@@ -269,10 +282,12 @@ pub enum EventKind {
     Failed,
     /// The router mirrors a share of the requests to the canary (policy `mirror`).
     Mirror,
+    /// A workload step: the canary ready at a size, the Deployment promoted, the canary retired.
+    Workload,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::Created,
         EventKind::Stage,
         EventKind::Step,
@@ -292,6 +307,7 @@ impl EventKind {
         EventKind::Succeeded,
         EventKind::Failed,
         EventKind::Mirror,
+        EventKind::Workload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -315,6 +331,7 @@ impl EventKind {
             EventKind::Succeeded => "succeeded",
             EventKind::Failed => "failed",
             EventKind::Mirror => "mirror",
+            EventKind::Workload => "workload",
         }
     }
 
@@ -387,6 +404,9 @@ pub struct RolloutView {
     pub message: String,
     pub last_analysis: Option<AnalysisReport>,
     pub router: RouterSpec,
+    /// The workload vane runs (SPEC §4 "workload"), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateView>,
     #[schema(value_type = String)]
@@ -448,6 +468,7 @@ impl From<&Rollout> for RolloutView {
             message: r.message.clone(),
             last_analysis: r.last_analysis.clone(),
             router: r.router.clone(),
+            workload: r.workload.as_ref().map(|w| w.spec.clone()),
             gate,
             created_at: r.created_at,
             updated_at: r.updated_at,

@@ -45,6 +45,16 @@ pub trait Router: Send + Sync + 'static {
     fn set_weight(&self, canary: u8) -> BoxFut<'_, Result<(), RouterError>>;
     /// The live canary weight, if the router can read it back (None: it cannot tell).
     fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>>;
+    /// Workload releases: bring the routing objects into `shape`, idempotently. A router that
+    /// cannot (it only moves weights) says so, and the rollout fails before any traffic moves.
+    fn shape(&self, shape: RouteShape) -> BoxFut<'_, Result<(), RouterError>> {
+        let kind = self.kind();
+        Box::pin(async move {
+            Err(RouterError::Permanent(format!(
+                "the {kind} router cannot prepare routing for a workload release ({shape:?})"
+            )))
+        })
+    }
     /// Shadow `percent` % of the requests to the canary (its answers are discarded), weights
     /// untouched, until the next `set_weight`, which removes the mirror. Idempotent.
     fn set_mirror(&self, percent: u8) -> BoxFut<'_, Result<(), RouterError>> {
@@ -55,6 +65,19 @@ pub trait Router: Send + Sync + 'static {
     }
 }
 
+/// What a workload release needs from the routing besides weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RouteShape {
+    /// The canary is routable at 0 %: its subset defined, a 0 % destination in the weighted route,
+    /// header-match routes sending their traffic to it.
+    Prepared,
+    /// Rolled back: header-match routes that sent traffic to the canary send it to stable again.
+    Restored,
+    /// Promoted: only the new version is routed (100 %), the old version's subset is gone.
+    Final,
+}
+
 /// Builds the router for a rollout from its spec.
 pub trait RouterFactory: Send + Sync + 'static {
     fn build(&self, rollout: &Rollout) -> Result<Arc<dyn Router>, RouterError>;
@@ -63,6 +86,74 @@ pub trait RouterFactory: Send + Sync + 'static {
     /// its namespace); checked before anything is stored. A 422 naming the field otherwise.
     fn admit(&self, _request: &CreateRequest) -> Result<(), FieldError> {
         Ok(())
+    }
+}
+
+// ---- workload ----
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WorkloadError {
+    /// Worth retrying (network, conflicts, the API server answered 5xx).
+    #[error("{0}")]
+    Transient(String),
+    /// Needs a person: the Deployment is missing, not vane's to change, or access is denied.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<RouterError> for WorkloadError {
+    fn from(e: RouterError) -> Self {
+        match e {
+            RouterError::Transient(m) => WorkloadError::Transient(m),
+            RouterError::Permanent(m) => WorkloadError::Permanent(m),
+        }
+    }
+}
+
+/// A state the release's workload is driven to (one at a time, in the machine's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "camelCase")]
+pub enum WorkloadAction {
+    /// `<deployment>-canary` runs the new template, sized for `weight` (and its HPA cloned), rolled out.
+    Canary { weight: u8 },
+    /// The routing objects in this shape (done by the router).
+    Route { shape: RouteShape },
+    /// `<deployment>` itself runs the new template, rolled out.
+    Stable,
+    /// `<deployment>-canary` retired as the request says (scale-to-zero, delete or keep).
+    Retire,
+    /// `<deployment>-canary` at 0 replicas and kept, its HPA removed.
+    Zero,
+}
+
+/// Where a workload stands after a reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkloadStatus {
+    /// There, e.g. rolled out as `kubectl rollout status` judges; the text says what (replicas).
+    Ready(String),
+    /// On its way (pods starting); ask again later.
+    Waiting(String),
+    /// It will not get there by itself: a `Progressing=False` condition (reason: message).
+    Failed(String),
+}
+
+/// Drives one rollout's workload. Every call is a "make it so and tell me where it stands" (never
+/// "create blindly"), so the driver may repeat it after a crash or a timeout.
+pub trait Workload: Send + Sync + 'static {
+    fn reconcile(&self, action: WorkloadAction) -> BoxFut<'_, Result<WorkloadStatus, WorkloadError>>;
+}
+
+/// Builds the workload adapter of a rollout that has a `workload`.
+pub trait WorkloadFactory: Send + Sync + 'static {
+    fn build(&self, rollout: &Rollout) -> Result<Arc<dyn Workload>, WorkloadError>;
+}
+
+/// Canary replicas for a weight: `proportional` is ceil(stable × weight / 100), at least 1;
+/// `full` is the stable's count. Also how an HPA's min and max are scaled.
+pub fn canary_replicas(stable: u32, weight: u8, scale: super::spec::CanaryScale) -> u32 {
+    match scale {
+        super::spec::CanaryScale::Full => stable.max(1),
+        super::spec::CanaryScale::Proportional => (stable * weight as u32).div_ceil(100).max(1),
     }
 }
 

@@ -1,5 +1,7 @@
 //! The create request (SPEC §4) and its validation into field errors (HTTP 422).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -105,6 +107,118 @@ pub struct CreateRequest {
     pub router: RouterSpec,
     #[serde(default)]
     pub overrides: Overrides,
+    /// vane runs the whole release on Kubernetes: the canary Deployment, its size, promotion, retirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
+}
+
+/// SPEC §4 "workload": the stable Deployment and the image to release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// The stable Deployment (its pod template carries `version: <stableVersion>`).
+    pub deployment: String,
+    /// The new image, e.g. `registry/agent-service:v1.1.0`.
+    pub image: String,
+    /// The container whose image changes; default: the one named like the Deployment, else the only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub canary_scale: CanaryScale,
+    /// How long the canary may take to roll out at each size.
+    #[serde(with = "humantime_serde", default = "default_ready_timeout")]
+    #[schema(value_type = String, example = "5m")]
+    pub ready_timeout: Duration,
+    #[serde(default)]
+    pub retire: Retire,
+    /// How long the canary keeps running after promotion before it is retired.
+    #[serde(with = "humantime_serde", default)]
+    #[schema(value_type = String, example = "5m")]
+    pub retire_after: Duration,
+}
+
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CanaryScale {
+    /// ceil(stable replicas × weight / 100), at least 1, rolled out before each shift.
+    #[default]
+    Proportional,
+    /// The stable's replica count from the start.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Retire {
+    #[default]
+    ScaleToZero,
+    Delete,
+    Keep,
+}
+
+/// Longest image reference accepted (registry host + path + tag + digest fit well within it).
+pub const MAX_IMAGE_LEN: usize = 512;
+/// Longest `readyTimeout` and `retireAfter`.
+pub const MAX_WORKLOAD_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl WorkloadSpec {
+    /// The canary Deployment's name.
+    pub fn canary_name(&self) -> String {
+        format!("{}-canary", self.deployment)
+    }
+
+    pub fn validate(&self, router: &RouterSpec) -> Result<(), FieldError> {
+        // `<deployment>-canary` must itself be a DNS label.
+        if !is_dns_label(&self.deployment) || self.deployment.len() > 63 - "-canary".len() {
+            return Err(FieldError::new(
+                "workload.deployment",
+                "must be a lowercase DNS label (a-z, 0-9, '-') of at most 56 characters",
+            ));
+        }
+        let img = &self.image;
+        if img.is_empty()
+            || img.len() > MAX_IMAGE_LEN
+            || img.chars().any(|c| c.is_whitespace() || c.is_control())
+            || img.starts_with(['-', '/', ':', '@'])
+        {
+            return Err(FieldError::new(
+                "workload.image",
+                format!("must be an image reference without spaces, at most {MAX_IMAGE_LEN} characters"),
+            ));
+        }
+        if let Some(c) = &self.container
+            && !is_dns_label(c)
+        {
+            return Err(FieldError::new("workload.container", "must be a container name (a lowercase DNS label)"));
+        }
+        if self.ready_timeout < Duration::from_secs(1) || self.ready_timeout > MAX_WORKLOAD_WAIT {
+            return Err(FieldError::new("workload.readyTimeout", "must be between 1s and 24h"));
+        }
+        if self.retire_after > MAX_WORKLOAD_WAIT {
+            return Err(FieldError::new("workload.retireAfter", "must be at most 24h"));
+        }
+        match router {
+            RouterSpec::Istio { .. } => {}
+            RouterSpec::NginxIngress { canary_service: Some(c), .. } if !c.trim().is_empty() => {}
+            RouterSpec::NginxIngress { .. } => {
+                return Err(FieldError::new(
+                    "router.canaryService",
+                    "a workload release with nginx-ingress needs the canary Service's name (vane creates it)",
+                ));
+            }
+            other => {
+                return Err(FieldError::new(
+                    "workload",
+                    format!("workload releases need the istio or nginx-ingress router (not yet {})", other.kind()),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How traffic is moved. See SPEC §4 "Router kinds".
@@ -366,6 +480,20 @@ impl CreateRequest {
                         ),
                     ));
                 }
+            }
+        }
+        if let Some(w) = &self.workload {
+            w.validate(&self.router)?;
+            // A canary that never becomes ready must fail on readyTimeout (Failed, with the reason),
+            // not on the policy's progress deadline first.
+            if w.ready_timeout >= effective.progress_deadline {
+                return Err(FieldError::new(
+                    "workload.readyTimeout",
+                    format!(
+                        "must be shorter than the policy's progressDeadline ({})",
+                        humantime::format_duration(effective.progress_deadline)
+                    ),
+                ));
             }
         }
         Ok(effective)

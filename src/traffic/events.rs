@@ -11,6 +11,7 @@ use super::k8s::{self, KubeAccess};
 use super::{Router, RouterError};
 use crate::BoxFut;
 use crate::policy::Strategy;
+use crate::rollout::ports::RouteShape;
 use crate::rollout::{Rollout, RouterSpec};
 
 /// The object whose weights a router writes.
@@ -139,5 +140,13 @@ impl Router for Evented {
 
     fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>> {
         self.inner.observe()
+    }
+
+    fn shape(&self, shape: RouteShape) -> BoxFut<'_, Result<(), RouterError>> {
+        self.inner.shape(shape)
+    }
+
+    fn set_mirror(&self, percent: u8) -> BoxFut<'_, Result<(), RouterError>> {
+        self.inner.set_mirror(percent)
     }
 }

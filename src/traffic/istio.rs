@@ -11,10 +11,12 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
 use super::canary_match::{self, Layout};
+use super::istio_shape::{destination_rule_ops, is_final, virtual_service_ops};
 use super::k8s::{self, Attempt, KubeAccess, Obj};
 use super::{Router, RouterError};
 use crate::BoxFut;
 use crate::policy::CanaryMatch;
+use crate::rollout::ports::RouteShape;
 
 pub struct IstioRouter {
     kube: Arc<KubeAccess>,
@@ -23,6 +25,8 @@ pub struct IstioRouter {
     route: Option<String>,
     stable_subset: String,
     canary_subset: String,
+    /// The new version (the `version` label of a canary subset vane adds).
+    version: String,
     canary_match: Vec<CanaryMatch>,
 }
 
@@ -245,8 +249,106 @@ impl IstioRouter {
             route: route.map(Into::into),
             stable_subset: stable_subset.into(),
             canary_subset: canary_subset.into(),
+            version: String::new(),
             canary_match: canary_match.to_vec(),
         }
+    }
+
+    /// The version a workload release deploys (needed to shape routing).
+    pub fn with_version(mut self, version: &str) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Promoted by a workload release: only the canary subset is routed (100 %).
+    fn promoted(&self, o: &DynamicObject) -> bool {
+        if self.version.is_empty() {
+            return false;
+        }
+        let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+        is_final(&spec, self.route.as_deref(), &self.stable_subset, &self.canary_subset)
+    }
+
+    /// One read-decide-write round of the VirtualService for `shape`.
+    async fn try_shape_vs(&self, vs: &Obj, shape: RouteShape) -> Result<(), Attempt> {
+        let o = vs.get().await?;
+        let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+        let ops = virtual_service_ops(
+            &spec,
+            &self.namespace,
+            self.route.as_deref(),
+            &self.stable_subset,
+            &self.canary_subset,
+            shape,
+        )
+        .map_err(|e| RouterError::Permanent(format!("{} {e}", vs.describe())))?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        vs.patch_guarded(&k8s::resource_version(&o)?, ops).await
+    }
+
+    /// The DestinationRule that defines the stable (or, once promoted, the canary) subset.
+    async fn destination_rule(&self, host: &str) -> Result<Obj, RouterError> {
+        let client = self.kube.client().await?;
+        let drs: kube::Api<DynamicObject> =
+            kube::Api::namespaced_with(client.clone(), &self.namespace, &k8s::destination_rule());
+        let rules = drs
+            .list(&Default::default())
+            .await
+            .map_err(|e| k8s::classify(&format!("DestinationRules in {}", self.namespace), e))?;
+        let want = fqdn(host, &self.namespace);
+        let has = |dr: &DynamicObject, s: &str| {
+            let subsets = dr.data.pointer("/spec/subsets").and_then(Value::as_array).cloned().unwrap_or_default();
+            subsets.iter().any(|x| x.get("name").and_then(Value::as_str) == Some(s))
+        };
+        let found = rules
+            .items
+            .iter()
+            .filter(|dr| {
+                dr.data.pointer("/spec/host").and_then(Value::as_str).is_some_and(|h| fqdn(h, &self.namespace) == want)
+            })
+            .find(|dr| has(dr, &self.stable_subset) || has(dr, &self.canary_subset))
+            .and_then(|dr| dr.metadata.name.clone())
+            .ok_or_else(|| {
+                RouterError::Permanent(format!(
+                    "no DestinationRule in namespace {} for host {host:?} defines subset {:?}",
+                    self.namespace, self.stable_subset
+                ))
+            })?;
+        Ok(Obj::new(client, &k8s::destination_rule(), &self.namespace, &found))
+    }
+
+    async fn try_shape_dr(&self, dr: &Obj, shape: RouteShape) -> Result<(), Attempt> {
+        let o = dr.get().await?;
+        let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+        let ops = destination_rule_ops(&spec, &self.stable_subset, &self.canary_subset, &self.version, shape)
+            .map_err(|e| RouterError::Permanent(format!("{} {e}", dr.describe())))?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        dr.patch_guarded(&k8s::resource_version(&o)?, ops).await
+    }
+
+    /// The host of the service the VirtualService routes (the stable or canary destination's).
+    async fn service_host(&self, vs: &Obj) -> Result<String, RouterError> {
+        let o = vs.get().await?;
+        let http = o.data.pointer("/spec/http").and_then(Value::as_array).cloned().unwrap_or_default();
+        http.iter()
+            .flat_map(|r| r.get("route").and_then(Value::as_array).cloned().unwrap_or_default())
+            .find(|d| {
+                let s = d.pointer("/destination/subset").and_then(Value::as_str);
+                s == Some(&self.stable_subset) || s == Some(&self.canary_subset)
+            })
+            .and_then(|d| d.pointer("/destination/host").and_then(Value::as_str).map(str::to_string))
+            .ok_or_else(|| {
+                RouterError::Permanent(format!(
+                    "{} routes to neither subset {:?} nor {:?}",
+                    vs.describe(),
+                    self.stable_subset,
+                    self.canary_subset
+                ))
+            })
     }
 
     async fn vs(&self) -> Result<Obj, RouterError> {
@@ -268,6 +370,9 @@ impl IstioRouter {
     async fn try_set(&self, vs: &Obj, canary: u8) -> Result<(), Attempt> {
         let o = vs.get().await?;
         self.kube.check_opt_in(&o, &vs.describe())?;
+        if canary == 100 && self.promoted(&o) {
+            return Ok(());
+        }
         let r = self.locate(vs, &o)?;
         let mut ops = vec![];
         if r.canary_weight != Some(canary as i64) || r.stable_weight != Some(100 - canary as i64) {
@@ -349,7 +454,28 @@ impl Router for IstioRouter {
     fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>> {
         Box::pin(k8s::bounded("istio observe", async move {
             let vs = self.vs().await?;
-            Ok(self.locate(&vs, &vs.get().await?)?.canary())
+            let o = vs.get().await?;
+            if self.promoted(&o) {
+                return Ok(Some(100));
+            }
+            Ok(self.locate(&vs, &o)?.canary())
+        }))
+    }
+
+    fn shape(&self, shape: RouteShape) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(k8s::bounded("istio shape", async move {
+            let vs = self.vs().await?;
+            let host = self.service_host(&vs).await?;
+            let dr = self.destination_rule(&host).await?;
+            // Define a subset before a route names it; stop naming one before it goes.
+            if shape == RouteShape::Prepared {
+                k8s::retry_conflicts(&dr.describe(), || self.try_shape_dr(&dr, shape)).await?;
+            }
+            k8s::retry_conflicts(&vs.describe(), || self.try_shape_vs(&vs, shape)).await?;
+            if shape == RouteShape::Final {
+                k8s::retry_conflicts(&dr.describe(), || self.try_shape_dr(&dr, shape)).await?;
+            }
+            Ok(())
         }))
     }
 }

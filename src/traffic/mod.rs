@@ -9,9 +9,11 @@ pub mod events;
 pub mod exec;
 pub mod gateway_api;
 pub mod istio;
+pub mod istio_shape;
 pub mod k8s;
 pub mod nginx;
 pub mod nginx_ingress;
+pub mod nginx_ingress_workload;
 
 use std::sync::Arc;
 
@@ -45,6 +47,11 @@ impl Default for Routers {
 impl Routers {
     pub fn new(kubernetes: &config::Kubernetes) -> Self {
         Routers::with_kube(Arc::new(KubeAccess::new(kubernetes.clone())))
+    }
+
+    /// The cluster access these routers share (the workload adapter uses it too).
+    pub fn kube(&self) -> Arc<KubeAccess> {
+        self.kube.clone()
     }
 
     /// Routers talking to the cluster through this client (tests, embedding).
@@ -102,7 +109,7 @@ impl RouterFactory for Routers {
                 Arc::new(exec::ExecRouter::new(p, r, self.redactor.clone()))
             }
             RouterSpec::Istio { virtual_service, route, stable_subset, canary_subset } => {
-                Arc::new(istio::IstioRouter::new(
+                let router = istio::IstioRouter::new(
                     self.kube.clone(),
                     ns,
                     virtual_service,
@@ -110,7 +117,12 @@ impl RouterFactory for Routers {
                     stable_subset,
                     canary_subset,
                     &r.policy.canary_match,
-                ))
+                );
+                // Only a workload release shapes the routing objects.
+                match r.workload {
+                    Some(_) => Arc::new(router.with_version(&r.version)),
+                    None => Arc::new(router),
+                }
             }
             RouterSpec::NginxIngress { ingress, canary_ingress, canary_service, stable_service } => {
                 let mode = match (r.policy.strategy, canary_ingress) {
@@ -120,7 +132,7 @@ impl RouterFactory for Routers {
                     }
                     (Strategy::BlueGreen, _) => nginx_ingress::Mode::BlueGreen,
                 };
-                Arc::new(nginx_ingress::NginxIngressRouter::new(
+                let router = nginx_ingress::NginxIngressRouter::new(
                     self.kube.clone(),
                     ns,
                     ingress,
@@ -128,7 +140,12 @@ impl RouterFactory for Routers {
                     stable_service.as_deref(),
                     canary_service.as_deref(),
                     &r.policy.canary_match,
-                ))
+                );
+                // Only a workload release reads and writes Services (and needs the RBAC for it).
+                match r.workload {
+                    Some(_) => Arc::new(router.with_versions(&r.stable_version, &r.version)),
+                    None => Arc::new(router),
+                }
             }
             RouterSpec::GatewayApi { http_route, grpc_route, rule, stable_backend, canary_backend } => {
                 let (kind, route) = match (http_route, grpc_route) {

@@ -25,9 +25,11 @@ use kube::api::{DynamicObject, PostParams};
 use serde_json::{Map, Value, json};
 
 use super::k8s::{self, Attempt, KubeAccess, Obj, pointer_segment};
+use super::nginx_ingress_workload as workload;
 use super::{Router, RouterError};
 use crate::BoxFut;
 use crate::policy::CanaryMatch;
+use crate::rollout::ports::RouteShape;
 
 pub const CANARY: &str = "nginx.ingress.kubernetes.io/canary";
 pub const CANARY_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
@@ -53,6 +55,8 @@ pub struct NginxIngressRouter {
     stable_service: Option<String>,
     /// `canaryMatch` as ingress-nginx can express it: one header name and its exact value.
     header: Result<Option<(String, String)>, String>,
+    /// Workload releases: (stableVersion, version), the `version` the Services select.
+    versions: Option<(String, String)>,
 }
 
 /// ingress-nginx routes by one header only: `canaryMatch` must be one entry with one header.
@@ -341,7 +345,38 @@ impl NginxIngressRouter {
             mode,
             stable_service: stable_service.filter(|s| !s.is_empty()).map(Into::into),
             canary_service: canary_service.filter(|s| !s.is_empty()).map(Into::into),
+            versions: None,
         }
+    }
+
+    /// The versions a workload release moves between (needed to shape routing).
+    pub fn with_versions(mut self, stable_version: &str, version: &str) -> Self {
+        self.versions = Some((stable_version.into(), version.into()));
+        self
+    }
+
+    /// (stable, canary) services, from the spec or the Ingresses.
+    async fn service_names(&self) -> Result<(String, String), RouterError> {
+        let (main, kobj) = self.objects().await?;
+        match &kobj {
+            Some(kobj) => {
+                let m = main.get().await?;
+                self.resolve(&m, kobj.get_opt().await?.as_ref(), kobj)
+            }
+            None => self.blue_green_services().map(|(s, c)| (s.to_string(), c.to_string())),
+        }
+    }
+
+    /// Promoted by a workload release: the stable Service already selects the new version and the
+    /// main Ingress points at it again.
+    async fn promoted(&self) -> Result<bool, RouterError> {
+        let Some((_, version)) = &self.versions else { return Ok(false) };
+        let (s, _) = self.service_names().await?;
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(self.kube.client().await?, &self.namespace);
+        let stable = api.get_opt(&s).await.map_err(|e| k8s::classify(&format!("Service {}/{s}", self.namespace), e))?;
+        let main = self.objects().await?.0.get().await?;
+        Ok(stable.as_ref().and_then(workload::selected_version) == Some(version.as_str()) && has_service(&main, &s))
     }
 
     async fn objects(&self) -> Result<(Obj, Option<Obj>), RouterError> {
@@ -477,6 +512,9 @@ impl Router for NginxIngressRouter {
             if canary > 100 {
                 return Err(RouterError::Permanent(format!("canary weight {canary} is over 100")));
             }
+            if canary == 100 && self.promoted().await? {
+                return Ok(());
+            }
             let (main, kobj) = self.objects().await?;
             match &kobj {
                 Some(kobj) => k8s::retry_conflicts(&kobj.describe(), || self.try_canary(&main, kobj, canary)).await,
@@ -488,8 +526,44 @@ impl Router for NginxIngressRouter {
         }))
     }
 
+    fn shape(&self, shape: RouteShape) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(k8s::bounded("nginx-ingress shape", async move {
+            let Some((stable_version, version)) = &self.versions else {
+                return Err(RouterError::Permanent("nginx-ingress: no versions to shape routing for".into()));
+            };
+            let (s, c) = self.service_names().await?;
+            let ns = &self.namespace;
+            let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+                kube::Api::namespaced(self.kube.client().await?, ns);
+            match shape {
+                RouteShape::Prepared => {
+                    workload::ensure_canary_service(&api, ns, &s, &c, stable_version, version).await
+                }
+                RouteShape::Restored => Ok(()),
+                RouteShape::Final => {
+                    // The stable Service takes the new version's pods (the promoted Deployment's), then
+                    // the main Ingress points back at it: both select the new version throughout.
+                    workload::select(&api, ns, &s, version).await?;
+                    let main = self.objects().await?.0;
+                    k8s::retry_conflicts(&main.describe(), || async {
+                        let m = main.get().await?;
+                        let ops = rewrite_ops(&m, &c, &s);
+                        if ops.is_empty() {
+                            return Ok(());
+                        }
+                        main.patch_guarded(&k8s::resource_version(&m)?, ops).await
+                    })
+                    .await
+                }
+            }
+        }))
+    }
+
     fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>> {
         Box::pin(k8s::bounded("nginx-ingress observe", async move {
+            if self.promoted().await? {
+                return Ok(Some(100));
+            }
             let (main, kobj) = self.objects().await?;
             let m = main.get().await?;
             match &kobj {

@@ -112,9 +112,11 @@ pub fn controller_with(
     analyzer: Arc<dyn vane::analysis::Analyzer>,
 ) -> (vane::rollout::controller::Controller, Arc<vane::telemetry::Metrics>) {
     let metrics = Arc::new(vane::telemetry::Metrics::new(Duration::from_secs(3600)));
+    let routers = vane::traffic::Routers::with_kube_client(client);
     let env = vane::rollout::driver::Env {
         store: vane::store::Store::open(store).expect("store"),
-        routers: Arc::new(vane::traffic::Routers::with_kube_client(client)),
+        workloads: Arc::new(vane::workload::K8sWorkloads::new(routers.kube())),
+        routers: Arc::new(routers),
         analyzer,
         hooks: Arc::new(vane::notify::AlwaysOk),
         notifier: Arc::new(vane::notify::Silent),

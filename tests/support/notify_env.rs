@@ -42,6 +42,7 @@ impl World {
         let env = Env {
             store: self.store.clone(),
             routers: Arc::new(Routers::default().with_profiles(self.profiles(), Arc::default())),
+            workloads: Arc::new(vane::fixtures::NoWorkloads),
             analyzer,
             hooks,
             notifier,
@@ -91,6 +92,7 @@ impl World {
             policy: policy.into(),
             router: RouterSpec::Exec { profile: "log".into() },
             overrides: Default::default(),
+            workload: None,
         }
     }
 }

@@ -96,7 +96,7 @@ pub(super) fn advance(r: &mut Rollout, now: Millis, out: &mut Output, actor: &st
     r.last_progress_at = now;
     r.next_analysis_at = None;
     let phase = if final_step && r.policy.strategy == Strategy::Canary { Phase::Promoting } else { Phase::Progressing };
-    set_phase_weight(r, now, out, actor, phase, w);
+    super::workload::shift(r, now, out, actor, phase, w);
 }
 
 pub(super) fn set_phase_weight(r: &mut Rollout, now: Millis, out: &mut Output, actor: &str, phase: Phase, w: u8) {

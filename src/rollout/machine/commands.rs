@@ -31,6 +31,9 @@ pub(super) fn on_command(
             if !matches!(r.phase, Pending | Progressing | Paused | AwaitingApproval) {
                 return deny("");
             }
+            if r.stage == Stage::Deploy && effective == Pending {
+                return deny(" (the canary Deployment is not ready yet)");
+            }
             event(
                 r,
                 out,
@@ -42,11 +45,12 @@ pub(super) fn on_command(
             );
             r.paused_from = None;
             r.gate_deadline = None;
-            r.busy.retain(is_router_op);
+            r.busy.retain(|b| is_router_op(b) || matches!(b, Busy::Workload { .. }));
             r.stage = Stage::Ready;
             r.step_index = r.steps().len() - 1;
             r.last_progress_at = now;
-            set_phase_weight(r, now, out, actor, Promoting, 100);
+            r.next_analysis_at = None;
+            super::workload::shift(r, now, out, actor, Promoting, 100);
         }
         Command::Promote { full: false } => {
             if r.phase == Pending || effective == Pending {
@@ -80,7 +84,8 @@ pub(super) fn on_command(
             }
             r.paused_from = Some(r.phase);
             r.phase = Paused;
-            r.busy.retain(is_router_op);
+            r.busy.retain(|b| is_router_op(b) || matches!(b, Busy::Workload { .. }));
+            super::workload::drop_shift(r);
             r.message = format!("paused by {actor} at {}% canary", r.canary_weight);
             let m = r.message.clone();
             event(r, out, now, EventKind::Paused, actor, m, serde_json::Value::Null);
@@ -98,6 +103,9 @@ pub(super) fn on_command(
         Command::Abort { reason } => {
             if r.phase == RollingBack {
                 return deny(" (already rolling back)");
+            }
+            if super::workload::finishing(r) {
+                return deny(" (the new version is being promoted into the Deployment)");
             }
             let reason = reason.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "no reason given".into());
             let msg = format!("aborted by {actor}: {reason}");

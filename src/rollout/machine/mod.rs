@@ -24,10 +24,11 @@ mod rollback;
 mod router;
 mod stages;
 mod timers;
+mod workload;
 
 use serde_json::json;
 
-use super::ports::{AnalysisReport, RouterError};
+use super::ports::{AnalysisReport, RouterError, WorkloadAction, WorkloadError, WorkloadStatus};
 use super::{Busy, Event, EventKind, Millis, Phase, RollbackKind, Rollout, Stage};
 use crate::policy::{HookKind, Policy};
 use canary::{advance, on_analysis, progress_message, set_phase_weight};
@@ -36,6 +37,7 @@ use rollback::{fail, finish, start_rollback};
 use router::{on_observed, on_router, on_weight_applied};
 use stages::on_stage;
 use timers::check_timers;
+use workload::{on_workload, schedule_workload};
 
 /// Someone asking the rollout to do something.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +96,11 @@ pub enum Input {
         op: u64,
         report: AnalysisReport,
     },
+    /// A workload reconcile answered.
+    WorkloadDone {
+        op: u64,
+        result: Result<WorkloadStatus, WorkloadError>,
+    },
     Command {
         command: Command,
         actor: String,
@@ -136,6 +143,12 @@ pub enum Effect {
         op: u64,
         percent: u8,
     },
+    /// Drive the workload (or, for `Route`, the routing objects) to `action`; answered with
+    /// `Input::WorkloadDone`.
+    Workload {
+        op: u64,
+        action: WorkloadAction,
+    },
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -170,7 +183,7 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         updated_at: now,
         phase: Phase::Pending,
         paused_from: None,
-        stage: Stage::Validate,
+        stage: if req.workload.is_some() { Stage::Deploy } else { Stage::Validate },
         step_index: 0,
         canary_weight: 0,
         applied_weight: None,
@@ -193,7 +206,10 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         busy: vec![],
         next_op: 1,
         last_seq: 0,
+        workload: None,
     };
+    let first = r.steps().first().copied().unwrap_or(100);
+    r.workload = req.workload.clone().map(|w| super::WorkloadRun::new(w, first, now));
     let mut out = Output::default();
     let msg = format!(
         "{} {} → {} ({}, policy {}, router {})",
@@ -224,6 +240,12 @@ pub fn step(r: &mut Rollout, input: Input, now: Millis) -> Result<Output, Comman
             let confirmed = r.applied_weight == Some(r.canary_weight);
             r.busy.clear();
             r.router_retry_at = None;
+            // Reconcile the workload's current step at once (a retirement keeps its delay).
+            if let Some(w) = r.workload.as_mut()
+                && w.goal() != Some(WorkloadAction::Retire)
+            {
+                w.check_at = None;
+            }
             r.applied_weight = observed;
             if r.phase == Phase::Pending {
                 r.next_analysis_at = Some(now);
@@ -242,6 +264,7 @@ pub fn step(r: &mut Rollout, input: Input, now: Millis) -> Result<Output, Comman
         Input::RouterDone { op, result } => on_router(r, op, result, now, &mut out),
         Input::StageDone { op, result } => on_stage(r, op, result, now, &mut out),
         Input::Analysis { op, report } => on_analysis(r, op, report, now, &mut out),
+        Input::WorkloadDone { op, result } => on_workload(r, op, result, now, &mut out),
         Input::Command { command, actor } => on_command(r, command, &actor, now, &mut out)?,
     }
     check_timers(r, now, &mut out);
@@ -255,7 +278,10 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
     if r.is_terminal() {
         return;
     }
-    let started = r.effective_phase() != Phase::Pending;
+    // A workload release cleaning up after a way out had 0 % confirmed (or never moved traffic)
+    // before it planned the clean-up: nothing to re-apply.
+    let cleaning_up = workload::finishing(r) && r.canary_weight == 0;
+    let started = r.effective_phase() != Phase::Pending && !cleaning_up;
     let due = r.next_analysis_at.is_some_and(|t| t <= now);
     if started
         && router_busy(r).is_none()
@@ -267,11 +293,13 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
         r.busy.push(Busy::Router { op, weight: canary });
         out.effects.push(Effect::SetWeight { op, canary });
     }
+    schedule_workload(r, now, out);
     let idle = !r.busy.iter().any(|b| matches!(b, Busy::Step { .. } | Busy::Analysis { .. }));
     if r.phase == Phase::Pending && r.stage == Stage::Mirror {
         return mirror::schedule_mirror(r, now, out, due && idle);
     }
-    if r.phase == Phase::Pending && due && idle {
+    // The deploy stage is the workload's plan, reconciled above.
+    if r.phase == Phase::Pending && due && idle && r.stage != Stage::Deploy {
         let op = next_op(r);
         r.busy.push(Busy::Step { op });
         out.effects.push(match r.stage {
@@ -279,7 +307,7 @@ fn schedule(r: &mut Rollout, now: Millis, out: &mut Output) {
             Stage::ConfirmRollout => Effect::CallHooks { op: Some(op), kind: HookKind::ConfirmRollout },
             Stage::PreRollout => Effect::CallHooks { op: Some(op), kind: HookKind::PreRollout },
             Stage::Preflight => Effect::Preflight { op },
-            Stage::Mirror | Stage::Ready => {
+            Stage::Deploy | Stage::Mirror | Stage::Ready => {
                 r.busy.pop();
                 advance(r, now, out, CONTROLLER, false);
                 // Starting may have decided the first weight: reconcile now rather than next tick.

@@ -22,7 +22,8 @@ pub(super) fn start_rollback(
     r.paused_from = None;
     r.gate_deadline = None;
     r.next_analysis_at = None;
-    r.busy.retain(is_router_op);
+    r.busy.retain(|b| is_router_op(b) || matches!(b, Busy::Workload { .. }));
+    super::workload::drop_shift(r);
     let label = if kind == RollbackKind::Aborted { EventKind::Aborted } else { EventKind::RollingBack };
     if mirrored {
         r.applied_weight = None;
@@ -55,6 +56,10 @@ pub(super) fn fail(r: &mut Rollout, now: Millis, out: &mut Output, message: Stri
 }
 
 pub(super) fn finish(r: &mut Rollout, phase: Phase, now: Millis, out: &mut Output, kind: EventKind, message: String) {
+    // A workload release first promotes and retires, or scales the canary to 0; then it ends.
+    if super::workload::plan_finish(r, phase, now, out, kind, &message) {
+        return;
+    }
     r.phase = phase;
     r.paused_from = None;
     r.busy.clear();

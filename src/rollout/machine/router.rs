@@ -115,6 +115,10 @@ pub(super) fn router_error_event(
 
 /// The router confirmed the decided weight: the phase may move on.
 pub(super) fn on_weight_applied(r: &mut Rollout, now: Millis, out: &mut Output) {
+    if super::workload::finishing(r) {
+        // The end was decided already; the workload's plan finishes it.
+        return;
+    }
     let w = r.canary_weight;
     match r.phase {
         Phase::RollingBack if w == 0 => {

@@ -77,8 +77,15 @@ pub(super) fn on_stage(r: &mut Rollout, op: u64, result: Result<(), StageFailure
 
 pub(super) fn next_stage(r: &Rollout, s: Stage) -> Stage {
     let hooks = &r.policy.webhooks;
-    let order =
-        [Stage::Validate, Stage::ConfirmRollout, Stage::PreRollout, Stage::Preflight, Stage::Mirror, Stage::Ready];
+    let order = [
+        Stage::Deploy,
+        Stage::Validate,
+        Stage::ConfirmRollout,
+        Stage::PreRollout,
+        Stage::Preflight,
+        Stage::Mirror,
+        Stage::Ready,
+    ];
     let pos = order.iter().position(|x| *x == s).unwrap_or(order.len() - 1);
     order[pos + 1..]
         .iter()
@@ -95,6 +102,7 @@ pub(super) fn next_stage(r: &Rollout, s: Stage) -> Stage {
 
 pub(super) fn stage_name(s: Stage) -> &'static str {
     match s {
+        Stage::Deploy => "deploy",
         Stage::Validate => "router check",
         Stage::ConfirmRollout => "confirm-rollout hooks",
         Stage::PreRollout => "pre-rollout hooks",

@@ -22,7 +22,7 @@ pub(super) fn check_timers(r: &mut Rollout, now: Millis, out: &mut Output) {
             }
             Timer::PostFlip => return blue_green::window_passed(r, now, out),
             // Due work, not deadlines: `schedule` starts it.
-            Timer::Analysis | Timer::RouterRetry | Timer::GateTimeout => {}
+            Timer::Analysis | Timer::RouterRetry | Timer::GateTimeout | Timer::Workload => {}
         }
     }
 }

@@ -1,0 +1,133 @@
+//! Routing preparation and clean-up of the `nginx-ingress` router for workload releases (SPEC §4
+//! "workload"). The stable Service selects the stable pods by `version`; vane creates the canary
+//! Service (a copy selecting `version: <version>`, labelled `vane.dev/managed`) before the first
+//! shift, and once promoted points the stable Service at the new version and the main Ingress back
+//! at it, so only the new version is routed and the next release starts from the same shape.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::RouterError;
+use super::k8s;
+
+pub const VERSION_LABEL: &str = "version";
+pub const MANAGED: &str = "vane.dev/managed";
+
+/// The version the Service selects, if it selects on one.
+pub fn selected_version(s: &Service) -> Option<&str> {
+    s.spec.as_ref()?.selector.as_ref()?.get(VERSION_LABEL).map(String::as_str)
+}
+
+/// The canary Service: the stable one's ports and selector with `version: <version>`.
+pub fn canary_service(stable: &Service, name: &str, version: &str) -> Result<Service, String> {
+    let sname = stable.metadata.name.as_deref().unwrap_or("?");
+    if selected_version(stable).is_none() {
+        return Err(format!(
+            "Service {sname} does not select on `{VERSION_LABEL}`, so it would send stable traffic to the canary's \
+             pods too; add `{VERSION_LABEL}: <stableVersion>` to its selector"
+        ));
+    }
+    let mut spec = stable.spec.clone().unwrap_or_default();
+    spec.cluster_ip = None;
+    spec.cluster_ips = None;
+    if let Some(sel) = spec.selector.as_mut() {
+        sel.insert(VERSION_LABEL.into(), version.into());
+    }
+    let mut labels = stable.metadata.labels.clone().unwrap_or_default();
+    labels.insert(MANAGED.into(), "true".into());
+    labels.insert(VERSION_LABEL.into(), version.into());
+    Ok(Service {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: stable.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([("vane.dev/owner".to_string(), format!("vane, copy of {sname}"))])),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+fn what(ns: &str, name: &str) -> String {
+    format!("Service {ns}/{name}")
+}
+
+/// Ensure the canary Service `c` (copied from `s`) selects `version`.
+pub async fn ensure_canary_service(
+    api: &Api<Service>,
+    ns: &str,
+    s: &str,
+    c: &str,
+    stable_version: &str,
+    version: &str,
+) -> Result<(), RouterError> {
+    let stable = api.get(s).await.map_err(|e| k8s::classify(&what(ns, s), e))?;
+    if selected_version(&stable) != Some(stable_version) && selected_version(&stable) != Some(version) {
+        return Err(RouterError::Permanent(format!(
+            "{} selects `{VERSION_LABEL}: {}`, not the stableVersion {stable_version}",
+            what(ns, s),
+            selected_version(&stable).unwrap_or("(none)")
+        )));
+    }
+    let desired = canary_service(&stable, c, version).map_err(RouterError::Permanent)?;
+    match api.get_opt(c).await.map_err(|e| k8s::classify(&what(ns, c), e))? {
+        None => match api.create(&PostParams::default(), &desired).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(st)) if st.code == 409 => {
+                Err(RouterError::Transient(format!("{} was just created", what(ns, c))))
+            }
+            Err(e) => Err(k8s::classify(&what(ns, c), e)),
+        },
+        Some(cur) if selected_version(&cur) == Some(version) => Ok(()),
+        Some(cur) => {
+            let managed = cur.metadata.labels.as_ref().and_then(|l| l.get(MANAGED)).is_some_and(|v| v == "true");
+            if !managed {
+                return Err(RouterError::Permanent(format!(
+                    "{} exists, is not vane's and does not select `{VERSION_LABEL}: {version}`",
+                    what(ns, c)
+                )));
+            }
+            select(api, ns, c, version).await
+        }
+    }
+}
+
+/// Point a Service's selector at `version` (merge patch of that one key).
+pub async fn select(api: &Api<Service>, ns: &str, name: &str, version: &str) -> Result<(), RouterError> {
+    let patch: Patch<serde_json::Value> = Patch::Merge(json!({ "spec": { "selector": { VERSION_LABEL: version } } }));
+    api.patch(name, &PatchParams::default(), &patch).await.map(|_| ()).map_err(|e| k8s::classify(&what(ns, name), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stable(selector: serde_json::Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": { "name": "agent-service", "labels": { "app": "agent-service" } },
+            "spec": { "clusterIP": "10.0.0.7", "selector": selector, "ports": [{ "port": 8080, "targetPort": 8080 }] }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_canary_service_selects_the_new_version_with_the_same_ports() {
+        let s = stable(json!({ "app": "agent-service", "version": "v1.0.0" }));
+        let c = canary_service(&s, "agent-service-canary", "v1.1.0").unwrap();
+        let spec = c.spec.unwrap();
+        assert_eq!(spec.selector.unwrap()["version"], "v1.1.0");
+        assert_eq!(spec.cluster_ip, None, "assigned by the cluster, never copied");
+        assert_eq!(spec.ports.unwrap()[0].port, 8080);
+        assert_eq!(c.metadata.labels.unwrap()[MANAGED], "true");
+    }
+
+    #[test]
+    fn a_stable_service_that_does_not_select_a_version_is_refused() {
+        let e = canary_service(&stable(json!({ "app": "agent-service" })), "c", "v1.1.0").unwrap_err();
+        assert!(e.contains("does not select on `version`"), "{e}");
+    }
+}
