@@ -96,7 +96,7 @@ for d in docs:
 import json
 crb = [d for d in kinds("ClusterRoleBinding") if any(s.get("name") == "vane" for s in d.get("subjects", []))]
 granted = sorted(d["metadata"].get("namespace") for d in kinds("RoleBinding") if d["roleRef"]["name"] == "vane-router")
-env = {e["name"]: e.get("value") for s in kinds("StatefulSet") for c in s["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+env = {e["name"]: e.get("value") for s in kinds("StatefulSet") + kinds("Deployment") for c in s["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
 allowed = json.loads(env.get("VANE_KUBERNETES_NAMESPACES") or "null")
 if overlay == "cluster-wide":
     if not crb or allowed != ["*"]: err("the cluster-wide overlay needs its ClusterRoleBinding and VANE_KUBERNETES_NAMESPACES=[\"*\"]")
