@@ -358,7 +358,7 @@ async fn workload_fields_are_validated_with_the_field_named() {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{patch}: {v}");
         assert!(v["error"]["field"].as_str().unwrap_or("").starts_with(field), "{patch}: {v}");
     }
-    let exec = json!({ "kind": "exec", "command": ["true"] });
+    let exec = json!({ "kind": "exec", "profile": "lb" });
     let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good.clone(), exec))).await;
     assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("workload")), "{v}");
     assert!(v["error"]["message"].as_str().unwrap_or("").contains("istio or nginx-ingress"), "{v}");

@@ -42,13 +42,14 @@ struct World {
 
 /// The request's `router`: the exec router running the logging script. (When exec routers move to
 /// configuration profiles, this and [`replica_env`] are the two places to change.)
-fn router_json(script: &Path) -> Value {
-    json!({ "kind": "exec", "command": [script.to_str().unwrap()] })
+fn router_json() -> Value {
+    json!({ "kind": "exec", "profile": "log" })
 }
 
 /// The environment a replica runs with: the etcd store, a short lease, its advertised URL.
-fn replica_env(etcd: &EtcdCluster, port: u16, lease_ttl: &str) -> Vec<(String, String)> {
+fn replica_env(etcd: &EtcdCluster, port: u16, lease_ttl: &str, script: &Path) -> Vec<(String, String)> {
     vec![
+        ("VANE_ROUTERS_EXEC".into(), support::daemon::exec_profiles(&[("log", &[script.to_str().unwrap()])])),
         ("VANE_STORE_BACKEND".into(), "etcd".into()),
         (
             "VANE_STORE_ETCD".into(),
@@ -139,7 +140,7 @@ impl World {
             )
             .unwrap();
             let port = free_port();
-            let env = replica_env(&w.etcd, port, lease_ttl);
+            let env = replica_env(&w.etcd, port, lease_ttl, &w.script);
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             w.replicas.push(Daemon::start(&d, port, &env));
         }
@@ -160,7 +161,7 @@ impl World {
             let service = format!("svc-{i:02}");
             let body = json!({
                 "service": service, "namespace": "ha", "version": "v2", "stableVersion": "v1", "policy": "ha",
-                "router": router_json(&self.script)
+                "router": router_json()
             });
             let url = format!("{}/api/v1/rollouts", self.replicas[i % self.replicas.len()].url);
             let res = self.http.post(url).json(&body).send().unwrap();

@@ -68,7 +68,7 @@ fn deployment() -> Value {
 fn virtual_service_object() -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-        "metadata": { "name": "agent-service" },
+        "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
         "spec": { "hosts": ["agent-service"], "http": [
             { "match": [{ "headers": { "canary": { "exact": "true" } } }],
               "route": [{ "destination": { "host": "agent-service", "subset": "v1-0-0" } }] },
@@ -79,7 +79,7 @@ fn virtual_service_object() -> Value {
 fn destination_rule_object() -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
-        "metadata": { "name": "agent-service" },
+        "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
         "spec": { "host": "agent-service",
                   "trafficPolicy": { "loadBalancer": { "simple": "LEAST_REQUEST" },
                                      "outlierDetection": { "consecutiveErrors": 5, "interval": "30s" } },
@@ -696,7 +696,7 @@ async fn nginx_ingress_gets_a_canary_service_and_ends_on_the_stable_service_at_t
         "spec": { "selector": { "app": "agent-service", "version": "v1.0.0" },
                   "ports": [{ "port": 8080, "targetPort": 8080 }] } });
     let ingress = json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": { "name": "agent-service" },
+        "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
         "spec": { "ingressClassName": "nginx", "rules": [{ "host": "api.aiworkflow.com", "http": { "paths": [
             { "path": "/api/agents", "pathType": "Prefix",
               "backend": { "service": { "name": "agent-service", "port": { "number": 8080 } } } } ] } }] } });
