@@ -4,6 +4,10 @@
 #           -e VANE_PROMETHEUS_URL=http://prometheus:9090 vane:dev
 
 FROM rust:1-bookworm AS build
+# etcd-client compiles etcd's protobufs at build time: protoc and the well-known types.
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

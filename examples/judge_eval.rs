@@ -30,7 +30,6 @@ const MAX_ERROR_PCT: f64 = 1.0;
 const MAX_SLOW_SHARE: f64 = 0.05;
 const DEADLINE_INTERVALS: u32 = 10;
 const MAX_STEP_INTERVALS: u32 = 5;
-const MAX_HOLD_INTERVALS: u32 = 5;
 const MWU_ALPHA: f64 = 0.01;
 const ALPHA: f64 = 0.01;
 const GIVE_UP: u32 = 240;
@@ -72,11 +71,16 @@ enum Judge {
     Threshold,
     MannWhitney,
     Sequential,
-    Adaptive { prior_sd: f64, hold_above: f64, last_only: bool },
+    /// `max_hold`: intervals the last step before 100 % may be held (`maxHold`).
+    Adaptive { prior_sd: f64, hold_above: f64, last_only: bool, max_hold: u32 },
 }
 
-const ADAPTIVE: Judge =
-    Judge::Adaptive { prior_sd: adaptive::PRIOR_SD, hold_above: adaptive::DEFAULT_HOLD_ABOVE, last_only: true };
+const ADAPTIVE: Judge = Judge::Adaptive {
+    prior_sd: adaptive::PRIOR_SD,
+    hold_above: adaptive::DEFAULT_HOLD_ABOVE,
+    last_only: true,
+    max_hold: 5,
+};
 
 impl Judge {
     fn name(&self) -> String {
@@ -84,9 +88,9 @@ impl Judge {
             Judge::Threshold => "threshold (Flagger: error rate ≤ 1 %, p95 ≤ 500 ms)".into(),
             Judge::MannWhitney => "Kayenta-style Mann-Whitney (10 s error rates, p < 0.01) + p95 bound".into(),
             Judge::Sequential => "sequential (α = 1 %, tolerance 0, maxStepDuration 5 intervals) + p95 bound".into(),
-            Judge::Adaptive { prior_sd, hold_above, last_only } => format!(
-                "adaptive (α = 1 %, prior sd {prior_sd}, hold above e = {hold_above}{}) + p95 guard",
-                if *last_only { " before 100 % only" } else { "" }
+            Judge::Adaptive { prior_sd, hold_above, last_only, max_hold } => format!(
+                "adaptive (α = 1 %, prior sd {prior_sd}, hold{} while likelihood ratio ≥ {hold_above}, ≤ {max_hold} intervals) + p95 guard",
+                if *last_only { " before 100 %" } else { "" }
             ),
         }
     }
@@ -180,12 +184,12 @@ fn decide(j: Judge, step: usize, interval: &[(Tally, Tally)], st: &mut State) ->
                 SequentialDecision::Continue => Verdict::Inconclusive,
             }
         }
-        Judge::Adaptive { prior_sd, hold_above, last_only } => {
+        Judge::Adaptive { prior_sd, hold_above, last_only, max_hold } => {
             // Two streams (errors, slow requests) share α.
             let cfg = AdaptiveConfig {
                 alpha: ALPHA / 2.0,
                 hold_above,
-                may_hold: st.held < MAX_HOLD_INTERVALS && (!last_only || step + 2 == STEPS.len()),
+                may_hold: st.held < max_hold && (!last_only || step + 2 == STEPS.len()),
                 prior_sd,
             };
             let e = adaptive::evaluate(
@@ -432,17 +436,25 @@ fn targets(judges: &[Judge], runs: usize, seed: u64) {
     }
 }
 
+/// Settings of the adaptive judge compared by `--tune`: (prior sd, holdAbove, last step only, maxHold).
+const TUNE: [(f64, f64, bool, u32); 6] = [
+    (1.0, 1.5, true, 5),
+    (1.0, 2.0, true, 5),
+    (1.0, 2.5, true, 5),
+    (1.0, 3.0, true, 5),
+    (1.0, 2.0, true, 8),
+    (0.75, 2.0, true, 5),
+];
+
 /// The targets at 100 rps for one setting of the adaptive judge, on the tuning seed.
 fn tune(runs: usize, seed: u64) {
     println!(
-        "| prior sd | hold above | max false rollbacks 0.1–5 % | promote p50/p90 (0.5 %) | 2× caught (0.1/0.5/1/2 %) | 4× ≤ 2 intervals (0.5 %) |"
+        "| prior sd | hold above (LR) | max hold | max false rollbacks 0.1–5 % | promote p50/p90 (0.5 %) | 2× caught (0.1/0.5/1/2 %) | 4× ≤ 2 intervals (0.5 %) |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (sd, hold, last_only) in
-        [(1.0, 2.0, false), (1.0, 1.0, true), (1.0, 1.5, true), (1.0, 2.0, true), (0.75, 1.5, true), (1.25, 1.5, true)]
-    {
+    println!("|---|---|---|---|---|---|---|");
+    for (sd, hold, last_only, max_hold) in TUNE {
         {
-            let j = Judge::Adaptive { prior_sd: sd, hold_above: hold, last_only };
+            let j = Judge::Adaptive { prior_sd: sd, hold_above: hold, last_only, max_hold };
             let sc = |p: f64, k: f64| Scenario {
                 rps: 100.0,
                 stable_error: p,
@@ -476,7 +488,7 @@ fn tune(runs: usize, seed: u64) {
                 .collect();
             let four = evaluate(j, &sc(0.005, 4.0), runs, cell_seed(seed, &[11])).share_rolled_back_within(2);
             println!(
-                "| {sd} | {hold}{} | {worst:.2} % | {promote} | {} | {four:.0} % |",
+                "| {sd} | {hold}{} | {max_hold} | {worst:.2} % | {promote} | {} | {four:.0} % |",
                 if last_only { " (last step)" } else { "" },
                 caught.join(" / ")
             );

@@ -4,9 +4,10 @@
 #  2. every rendered object validates (strict) against the Kubernetes OpenAPI schemas with
 #     kubernetes-validate; the Prometheus Operator kinds (ServiceMonitor, PrometheusRule) have no
 #     schema there and are checked structurally by the embedded python; any other unknown kind fails;
-#  3. no RBAC rule contains "*", no Secret is rendered, the StatefulSet keeps its security settings;
-#     the base renders no Prometheus Operator kind, ships exactly policies/ and matches docs' RBAC table;
-#     charts/vane renders the same objects as the base (and the components' when enabled);
+#  3. no RBAC rule contains "*", no Secret is rendered, the StatefulSet (sled, one replica) or the ha
+#     overlay's Deployment (etcd, three replicas) keeps its security settings; the base renders no
+#     Prometheus Operator kind, ships exactly policies/ and matches docs' RBAC table; charts/vane
+#     renders the same objects as the base (and the components' when enabled);
 #  4. dashboards parse and declare the required template variables;
 #  5. with promtool on PATH: the alert rules load, their unit tests pass and every dashboard and
 #     rule expression parses as PromQL (skipped with a note otherwise).
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 K8S_VERSION=${K8S_VERSION:-1.32.0}
-OVERLAYS=(development staging production)
+OVERLAYS=(development staging production ha)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -91,10 +92,12 @@ for d in docs:
                     if not all(isinstance(v, str) for v in r.get(k, {}).values()): err(f"{name}: {rid}: {k} values must be strings")
 
 rules = kinds("PrometheusRule")
-if (overlay == "production") != bool(rules): err(f"PrometheusRule must be rendered by the production overlay only (found {len(rules)})")
-for s in kinds("StatefulSet"):
+if (overlay in ("production", "ha")) != bool(rules): err(f"PrometheusRule must be rendered by the production and ha overlays only (found {len(rules)})")
+if overlay == "ha" and (kinds("StatefulSet") or len(kinds("Deployment")) != 1): err("ha runs one Deployment and no StatefulSet (etcd store)")
+for s in kinds("StatefulSet") + kinds("Deployment"):
     spec = s["spec"]
-    if spec.get("replicas") != 1: err("StatefulSet must run exactly one replica (sled)")
+    if s["kind"] == "StatefulSet" and spec.get("replicas") != 1: err("StatefulSet must run exactly one replica (sled)")
+    if s["kind"] == "Deployment" and (overlay != "ha" or spec.get("replicas", 1) < 3): err("only the ha overlay runs a Deployment, with at least 3 replicas")
     pod = spec["template"]["spec"]
     psc = pod.get("securityContext", {})
     for c in pod["containers"]:

@@ -59,11 +59,47 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// The daemon's store.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// A demo HTTP service with a configurable error rate and latency, exporting request metrics.
     DemoApp(crate::demo_app::DemoAppArgs),
     /// A real local demo: NGINX, Prometheus, three app versions, load and the daemon; a good rollout
     /// succeeds, a bad one rolls back on its own (needs `nginx` and `prometheus` installed).
     Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Copy every rollout and its events from one store to another (sled ⇄ etcd), with every vane
+    /// replica stopped; the destination must be empty.
+    Migrate {
+        /// `sled:PATH` or `etcd:URL[,URL...]`
+        #[arg(long)]
+        from: crate::store::migrate::Location,
+        /// `sled:PATH` or `etcd:URL[,URL...]`
+        #[arg(long)]
+        to: crate::store::migrate::Location,
+        /// The etcd key prefix (`[store] etcd.prefix`).
+        #[arg(long, default_value = "/vane/")]
+        prefix: String,
+    },
+}
+
+/// `vane store migrate`: prints what it copied; exit 0, or 1 with the reason.
+pub async fn store(cmd: StoreCmd) -> i32 {
+    match cmd {
+        StoreCmd::Migrate { from, to, prefix } => match crate::store::migrate::migrate(&from, &to, &prefix).await {
+            Ok(n) => {
+                println!("copied {n} rollout(s) with their events from {from} to {to}");
+                0
+            }
+            Err(e) => {
+                eprintln!("vane store migrate: {e}");
+                1
+            }
+        },
+    }
 }
 
 #[derive(Args)]

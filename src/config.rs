@@ -50,23 +50,76 @@ pub struct Server {
     /// How long series of finished rollouts stay in /metrics.
     #[serde(with = "humantime_serde")]
     pub metrics_retention: Duration,
+    /// HA: the URL other replicas use to reach this one (commands for its rollouts are forwarded
+    /// there). Empty: `http://` + `listen`.
+    pub advertise: String,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { listen: "127.0.0.1:8080".into(), tokens: vec![], metrics_retention: Duration::from_secs(3600) }
+        Server {
+            listen: "127.0.0.1:8080".into(),
+            tokens: vec![],
+            metrics_retention: Duration::from_secs(3600),
+            advertise: String::new(),
+        }
     }
+}
+
+impl Server {
+    /// The URL other replicas reach this one at.
+    pub fn advertised_url(&self) -> String {
+        match self.advertise.trim() {
+            "" => format!("http://{}", self.listen),
+            url => url.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// Which `Store` backend holds the state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Embedded, one replica.
+    #[default]
+    Sled,
+    /// etcd v3: several replicas, rollouts spread over them, fenced by leases.
+    Etcd,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    pub backend: Backend,
+    /// The sled directory.
     pub path: PathBuf,
+    pub etcd: EtcdConfig,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: "./vane-data".into() }
+        StoreConfig { backend: Backend::Sled, path: "./vane-data".into(), etcd: EtcdConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Every key vane writes starts with this (several vane installations can share one etcd).
+    pub prefix: String,
+    /// A replica that has not renewed its lease for this long loses its rollouts to the others.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/vane/".into(),
+            lease_ttl: Duration::from_secs(5),
+        }
     }
 }
 
@@ -201,6 +254,37 @@ mod tests {
         assert_eq!(c.server.listen, "0.0.0.0:8081");
         assert_eq!(c.prometheus.timeout, Duration::from_secs(7));
         assert_eq!(c.server.tokens[0].role, Role::Operator);
+    }
+
+    #[test]
+    fn etcd_store_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vane.toml");
+        std::fs::write(
+            &f,
+            "[store]\nbackend = \"etcd\"\netcd = { endpoints = [\"http://10.0.0.1:2379\"], prefix = \"/x/\" }\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), vec![]).unwrap();
+        assert_eq!(c.store.backend, Backend::Etcd);
+        assert_eq!(c.store.etcd.prefix, "/x/");
+        assert_eq!(c.store.etcd.lease_ttl, Duration::from_secs(5), "default lease");
+        let c = Config::load(
+            None,
+            env(&[
+                ("VANE_STORE_BACKEND", "etcd"),
+                ("VANE_STORE_ETCD", r#"{ endpoints = ["http://127.0.0.1:1"], lease_ttl = "2s" }"#),
+                ("VANE_SERVER_ADVERTISE", "http://vane-1:8080/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.store.etcd.lease_ttl, Duration::from_secs(2));
+        assert_eq!(c.store.etcd.prefix, "/vane/");
+        assert_eq!(c.server.advertised_url(), "http://vane-1:8080");
+        assert_eq!(Config::load(None, vec![]).unwrap().store.backend, Backend::Sled, "sled stays the default");
+        std::fs::write(&f, "[store]\nbackend = \"zookeeper\"\n").unwrap();
+        let e = Config::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(e.contains("zookeeper"), "{e}");
     }
 
     #[test]

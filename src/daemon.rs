@@ -10,10 +10,11 @@ use anyhow::{Context, bail};
 
 use crate::analysis::{Analyzer, PromAnalyzer};
 use crate::api::{self, AppState, Auth};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::rollout::controller::Controller;
 use crate::rollout::driver::{Env, SystemClock};
 use crate::rollout::ports::SharedStore;
+use crate::store::EtcdStore;
 use crate::telemetry::Metrics;
 use crate::traffic::Routers;
 
@@ -51,8 +52,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("policies in {} do not load:\n{}", cfg.policies.dir.display(), lines.join("\n"))
     })?;
-    let store =
-        SharedStore::open(&cfg.store.path).with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+    let (store, etcd) = open_store(&cfg).await?;
     let metrics = Arc::new(Metrics::new(cfg.server.metrics_retention));
     let notify = crate::notify::wire(&cfg, &store, &metrics, |v| std::env::var(v).ok())?;
     let analyzer: Arc<dyn Analyzer> =
@@ -68,7 +68,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     });
     let controller = Controller::new(env, policies);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    let resumed = controller.resume_all()?;
+    let (resumed, leaving) = match etcd {
+        // HA: nothing is resumed wholesale; the membership loop claims orphaned rollouts by count.
+        Some(etcd) => {
+            tracing::info!(replica = etcd.replica_id(), url = %cfg.server.advertised_url(), "HA replica joined");
+            let membership = tokio::spawn(crate::ha::run(etcd.clone(), controller.clone()));
+            (0, Some((etcd, membership.abort_handle(), controller.clone())))
+        }
+        None => (controller.resume_all()?, None),
+    };
     tracing::info!(%addr, policies = controller.policies().len(), resumed, version = crate::VERSION, "vane serving");
     let ready = Arc::new(AtomicBool::new(true));
     let slack = match notify.slack {
@@ -80,9 +88,42 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .with_graceful_shutdown(async move {
             shutdown.await;
             ready.store(false, Ordering::Relaxed);
+            if let Some((etcd, membership, controller)) = leaving {
+                crate::ha::leave(&etcd, membership, &controller).await;
+            }
         })
         .await?;
     Ok(())
+}
+
+/// The configured store; with etcd also the handle the HA membership loop needs.
+async fn open_store(cfg: &Config) -> anyhow::Result<(SharedStore, Option<EtcdStore>)> {
+    match cfg.store.backend {
+        Backend::Sled => {
+            let store = SharedStore::open(&cfg.store.path)
+                .with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+            Ok((store, None))
+        }
+        Backend::Etcd => {
+            let e = &cfg.store.etcd;
+            let etcd = EtcdStore::connect(e, replica_id(), cfg.server.advertised_url())
+                .await
+                .with_context(|| format!("connecting to etcd at {}", e.endpoints.join(",")))?;
+            Ok((SharedStore::new(etcd.clone()), Some(etcd)))
+        }
+    }
+}
+
+/// A replica id unique to this process: the host name (the pod's, in Kubernetes) and a random
+/// suffix, so a restarted replica never mistakes its predecessor's rollouts for its own.
+fn replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.').collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "vane".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
 }
 
 async fn shutdown_signal() {

@@ -14,6 +14,7 @@ pub mod demo_app;
 #[cfg(any(test, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fixtures;
+pub mod ha;
 pub mod hooks;
 pub mod http;
 pub mod human;

@@ -27,6 +27,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Policy(PolicyCmd::Schema) => vane::cli::policy_schema(),
         Cmd::Config(ConfigCmd::Show { config }) => vane::cli::config_show(config.as_deref()),
         Cmd::Completions { shell } => vane::cli::completions(shell),
+        Cmd::Store(cmd) => vane::cli::store(cmd).await,
         Cmd::Demo(args) => match vane::demo::run(args).await {
             Ok(code) => code.into(),
             Err(e) => {

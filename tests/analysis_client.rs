@@ -395,7 +395,7 @@ async fn adaptive_judge_passes_a_good_step_at_its_first_interval_with_its_eviden
     assert_eq!(errors.stats["decision"], "pass");
     assert_eq!(errors.stats["canary"]["requests"], 300.0);
     assert_eq!(errors.stats["stable"]["errors"], 28.0);
-    assert!(errors.stats["eValue"].as_f64().unwrap() < errors.stats["holdAbove"].as_f64().unwrap());
+    assert!(errors.stats["likelihoodRatio"].as_f64().unwrap() < errors.stats["holdAbove"].as_f64().unwrap());
     assert_eq!(errors.stats["bound"], 200.0, "α 1 % split over two streams");
     let v = errors.value.unwrap();
     assert!((v - (100.0 - 100.0 / 300.0)).abs() < 1e-9, "success rate {v}");
@@ -441,7 +441,9 @@ async fn adaptive_judge_rolls_back_errors_or_slow_requests_and_holds_when_suspic
     let mut r = rollout(adaptive_policy());
     let early = analyse(&fake, ok_hooks(), r.clone()).await;
     assert_eq!(early.verdict, Verdict::Pass, "{early:?}");
-    assert!(early.metrics[0].stats["eValue"].as_f64().unwrap() >= 1.5, "{early:?}");
+    let st = &early.metrics[0].stats;
+    assert!(st["likelihoodRatio"].as_f64().unwrap() >= st["holdAbove"].as_f64().unwrap(), "{early:?}");
+    assert!(early.summary.contains("leaning towards harm"), "{}", early.summary);
     // ...the last step before 100 % is held, with the reason.
     r.step_index = 2;
     let held = analyse(&fake, ok_hooks(), r.clone()).await;

@@ -9,9 +9,15 @@
 //! - **regression** (roll back) — the e-value reached `1/α`. By Ville's inequality this happens to a
 //!   canary that is not worse than stable with probability ≤ α, however often it is looked at and
 //!   however long a step is held, so the false-rollback bound covers the whole rollout;
-//! - **hold** — the e-value is above `holdAbove` (suspicious, not conclusive) at the last step
-//!   before 100 %: the step stays where it is and evidence keeps accumulating, for at most `maxHold`;
+//! - **hold** — at the last step before 100 %, the likelihood ratio at the observed rate ratio
+//!   (best-fitting worse canary against equal rates) is at least `holdAbove`: the data lean towards
+//!   harm without establishing it, so the step stays where it is and evidence keeps accumulating,
+//!   for at most `maxHold`;
 //! - **pass** — otherwise (or once the hold has lasted `maxHold`).
+//!
+//! Only the rollback needs the anytime-valid e-value: holding decides when to look again, costs
+//! time and never a false rollback, so suspicion is the plain likelihood ratio — it reacts to what
+//! the data say now, where the mixture e-value also pays its prior's cost.
 //!
 //! Pure and deterministic: `examples/judge_eval.rs` evaluates it on simulated traffic.
 
@@ -22,9 +28,9 @@ use super::judge::{CondLik, Counts, log_sum_exp};
 /// Scale of the half-normal prior on `u = ln(canary rate / stable rate)`, u ≥ 0. Tuned on
 /// simulated traffic with seeds disjoint from the evaluation's (see examples/judge_eval.rs).
 pub const PRIOR_SD: f64 = 1.0;
-/// Default e-value above which the last step before 100 % is held for more evidence instead of
-/// passing (tuned like [`PRIOR_SD`]).
-pub const DEFAULT_HOLD_ABOVE: f64 = 1.5;
+/// Default likelihood ratio (at the observed rate ratio, against equal rates) from which the last
+/// step before 100 % is held for more evidence instead of passing (tuned like [`PRIOR_SD`]).
+pub const DEFAULT_HOLD_ABOVE: f64 = 2.0;
 const GRID_MAX: f64 = 6.0;
 const GRID_STEP: f64 = 0.01;
 
@@ -39,7 +45,8 @@ pub struct Block {
 pub struct AdaptiveConfig {
     /// This stream's share of the false-rollback bound.
     pub alpha: f64,
-    /// Hold a step while the e-value is at least this (and below `1/alpha`).
+    /// Hold a step while the likelihood ratio at the observed rate ratio is at least this (and
+    /// the e-value below `1/alpha`).
     pub hold_above: f64,
     /// Whether this step may be held: the last step before 100 %, held for less than `maxHold`.
     /// Earlier steps pass unless the regression is established: their evidence carries into the
@@ -71,6 +78,9 @@ pub struct Evidence {
     /// The e-value against "canary not worse than stable" and the bounds it is compared with.
     pub e_value: f64,
     pub log_e: f64,
+    /// The likelihood ratio at the observed rate ratio (u ≥ 0) against equal rates: the suspicion
+    /// compared with `hold_above`.
+    pub likelihood_ratio: f64,
     pub bound: f64,
     pub hold_above: f64,
     pub alpha: f64,
@@ -87,14 +97,38 @@ impl Evidence {
     }
 }
 
-/// Grid of u ≥ 0 with the half-normal prior's log-weights (summing to 1).
-fn prior(sd: f64) -> (Vec<f64>, Vec<f64>) {
+/// The grid of u ≥ 0 the likelihoods are evaluated on.
+fn grid() -> impl Iterator<Item = f64> {
     let n = (GRID_MAX / GRID_STEP).round() as usize + 1;
-    let u: Vec<f64> = (0..n).map(|i| i as f64 * GRID_STEP).collect();
-    let dens: Vec<f64> = u.iter().map(|x| -0.5 * (x / sd).powi(2)).collect();
+    (0..n).map(|i| i as f64 * GRID_STEP)
+}
+
+/// The half-normal prior's log-weights on the grid (summing to 1).
+fn prior(sd: f64) -> Vec<f64> {
+    let dens: Vec<f64> = grid().map(|x| -0.5 * (x / sd).powi(2)).collect();
     let norm = log_sum_exp(&dens);
-    let w = dens.iter().map(|d| d - norm).collect();
-    (u, w)
+    dens.iter().map(|d| d - norm).collect()
+}
+
+/// Per-step conditional likelihoods of the blocks with bad events on both versions' traffic.
+fn likelihoods(blocks: &[Block]) -> Vec<CondLik> {
+    blocks
+        .iter()
+        .filter(|b| b.canary.requests > 0.0 && b.stable.requests > 0.0 && b.canary.errors + b.stable.errors > 0.0)
+        .map(|b| {
+            CondLik::new(b.canary.errors.max(0.0), b.stable.errors.max(0.0), b.canary.requests / b.stable.requests)
+        })
+        .collect()
+}
+
+/// `Σ_b ln L_b(u)/L_b(0)` at every grid point u ≥ 0 (empty without bad events).
+fn log_ratios(blocks: &[Block]) -> Vec<f64> {
+    let liks = likelihoods(blocks);
+    if liks.is_empty() {
+        return vec![];
+    }
+    let at0: f64 = liks.iter().map(|l| l.at(0.0)).sum();
+    grid().map(|u| liks.iter().map(|l| l.at(u)).sum::<f64>() - at0).collect()
 }
 
 /// ln of the mixture e-value `∫ Π_b L_b(u)/L_b(0) π(u) du` over u ≥ 0.
@@ -106,19 +140,14 @@ fn prior(sd: f64) -> (Vec<f64>, Vec<f64>) {
 /// worse", and so is their mixture: it crosses `1/α` with probability ≤ α (Ville). Steps are
 /// blocks with their own ρ; one mixture over all of them pays the prior's cost once per rollout.
 pub fn log_e_value(blocks: &[Block], prior_sd: f64) -> f64 {
-    let liks: Vec<CondLik> = blocks
-        .iter()
-        .filter(|b| b.canary.requests > 0.0 && b.stable.requests > 0.0 && b.canary.errors + b.stable.errors > 0.0)
-        .map(|b| {
-            CondLik::new(b.canary.errors.max(0.0), b.stable.errors.max(0.0), b.canary.requests / b.stable.requests)
-        })
-        .collect();
-    if liks.is_empty() {
+    mixture(&log_ratios(blocks), prior_sd)
+}
+
+fn mixture(lr: &[f64], prior_sd: f64) -> f64 {
+    if lr.is_empty() {
         return 0.0;
     }
-    let at0: f64 = liks.iter().map(|l| l.at(0.0)).sum();
-    let (u, w) = prior(prior_sd);
-    let terms: Vec<f64> = u.iter().zip(w).map(|(u, w)| liks.iter().map(|l| l.at(*u)).sum::<f64>() - at0 + w).collect();
+    let terms: Vec<f64> = lr.iter().zip(prior(prior_sd)).map(|(l, w)| l + w).collect();
     log_sum_exp(&terms)
 }
 
@@ -126,11 +155,15 @@ pub fn log_e_value(blocks: &[Block], prior_sd: f64) -> f64 {
 pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evidence {
     let mut blocks = earlier.to_vec();
     blocks.push(current);
-    let log_e = log_e_value(&blocks, cfg.prior_sd);
+    let lr = log_ratios(&blocks);
+    let log_e = mixture(&lr, cfg.prior_sd);
+    // The likelihood ratio at the maximum-likelihood u ≥ 0 (1 when the canary looks no worse). Not
+    // an e-value: it only decides whether to hold.
+    let log_lr = lr.into_iter().fold(0.0, f64::max);
     let log_bound = (1.0 / cfg.alpha).ln();
     let decision = if log_e >= log_bound {
         AdaptiveDecision::Regression
-    } else if cfg.may_hold && log_e >= cfg.hold_above.ln() {
+    } else if cfg.may_hold && log_lr >= cfg.hold_above.ln() {
         AdaptiveDecision::Hold
     } else {
         AdaptiveDecision::Pass
@@ -143,6 +176,7 @@ pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evid
         stable_rate: current.stable.rate() * 100.0,
         e_value: log_e.exp(),
         log_e,
+        likelihood_ratio: log_lr.exp(),
         bound: 1.0 / cfg.alpha,
         hold_above: cfg.hold_above,
         alpha: cfg.alpha,
@@ -188,7 +222,7 @@ mod tests {
         let b = block((1500.0, 15.0), (4500.0, 22.0));
         let ev = evaluate(&cfg(), &[], b);
         assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
-        assert!(ev.e_value >= DEFAULT_HOLD_ABOVE && ev.e_value < ev.bound);
+        assert!(ev.likelihood_ratio >= DEFAULT_HOLD_ABOVE && ev.e_value < ev.bound, "{ev:?}");
         let ev = evaluate(&AdaptiveConfig { may_hold: false, ..cfg() }, &[], b);
         assert_eq!(ev.decision, AdaptiveDecision::Pass);
     }
@@ -208,6 +242,18 @@ mod tests {
             (ev.canary_rate - 1.0).abs() < 1e-9 && (ev.stable_rate - 0.5).abs() < 1e-9,
             "this step's rates: {ev:?}"
         );
+    }
+
+    #[test]
+    fn suspicion_is_the_likelihood_ratio_at_the_observed_rate_ratio() {
+        // A canary no worse than stable: the best-fitting u ≥ 0 is 0, a ratio of exactly 1.
+        let ev = evaluate(&cfg(), &[], block((3000.0, 14.0), (3000.0, 15.0)));
+        assert_eq!(ev.likelihood_ratio, 1.0, "{ev:?}");
+        // A worse one: at least the mixture (an average of the same ratios over the prior), and
+        // suspicious well before the regression is established.
+        let ev = evaluate(&cfg(), &[], block((3000.0, 24.0), (3000.0, 15.0)));
+        assert!(ev.likelihood_ratio >= ev.e_value && ev.likelihood_ratio >= DEFAULT_HOLD_ABOVE, "{ev:?}");
+        assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
     }
 
     #[test]

@@ -75,6 +75,10 @@ impl From<ControllerError> for ApiError {
             ControllerError::Invalid(f) => ApiError::unprocessable(f.field.clone(), f.to_string()),
             ControllerError::Command(c) => ApiError::new(StatusCode::CONFLICT, "invalid_phase", c.to_string()),
             ControllerError::Store(s) => s.into(),
+            // The API forwards commands to the owner; this is the answer when it cannot.
+            ControllerError::Elsewhere { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "owner_unreachable", e.to_string())
+            }
         }
     }
 }
@@ -86,6 +90,7 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyMismatch => {
                 ApiError::unprocessable("Idempotency-Key", e.to_string()).with_code("idempotency_mismatch")
             }
+            StoreError::Fenced(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "owner_moved", e.to_string()),
             StoreError::Backend(_) | StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "store error");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())

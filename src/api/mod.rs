@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod forward;
 pub mod openapi;
 pub mod routes;
 pub mod slack;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts/{id}/resume", post(resume))
         .route("/api/v1/rollouts/{id}/abort", post(abort))
         .route("/api/v1/policies", get(list_policies))
+        .route("/api/v1/replicas", get(list_replicas))
         .route("/api/v1/slack/interactions", post(slack::interactions))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/policy.schema.json", get(openapi::serve_policy_schema))

@@ -9,6 +9,7 @@ use super::routes::{self, AbortBody, Items, PromoteBody};
 use super::slack::{self, SlackAnswer, SlackOrError};
 use crate::analysis::{AnalysisReport, MetricResult, MetricVerdict, Verdict};
 use crate::policy::*;
+use crate::rollout::ports::Replica;
 use crate::rollout::{CreateRequest, Event, GateView, Phase, RolloutView, RouterSpec};
 
 struct Bearer;
@@ -29,7 +30,7 @@ impl Modify for Bearer {
     info(title = "vane", description = "Progressive delivery: canary and blue/green rollouts with SLO analysis."),
     paths(
         routes::create_rollout, routes::list_rollouts, routes::get_rollout, routes::rollout_events,
-        routes::promote, routes::pause, routes::resume, routes::abort, routes::list_policies,
+        routes::promote, routes::pause, routes::resume, routes::abort, routes::list_policies, routes::list_replicas,
         slack::interactions, routes::live, routes::ready, routes::metrics, serve_policy_schema
     ),
     components(schemas(
@@ -37,7 +38,7 @@ impl Modify for Bearer {
         Items<Event>, Items<Policy>, AnalysisReport, MetricResult, Verdict, MetricVerdict, Policy, MetricSpec, Bound,
         Gate, Approval, Hooks, HookSpec, Preflight, SequentialSpec, AdaptiveSpec, OnNoData, JudgeKind, OnDrift, Dialect,
         CanaryMatch, Mirror,
-        PromoteBody, AbortBody, ErrorBody, ErrorDetail, SlackAnswer, SlackOrError
+        PromoteBody, AbortBody, Replica, Items<Replica>, ErrorBody, ErrorDetail, SlackAnswer, SlackOrError
     )),
     modifiers(&Bearer)
 )]

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -14,9 +14,10 @@ use super::AppState;
 use super::auth::{Operator, Viewer};
 use super::error::{ApiError, ErrorBody};
 use crate::policy::Policy;
+use crate::rollout::controller::ControllerError;
 use crate::rollout::machine::Command;
-use crate::rollout::ports::ListFilter;
-use crate::rollout::{CreateRequest, Event, Phase, RolloutView};
+use crate::rollout::ports::{ListFilter, Replica};
+use crate::rollout::{CreateRequest, Event, Phase, Rollout, RolloutView};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Items<T> {
@@ -122,6 +123,20 @@ impl<S: Send + Sync> FromRequestParts<S> for RolloutId {
     }
 }
 
+impl AppState {
+    /// The API's view of a rollout, with its owner (HA) when the store knows one.
+    fn view(&self, r: Rollout) -> RolloutView {
+        let owner = match self.controller.env().store.owner(&r.id) {
+            Ok(o) => o.map(|o| o.replica),
+            Err(e) => {
+                tracing::warn!(rollout = %r.id, error = %e, "cannot read the rollout's owner");
+                None
+            }
+        };
+        RolloutView { owner, ..RolloutView::from(&r) }
+    }
+}
+
 /// Create a rollout.
 #[utoipa::path(post, path = "/api/v1/rollouts", tag = "rollouts", request_body = CreateRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "same key and body → same rollout (200)")),
@@ -152,7 +167,7 @@ pub async fn create_rollout(
     };
     let (r, created) = s.controller.create(req, &caller.name, idem).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(RolloutView::from(&r))).into_response())
+    Ok((status, Json(s.view(r))).into_response())
 }
 
 /// List rollouts, newest first.
@@ -185,7 +200,13 @@ pub async fn list_rollouts(
         phase,
         limit,
     };
-    let items = s.controller.list(&f)?.iter().map(RolloutView::from).collect();
+    let owners = s.controller.env().store.owners()?;
+    let items = s
+        .controller
+        .list(&f)?
+        .iter()
+        .map(|r| RolloutView { owner: owners.get(&r.id).cloned(), ..RolloutView::from(r) })
+        .collect();
     Ok(Json(Items { items }))
 }
 
@@ -198,7 +219,7 @@ pub async fn get_rollout(
     _viewer: Viewer,
     RolloutId(id): RolloutId,
 ) -> Result<Json<RolloutView>, ApiError> {
-    Ok(Json(RolloutView::from(&s.controller.get(&id)?)))
+    Ok(Json(s.view(s.controller.get(&id)?)))
 }
 
 /// A rollout's ordered, append-only history.
@@ -213,8 +234,29 @@ pub async fn rollout_events(
     Ok(Json(Items { items: s.controller.events(&id)? }))
 }
 
-async fn command(s: &AppState, id: &str, c: Command, actor: &str) -> Result<Json<RolloutView>, ApiError> {
-    Ok(Json(RolloutView::from(&s.controller.command(id, c, actor).await?)))
+/// Apply a command here, or (HA) forward the request to the replica that owns the rollout.
+async fn command(s: &AppState, id: &str, c: Command, actor: &str, fwd: Forward) -> Result<Response, ApiError> {
+    match s.controller.command(id, c, actor).await {
+        Ok(r) => Ok(Json(s.view(r)).into_response()),
+        Err(ControllerError::Elsewhere { replica, url, .. }) => {
+            super::forward::forward(&url, &replica, &fwd.path, &fwd.headers, fwd.body).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What forwarding a command to another replica needs: the path, the caller's headers and the body.
+struct Forward {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Forward {
+    fn new(uri: &Uri, headers: HeaderMap, body: Bytes) -> Forward {
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path()).to_string();
+        Forward { path, headers, body }
+    }
 }
 
 /// Pass the current gate/step, or with `full` go straight to 100 %.
@@ -229,10 +271,13 @@ pub async fn promote(
     State(s): State<AppState>,
     Operator(c): Operator,
     RolloutId(id): RolloutId,
+    uri: Uri,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<RolloutView>, ApiError> {
-    let b: PromoteBody = parse_json(body, true)?.unwrap_or_default();
-    command(&s, &id, Command::Promote { full: b.full }, &c.name).await
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let b: PromoteBody = parse_json(Ok(body.clone()), true)?.unwrap_or_default();
+    command(&s, &id, Command::Promote { full: b.full }, &c.name, Forward::new(&uri, headers, body)).await
 }
 
 /// Hold the rollout where it is.
@@ -244,8 +289,10 @@ pub async fn pause(
     State(s): State<AppState>,
     Operator(c): Operator,
     RolloutId(id): RolloutId,
-) -> Result<Json<RolloutView>, ApiError> {
-    command(&s, &id, Command::Pause, &c.name).await
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    command(&s, &id, Command::Pause, &c.name, Forward::new(&uri, headers, Bytes::new())).await
 }
 
 /// Continue a paused rollout.
@@ -257,8 +304,10 @@ pub async fn resume(
     State(s): State<AppState>,
     Operator(c): Operator,
     RolloutId(id): RolloutId,
-) -> Result<Json<RolloutView>, ApiError> {
-    command(&s, &id, Command::Resume, &c.name).await
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    command(&s, &id, Command::Resume, &c.name, Forward::new(&uri, headers, Bytes::new())).await
 }
 
 /// Roll back now.
@@ -272,13 +321,25 @@ pub async fn abort(
     State(s): State<AppState>,
     Operator(c): Operator,
     RolloutId(id): RolloutId,
+    uri: Uri,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<RolloutView>, ApiError> {
-    let b: AbortBody = parse_json(body, true)?.unwrap_or_default();
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let b: AbortBody = parse_json(Ok(body.clone()), true)?.unwrap_or_default();
     if b.reason.as_ref().is_some_and(|r| r.len() > 1000) {
         return Err(ApiError::unprocessable("reason", "at most 1000 characters"));
     }
-    command(&s, &id, Command::Abort { reason: b.reason }, &c.name).await
+    command(&s, &id, Command::Abort { reason: b.reason }, &c.name, Forward::new(&uri, headers, body)).await
+}
+
+/// HA (etcd store): every live replica, its advertised URL, lease expiry and the rollouts it owns.
+/// Empty with the embedded store (one process, no replicas).
+#[utoipa::path(get, path = "/api/v1/replicas", tag = "replicas",
+    responses((status = 200, body = Items<Replica>), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_replicas(State(s): State<AppState>, _viewer: Viewer) -> Result<Json<Items<Replica>>, ApiError> {
+    Ok(Json(Items { items: s.controller.env().store.replicas()? }))
 }
 
 /// The loaded policies.

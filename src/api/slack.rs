@@ -252,6 +252,8 @@ fn error_answer(e: ControllerError) -> Answer {
         ControllerError::NotFound(_) => answer(StatusCode::NOT_FOUND, e.to_string()),
         ControllerError::Command(c) => answer(StatusCode::CONFLICT, c.to_string()),
         ControllerError::Invalid(f) => answer(StatusCode::UNPROCESSABLE_ENTITY, f.to_string()),
+        // HA: ownership moved between the forwarding check and the command.
+        ControllerError::Elsewhere { .. } => answer(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again")),
         ControllerError::Store(s) => {
             tracing::error!(error = %s, "store error while handling a Slack interaction");
             answer(StatusCode::SERVICE_UNAVAILABLE, "vane cannot reach its store right now; try again")
@@ -267,6 +269,21 @@ fn parse(body: &[u8]) -> Result<Payload, String> {
 }
 
 impl SlackInteractions {
+    /// HA: the owning replica (URL, id) of the rollout a verified click names, when it is another
+    /// replica: the click is forwarded there as it came (Slack's signature verifies there too).
+    fn owner_elsewhere(&self, controller: &Controller, headers: &HeaderMap, body: &[u8]) -> Option<(String, String)> {
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let ts = header("x-slack-request-timestamp");
+        verify_slack(&self.secret, ts, header("x-slack-signature"), body, now_secs()).ok()?;
+        let p = parse(body).ok()?;
+        let id = p.actions.first()?.value.as_deref()?.trim().to_string();
+        if !is_rollout_id(&id) {
+            return None;
+        }
+        let owner = controller.env().store.owner(&id).ok()??;
+        (!owner.local).then_some((owner.url, owner.replica))
+    }
+
     /// Verify and handle one request; returns the HTTP status and a JSON body.
     pub async fn handle(&self, controller: &Controller, headers: &HeaderMap, body: &[u8]) -> Answer {
         let ((status, body), url) = self.act(controller, headers, body).await;
@@ -326,6 +343,9 @@ pub async fn interactions(
     let Some(h) = s.slack.clone() else {
         return Err(ApiError::not_found("Slack is not configured (set the signing secret)"));
     };
+    if let Some((url, replica)) = h.owner_elsewhere(&s.controller, &headers, &body) {
+        return super::forward::forward(&url, &replica, "/api/v1/slack/interactions", &headers, body).await;
+    }
     let (status, json) = h.handle(&s.controller, &headers, &body).await;
     Ok((status, Json(json)).into_response())
 }

@@ -304,7 +304,13 @@ impl Inner {
         loop {
             let (key, value) = match self.store.queue_head(&slot.sink.key) {
                 Ok(None) => {
-                    slot.wake.notified().await;
+                    match self.store.queue_poll() {
+                        // HA: other replicas queue entries too, and only this process's wake us.
+                        Some(every) => {
+                            let _ = tokio::time::timeout(every, slot.wake.notified()).await;
+                        }
+                        None => slot.wake.notified().await,
+                    }
                     continue;
                 }
                 Err(e) => {

@@ -21,6 +21,9 @@ pub enum ControllerError {
     Command(#[from] CommandError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// HA: another replica owns the rollout; commands for it go there (`url`, its advertised URL).
+    #[error("rollout {id} is owned by replica {replica}")]
+    Elsewhere { id: String, replica: String, url: String },
 }
 
 impl From<DriverError> for ControllerError {
@@ -32,7 +35,13 @@ impl From<DriverError> for ControllerError {
     }
 }
 
-type Drivers = Arc<Mutex<HashMap<String, mpsc::Sender<Request>>>>;
+/// A running driver: its command channel, and the handle that stops it (HA: ownership lost).
+struct Running {
+    tx: mpsc::Sender<Request>,
+    task: tokio::task::AbortHandle,
+}
+
+type Drivers = Arc<Mutex<HashMap<String, Running>>>;
 
 #[derive(Clone)]
 pub struct Controller {
@@ -105,21 +114,45 @@ impl Controller {
     fn spawn(&self, r: Rollout, recover: bool) {
         let (tx, rx) = mpsc::channel(16);
         let id = r.id.clone();
-        if let Ok(mut d) = self.drivers.lock() {
-            d.insert(id.clone(), tx);
+        let Ok(mut d) = self.drivers.lock() else { return };
+        if d.contains_key(&id) {
+            return; // already running here
         }
         let drivers = self.drivers.clone();
         let env = self.env.clone();
-        tokio::spawn(async move {
+        let key = id.clone();
+        let task = tokio::spawn(async move {
             driver::run(env, r, rx, recover).await;
             if let Ok(mut d) = drivers.lock() {
-                d.remove(&id);
+                d.remove(&key);
             }
         });
+        d.insert(id, Running { tx, task: task.abort_handle() });
+    }
+
+    /// HA: run a rollout this replica just took over, resuming it as after a restart (observe the
+    /// router, re-apply the committed weight). Nothing happens if it already runs here.
+    pub fn adopt(&self, r: Rollout) {
+        self.spawn(r, true);
+    }
+
+    /// HA: stop the driver of a rollout this replica no longer owns. Its in-flight effects are
+    /// abandoned; nothing it decided is lost (every decision was committed before its effect ran).
+    pub fn release(&self, id: &str) -> bool {
+        let running = self.drivers.lock().ok().and_then(|mut d| d.remove(id));
+        if let Some(r) = &running {
+            r.task.abort();
+        }
+        running.is_some()
+    }
+
+    /// The ids of the rollouts whose driver runs here.
+    pub fn local_ids(&self) -> Vec<String> {
+        self.drivers.lock().map(|d| d.keys().cloned().collect()).unwrap_or_default()
     }
 
     pub async fn command(&self, id: &str, command: Command, actor: &str) -> Result<Rollout, ControllerError> {
-        let tx = self.drivers.lock().ok().and_then(|d| d.get(id).cloned());
+        let tx = self.drivers.lock().ok().and_then(|d| d.get(id).map(|r| r.tx.clone()));
         if let Some(tx) = tx {
             let (reply, rx) = oneshot::channel();
             let req = Request { command: command.clone(), actor: actor.to_string(), reply };
@@ -129,7 +162,12 @@ impl Controller {
                 return Ok(res?);
             }
         }
-        // No running driver: the rollout finished (or never existed).
+        // No running driver here: another replica owns it (HA), or it finished (or never existed).
+        if let Some(o) = self.env.store.owner(id)?
+            && !o.local
+        {
+            return Err(ControllerError::Elsewhere { id: id.to_string(), replica: o.replica, url: o.url });
+        }
         let mut r = self.get(id)?;
         machine::step(&mut r, machine::Input::Command { command, actor: actor.into() }, self.env.clock.now())?;
         Err(ControllerError::NotFound(id.to_string()))

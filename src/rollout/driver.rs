@@ -3,7 +3,8 @@
 //! Loop: wait for a command, an effect's result or the next wake-up → feed it to the machine → commit
 //! the new state and its events (one sled transaction, flushed) → only then start the effects it
 //! decided and hand the events to the notifier. A store failure executes nothing; the next tick decides
-//! again from the last durable state.
+//! again from the last durable state. A fenced commit (HA: another replica owns the rollout now) ends
+//! the driver without running anything more.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,13 +74,15 @@ struct Driver {
     tasks: JoinSet<Input>,
     /// A commit failed: in-flight work is abandoned and the machine recovers from the durable state.
     stalled: bool,
+    /// HA: another replica owns the rollout now. The driver stops; its in-flight effects are dropped.
+    fenced: bool,
 }
 
 /// Run a rollout until it reaches a terminal phase (or the command channel closes).
 /// `recover`: the rollout was loaded from the store after a restart.
 pub async fn run(env: Arc<Env>, r: Rollout, mut rx: mpsc::Receiver<Request>, recover: bool) {
     let router = env.routers.build(&r).unwrap_or_else(|e| Arc::new(Unavailable(e)));
-    let mut d = Driver { env, r, router, tasks: JoinSet::new(), stalled: false };
+    let mut d = Driver { env, r, router, tasks: JoinSet::new(), stalled: false, fenced: false };
     let first = if recover {
         let observed = d.router.observe().await.ok().flatten();
         Input::Recover { observed }
@@ -87,7 +90,7 @@ pub async fn run(env: Arc<Env>, r: Rollout, mut rx: mpsc::Receiver<Request>, rec
         Input::Tick
     };
     let _ = d.apply(first).await;
-    while !d.r.is_terminal() {
+    while !d.r.is_terminal() && !d.fenced {
         let now = d.env.clock.now();
         let wait = match d.stalled {
             true => Some(Duration::from_secs(1)),
@@ -115,6 +118,16 @@ pub async fn run(env: Arc<Env>, r: Rollout, mut rx: mpsc::Receiver<Request>, rec
                 }
             }
         }
+    }
+    if d.fenced {
+        // Nothing more runs here: dropping the JoinSet aborts what was in flight.
+        d.tasks.abort_all();
+        tracing::warn!(rollout = %d.r.id, "another replica owns this rollout now; dropped it here");
+        rx.close();
+        while let Some(req) = rx.recv().await {
+            let _ = req.reply.send(Err(DriverError::Store(StoreError::Fenced(d.r.id.clone()))));
+        }
+        return;
     }
     // Answer commands that raced with the end (they get the terminal-phase error).
     rx.close();
@@ -151,6 +164,10 @@ impl Driver {
             Ok(ev) => {
                 self.env.metrics.store_commit(started.elapsed().as_secs_f64());
                 ev
+            }
+            Err(e @ StoreError::Fenced(_)) => {
+                self.fenced = true;
+                return Err(e.into());
             }
             Err(e) => {
                 tracing::error!(rollout = %self.r.id, error = %e, "cannot persist a transition; recovering in 1s");

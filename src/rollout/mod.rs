@@ -395,6 +395,9 @@ pub struct RolloutView {
     #[serde(with = "rfc3339")]
     pub updated_at: Millis,
     pub created_by: String,
+    /// HA (etcd store): the replica running this active rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The gate a rollout waits at.
@@ -448,6 +451,7 @@ impl From<&Rollout> for RolloutView {
             created_at: r.created_at,
             updated_at: r.updated_at,
             created_by: r.created_by.clone(),
+            owner: None,
         }
     }
 }

@@ -213,6 +213,10 @@ pub enum StoreError {
     IdempotencyMismatch,
     #[error("corrupt record {key}: {error}")]
     Corrupt { key: String, error: String },
+    /// HA: this replica no longer owns the rollout (its lease expired and another replica took it
+    /// over). Nothing was written; the driver drops the rollout without running any further effect.
+    #[error("this replica no longer owns rollout {0}")]
+    Fenced(String),
 }
 
 /// The outcome of a create.
@@ -252,6 +256,30 @@ pub struct Queued {
 /// Where a queued entry sits, to remove it once delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueKey(pub Vec<u8>);
+
+/// HA: which replica owns an active rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub replica: String,
+    /// Its advertised URL (commands for the rollout are forwarded there).
+    pub url: String,
+    /// The owner is this process.
+    pub local: bool,
+}
+
+/// HA: a live replica (SPEC §4 `GET /api/v1/replicas`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Replica {
+    pub id: String,
+    pub url: String,
+    /// When its lease runs out unless renewed.
+    #[schema(value_type = String)]
+    #[serde(with = "rfc3339")]
+    pub lease_expiry: Millis,
+    /// How many active rollouts it owns.
+    pub rollouts: usize,
+}
 
 /// Durable state (DESIGN "Durability rules"): rollouts, their events, and the notification queue.
 ///
@@ -297,6 +325,26 @@ pub trait Store: Send + Sync + 'static {
     fn queue_drop_cursor(&self, rollout: &str) -> Result<(), StoreError>;
     /// When notifications were first enabled on this store (set to `now` on the first call).
     fn queue_since(&self, now: Millis) -> Result<Millis, StoreError>;
+    /// How often a sink's sender looks at its queue without being woken (entries other replicas
+    /// queue wake nobody here). None: every entry is queued by this process, which wakes the sender.
+    fn queue_poll(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    // Ownership (HA backends; a single-process store owns everything and has no replicas).
+
+    /// The replica owning an active rollout; None when this process is the only one.
+    fn owner(&self, _id: &str) -> Result<Option<Owner>, StoreError> {
+        Ok(None)
+    }
+    /// Rollout id → owning replica id, for every owned rollout.
+    fn owners(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        Ok(Default::default())
+    }
+    /// The live replicas; empty for a single-process store.
+    fn replicas(&self) -> Result<Vec<Replica>, StoreError> {
+        Ok(vec![])
+    }
 }
 
 /// The store every part of the daemon shares: a cheap handle on one backend.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use super::{from_json, number, to_json};
 use crate::BoxFut;
 use crate::rollout::ports::{Created, ListFilter, QueueKey, Queued, Store, StoreError};
 use crate::rollout::{Event, Millis, Phase, Rollout};
@@ -92,24 +93,6 @@ fn event_key(id: &str, seq: u64) -> Vec<u8> {
     k.push(b'/');
     k.extend_from_slice(&seq.to_be_bytes());
     k
-}
-
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serialising our own plain structs cannot fail (no maps with non-string keys, no I/O).
-    serde_json::to_vec(v).expect("serialisable record")
-}
-
-fn from_json<'de, T: Deserialize<'de>>(key: &[u8], v: &'de [u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v)
-        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error: e.to_string() })
-}
-
-/// Assign consecutive seqs after the rollout's last one.
-fn number(r: &mut Rollout, events: &mut [Event]) {
-    for e in events.iter_mut() {
-        r.last_seq += 1;
-        e.seq = r.last_seq;
-    }
 }
 
 impl SledStore {

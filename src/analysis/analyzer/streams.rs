@@ -292,7 +292,7 @@ fn stream_result(
         fmt(ev.canary.requests),
         fmt(ev.stable.requests)
     );
-    let (e, bound, hold) = (fmt(ev.e_value), fmt(ev.bound), fmt(ev.hold_above));
+    let (e, bound, hold, lr) = (fmt(ev.e_value), fmt(ev.bound), fmt(ev.hold_above), fmt(ev.likelihood_ratio));
     let held_since = carry(r, key).held_since;
     let (result, msg) = match ev.decision {
         AdaptiveDecision::Regression => {
@@ -301,14 +301,21 @@ fn stream_result(
         AdaptiveDecision::Hold => (
             MetricVerdict::Inconclusive,
             format!(
-                "{rates}: suspicious, holding the step for more evidence (e-value {e} ≥ {hold}; rollback at {bound})"
+                "{rates}: suspicious, holding the step for more evidence (likelihood ratio {lr} ≥ {hold}; e-value {e}, rollback at {bound})"
             ),
         ),
-        AdaptiveDecision::Pass if held_since.is_some() && ev.e_value >= ev.hold_above => (
+        AdaptiveDecision::Pass if held_since.is_some() && ev.likelihood_ratio >= ev.hold_above => (
             MetricVerdict::Pass,
             format!("{rates}: held for maxHold without an established regression (e-value {e} < {bound}), passing"),
         ),
-        AdaptiveDecision::Pass => (MetricVerdict::Pass, format!("{rates}: no evidence of harm (e-value {e} < {hold})")),
+        AdaptiveDecision::Pass if ev.likelihood_ratio >= ev.hold_above => (
+            MetricVerdict::Pass,
+            format!("{rates}: leaning towards harm, not established (e-value {e} < {bound}); the evidence carries into the next step"),
+        ),
+        AdaptiveDecision::Pass => (
+            MetricVerdict::Pass,
+            format!("{rates}: no evidence of harm (likelihood ratio {lr} < {hold}, e-value {e})"),
+        ),
     };
     let mut stats = serde_json::to_value(ev).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut stats {
