@@ -1,5 +1,5 @@
 //! The `istio` and `nginx-ingress` routers against a real Kubernetes API server (etcd + the CRD-only
-//! apiserver of ../shared/k8s-test), with the deployment standard's own objects: VirtualService
+//! apiserver built from tests/k8s-server), with the deployment standard's own objects: VirtualService
 //! `agent-service` (a `canary: "true"` header route above the weighted v1-0-0 / v1-1-0 route), its
 //! DestinationRule, and Ingress `agent-service-ingress` flipping agent-service-blue → green.
 

@@ -1,13 +1,17 @@
-//! A real Kubernetes API server for tests: Debian's etcd plus the CRD-only apiserver from
-//! `../shared/k8s-test` (see its README), with the CRDs of `crds.yaml` applied and Established (and,
-//! for tests that ask with [`gateway_api_client`], the real Gateway API CRDs of `gateway-api.yaml`).
+//! A real Kubernetes API server for tests: Debian's etcd plus the CRD-only apiserver built from
+//! `tests/k8s-server` (see its README), with the CRDs of `tests/k8s-server/crds.yaml` applied and
+//! Established (and, for tests that ask with [`gateway_api_client`], the real Gateway API CRDs of
+//! `tests/k8s-server/gateway-api.yaml`).
 //!
 //! One server per test binary, started on first use and shared by its tests (each test works in its
 //! own namespace name; custom objects need no Namespace object on this server). Every process is
 //! started behind a watchdog shell that kills it when the test binary exits, however it exits, so no
 //! etcd or apiserver outlives the run even though the shared server lives in a static.
 //!
-//! The server directory: `$VANE_K8S_TEST_DIR`, else `$CARGO_MANIFEST_DIR/../shared/k8s-test`.
+//! The server binary, first found of: `$VANE_TEST_APISERVER`; `../shared/k8s-test/crdserver.xz` beside
+//! the repository (a ready-made build, when present); the cache of `scripts/build-test-apiserver.sh`.
+//! None of them is a test failure naming the script (the first build takes minutes, so a test never
+//! starts it by itself; `scripts/test.sh` does).
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -207,11 +211,9 @@ pub fn namespace(test: &str) -> String {
     format!("{}-{}-{n}", clean.trim_matches('-'), std::process::id())
 }
 
-fn test_dir() -> PathBuf {
-    match std::env::var_os("VANE_K8S_TEST_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/k8s-test"),
-    }
+/// The repository's copy of what the test server serves and is built from.
+fn server_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s-server")
 }
 
 fn free_port() -> u16 {
@@ -227,12 +229,43 @@ fn find_etcd() -> Result<PathBuf, String> {
     Err(format!("etcd is not installed; the Kubernetes integration tests need it: {INSTALL}"))
 }
 
-/// Decompress `crdserver.xz` once per content hash into the cargo target tmp dir.
+const BUILD: &str = "scripts/build-test-apiserver.sh";
+
+/// The apiserver binary: `$VANE_TEST_APISERVER`, else the ready-made shortcut, else the build cache.
 fn crdserver() -> Result<PathBuf, String> {
-    let xz = test_dir().join("crdserver.xz");
-    let bytes = std::fs::read(&xz).map_err(|e| {
-        format!("cannot read {} ({e}); set VANE_K8S_TEST_DIR to the shared/k8s-test directory", xz.display())
-    })?;
+    if let Some(bin) = std::env::var_os("VANE_TEST_APISERVER") {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!("VANE_TEST_APISERVER={} is not a file", bin.display()))
+        };
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shortcut = root.join("../shared/k8s-test/crdserver.xz");
+    if shortcut.is_file() {
+        return unpack(&shortcut);
+    }
+    let out = Command::new("bash")
+        .arg(root.join(BUILD))
+        .arg("--path")
+        .output()
+        .map_err(|e| format!("cannot run {BUILD} --path: {e}"))?;
+    let cached = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if out.status.success() && cached.is_file() {
+        return Ok(cached);
+    }
+    Err(format!(
+        "the test Kubernetes API server is not built yet (looked for {}). Build it once with `{BUILD}` \
+         (about 7 minutes on 2 cores and a 266 MB download of Debian's Go source packages; cached \
+         afterwards; scripts/test.sh does this by itself), or point VANE_TEST_APISERVER at a built binary.",
+        cached.display()
+    ))
+}
+
+/// Decompress a ready-made `crdserver.xz` once per content hash into the cargo target tmp dir.
+fn unpack(xz: &Path) -> Result<PathBuf, String> {
+    let bytes = std::fs::read(xz).map_err(|e| format!("cannot read {} ({e})", xz.display()))?;
     let hash = hex::encode(&Sha256::digest(&bytes)[..8]);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("k8s-test");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -244,7 +277,7 @@ fn crdserver() -> Result<PathBuf, String> {
     let out = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let status = Command::new("xz")
         .arg("-dc")
-        .arg(&xz)
+        .arg(xz)
         .stdout(out)
         .status()
         .map_err(|e| format!("cannot run xz ({e}): {INSTALL}"))?;
@@ -350,9 +383,9 @@ impl K8sServer {
     }
 }
 
-/// Create every CRD of `file` (in the test server directory) and wait until each is served.
+/// Create every CRD of `file` (in `tests/k8s-server`) and wait until each is served.
 async fn apply_crd_file(client: &kube::Client, file: &str) -> Result<(), String> {
-    let path = test_dir().join(file);
+    let path = server_dir().join(file);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = vec![];
