@@ -15,7 +15,6 @@ pub mod demo_app;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod ha;
-pub mod glob;
 pub mod hooks;
 pub mod http;
 pub mod human;

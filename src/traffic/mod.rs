@@ -195,7 +195,7 @@ impl RouterFactory for Routers {
             RouterSpec::Nginx { profile, .. } => &self.nginx_profile(profile).map_err(profile_error)?.namespaces,
             _ => return Ok(()),
         };
-        if crate::glob::any(namespaces, &req.namespace) {
+        if crate::scope::Namespaces(namespaces.clone()).allows(&req.namespace) {
             Ok(())
         } else {
             Err(FieldError::new(
