@@ -72,7 +72,12 @@ enum Judge {
     MannWhitney,
     Sequential,
     /// `max_hold`: intervals the last step before 100 % may be held (`maxHold`).
-    Adaptive { prior_sd: f64, hold_above: f64, last_only: bool, max_hold: u32 },
+    Adaptive {
+        prior_sd: f64,
+        hold_above: f64,
+        last_only: bool,
+        max_hold: u32,
+    },
 }
 
 const ADAPTIVE: Judge = Judge::Adaptive {

@@ -310,12 +310,13 @@ fn stream_result(
         ),
         AdaptiveDecision::Pass if ev.likelihood_ratio >= ev.hold_above => (
             MetricVerdict::Pass,
-            format!("{rates}: leaning towards harm, not established (e-value {e} < {bound}); the evidence carries into the next step"),
+            format!(
+                "{rates}: leaning towards harm, not established (e-value {e} < {bound}); the evidence carries into the next step"
+            ),
         ),
-        AdaptiveDecision::Pass => (
-            MetricVerdict::Pass,
-            format!("{rates}: no evidence of harm (likelihood ratio {lr} < {hold}, e-value {e})"),
-        ),
+        AdaptiveDecision::Pass => {
+            (MetricVerdict::Pass, format!("{rates}: no evidence of harm (likelihood ratio {lr} < {hold}, e-value {e})"))
+        }
     };
     let mut stats = serde_json::to_value(ev).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut stats {
