@@ -402,10 +402,7 @@ fn deprecated_metric_names() -> Vec<String> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference/metrics.md"))
         .expect("docs/reference/metrics.md");
     let section = doc.split("## Deprecated names").nth(1).expect("metrics.md has a \"Deprecated names\" section");
-    section
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(name, _)| name.to_string()))
-        .collect()
+    section.lines().filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(name, _)| name.to_string())).collect()
 }
 
 /// Every file under `dir`, recursively.
@@ -419,9 +416,7 @@ fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 /// Whether `text` uses the metric `name` itself (not a longer name it is a prefix of).
 fn uses_metric(text: &str, name: &str) -> bool {
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    text.match_indices(name).any(|(at, _)| {
-        !text[..at].ends_with(ident) && !text[at + name.len()..].starts_with(ident)
-    })
+    text.match_indices(name).any(|(at, _)| !text[..at].ends_with(ident) && !text[at + name.len()..].starts_with(ident))
 }
 
 #[test]
