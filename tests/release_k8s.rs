@@ -506,6 +506,7 @@ async fn blue_green_deploys_green_at_full_size_before_the_flip() {
 }
 
 /// What the cluster shows of a release's progress, for choosing where to kill the daemon.
+#[derive(Debug, PartialEq)]
 struct Progress {
     sample: Sample,
     /// agent-service's image.
@@ -571,14 +572,21 @@ fn the_daemon_killed_at_8_points_of_a_release_ends_it_as_without_kills() {
     };
     let terminal =
         |r: &Value| r["phase"].as_str().is_some_and(|p| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&p));
+    let mut killed_at: Vec<Progress> = vec![];
     for (point, reached) in KILL_POINTS {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !reached(&rt.block_on(w.progress())) {
+        let at = loop {
+            let p = rt.block_on(w.progress());
+            if reached(&p) {
+                break p;
+            }
             assert!(std::time::Instant::now() < deadline, "never reached: {point}: {}", get(&d));
             std::thread::sleep(Duration::from_millis(5));
-        }
+        };
         assert!(!terminal(&get(&d)), "the release ended before the kill at: {point}");
         d.restart(); // SIGKILL, then start again on the same store
+        assert!(!killed_at.contains(&at), "killed twice in the same state ({point}): {at:?}");
+        killed_at.push(at);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let end = loop {
