@@ -19,8 +19,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
-use release::{IMAGE, controller_for, deployment, workload};
+use kube::api::{Api, ApiResource, DynamicObject};
+use release::{IMAGE, controller_for, dedup, deployment, workload};
 use serde_json::{Value, json};
 use vane::fixtures;
 use vane::rollout::controller::Controller;
@@ -56,12 +56,6 @@ fn route() -> Value {
     })
 }
 
-fn hpa() -> Value {
-    json!({ "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": { "name": "agent-service-hpa" },
-            "spec": { "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": NAME },
-                      "minReplicas": 3, "maxReplicas": 20 } })
-}
-
 struct World {
     client: kube::Client,
     ns: String,
@@ -74,16 +68,13 @@ struct World {
 async fn world(test: &str, fail_at: Option<u8>, deployment: Value, service: Value) -> World {
     let client = k8s::gateway_api_client().await;
     let ns = k8s::namespace(test);
-    let objects = [
+    let objects = vec![
         (ApiResource::erase::<Deployment>(&()), deployment),
         (ApiResource::erase::<Service>(&()), service),
         (http_route(), route()),
-        (ApiResource::erase::<HorizontalPodAutoscaler>(&()), hpa()),
+        (ApiResource::erase::<HorizontalPodAutoscaler>(&()), release::hpa()),
     ];
-    for (ar, obj) in objects {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-        api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.expect("create");
-    }
+    release::create_all(&client, &ns, objects).await;
     let controller = deploy_controller::start(client.clone(), &ns);
     let dir = tempfile::tempdir().unwrap();
     let c = controller_for(client.clone(), dir.path(), fail_at);
@@ -159,16 +150,6 @@ impl World {
 
 fn selector(s: &Service) -> BTreeMap<String, String> {
     s.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default()
-}
-
-fn dedup<T: PartialEq + Clone>(xs: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut out: Vec<T> = vec![];
-    for x in xs {
-        if out.last() != Some(&x) {
-            out.push(x);
-        }
-    }
-    out
 }
 
 #[tokio::test]

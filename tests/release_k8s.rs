@@ -21,7 +21,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DynamicObject, PostParams};
-use release::{IMAGE, controller_for, deployment, workload};
+use release::{IMAGE, controller_for, dedup, deployment, workload};
 use serde_json::{Value, json};
 use vane::fixtures;
 use vane::rollout::controller::Controller;
@@ -53,17 +53,6 @@ fn destination_rule_object() -> Value {
     })
 }
 
-fn hpa_object() -> Value {
-    json!({
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": { "name": "agent-service-hpa" },
-        "spec": { "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "agent-service" },
-                  "minReplicas": 3, "maxReplicas": 20,
-                  "metrics": [{ "type": "Resource", "resource": { "name": "cpu",
-                                "target": { "type": "Utilization", "averageUtilization": 70 } } }] }
-    })
-}
-
 struct World {
     client: kube::Client,
     ns: String,
@@ -79,13 +68,10 @@ async fn world(test: &str, fail_at: Option<u8>, hpa: bool) -> World {
         vec![(virtual_service(), virtual_service_object()), (destination_rule(), destination_rule_object())];
     if hpa {
         let ar = kube::api::ApiResource::erase::<HorizontalPodAutoscaler>(&());
-        objects.push((ar, hpa_object()));
+        objects.push((ar, release::hpa()));
     }
     objects.push((kube::api::ApiResource::erase::<Deployment>(&()), deployment()));
-    for (ar, obj) in objects {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-        api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.expect("create");
-    }
+    release::create_all(&client, &ns, objects).await;
     let controller = deploy_controller::start(client.clone(), &ns);
     let dir = tempfile::tempdir().unwrap();
     let c = controller_for(client.clone(), dir.path(), fail_at);
@@ -231,16 +217,6 @@ impl World {
     fn events(&self, id: &str) -> Vec<(String, String)> {
         self.c.events(id).unwrap().into_iter().map(|e| (e.kind, e.message)).collect()
     }
-}
-
-fn dedup<T: PartialEq + Copy>(xs: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut out: Vec<T> = vec![];
-    for x in xs {
-        if out.last() != Some(&x) {
-            out.push(x);
-        }
-    }
-    out
 }
 
 #[tokio::test]
@@ -532,7 +508,10 @@ impl World {
 /// Where the daemon is SIGKILLed: the first moment the cluster shows each of these, in order —
 /// create canary, wait ready / prepare routing, shift, scale, shift, scale, promote in place (and
 /// wait for it to roll out), retire.
-const KILL_POINTS: [(&str, fn(&Progress) -> bool); 8] = [
+/// A kill point: its name, and whether the cluster has reached it.
+type KillPoint = (&'static str, fn(&Progress) -> bool);
+
+const KILL_POINTS: [KillPoint; 8] = [
     ("canary Deployment created", |p| p.sample.canary.is_some()),
     ("routing prepared (subset v1-1-0 defined)", |p| p.subsets.iter().any(|s| s == "v1-1-0")),
     ("5% shifted", |p| p.sample.canary_weight() >= 5),

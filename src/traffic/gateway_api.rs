@@ -172,7 +172,7 @@ impl WeightedRule {
 }
 
 /// Is this backendRef the Service `name` of the route's namespace?
-fn is_service(b: &Value, name: &str, namespace: &str) -> bool {
+pub fn is_service(b: &Value, name: &str, namespace: &str) -> bool {
     let s = |k: &str| b.get(k).and_then(Value::as_str);
     s("name") == Some(name)
         && s("kind").is_none_or(|k| k == "Service")
@@ -180,7 +180,7 @@ fn is_service(b: &Value, name: &str, namespace: &str) -> bool {
         && s("namespace").is_none_or(|n| n == namespace)
 }
 
-fn backend_refs(rule: &Value) -> &[Value] {
+pub fn backend_refs(rule: &Value) -> &[Value] {
     rule.get("backendRefs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
 }
 
@@ -278,6 +278,15 @@ impl GatewayApiRouter {
         self
     }
 
+    fn backends(&self) -> workload::Backends<'_> {
+        workload::Backends {
+            namespace: &self.namespace,
+            rule: self.rule.as_deref(),
+            stable: &self.stable,
+            canary: &self.canary,
+        }
+    }
+
     fn services(&self, client: kube::Client) -> kube::Api<k8s_openapi::api::core::v1::Service> {
         kube::Api::namespaced(client, &self.namespace)
     }
@@ -287,7 +296,7 @@ impl GatewayApiRouter {
     async fn promoted(&self, o: &DynamicObject) -> Result<bool, RouterError> {
         let Some((_, version)) = &self.versions else { return Ok(false) };
         let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
-        if !workload::only_stable(&spec, &self.namespace, self.rule.as_deref(), &self.stable, &self.canary) {
+        if !self.backends().only_stable(&spec) {
             return Ok(false);
         }
         let api = self.services(self.kube.client_in(&self.namespace).await?);
@@ -301,10 +310,9 @@ impl GatewayApiRouter {
         let o = route.get().await?;
         self.kube.check_opt_in(&o, &route.describe())?;
         let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
-        let (ns, rule) = (&self.namespace, self.rule.as_deref());
         let ops = match shape {
-            RouteShape::Prepared => workload::prepare_ops(&spec, ns, rule, &self.stable, &self.canary),
-            _ => workload::final_ops(&spec, ns, rule, &self.stable, &self.canary),
+            RouteShape::Prepared => self.backends().prepare_ops(&spec),
+            _ => self.backends().final_ops(&spec),
         }
         .map_err(|e| RouterError::Permanent(format!("{} {e}", route.describe())))?;
         if ops.is_empty() {

@@ -50,6 +50,27 @@ pub fn deployment() -> Value {
     })
 }
 
+/// An HPA on agent-service (min 3, max 20).
+pub fn hpa() -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": { "name": "agent-service-hpa" },
+        "spec": { "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "agent-service" },
+                  "minReplicas": 3, "maxReplicas": 20,
+                  "metrics": [{ "type": "Resource", "resource": { "name": "cpu",
+                                "target": { "type": "Utilization", "averageUtilization": 70 } } }] }
+    })
+}
+
+/// Create `objects` in namespace `ns`.
+pub async fn create_all(client: &kube::Client, ns: &str, objects: Vec<(kube::api::ApiResource, Value)>) {
+    use kube::api::{Api, DynamicObject, PostParams};
+    for (ar, obj) in objects {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.expect("create");
+    }
+}
+
 /// A controller (what a daemon runs) over the store in `store`.
 pub fn controller_for(client: kube::Client, store: &std::path::Path, fail_at: Option<u8>) -> Controller {
     let routers = Routers::with_kube_client(client);
@@ -80,4 +101,15 @@ pub fn workload(image_tag: &str) -> WorkloadSpec {
         retire: Retire::ScaleToZero,
         retire_after: Duration::from_millis(300),
     }
+}
+
+/// `xs` without consecutive repeats: what a sampled value went through.
+pub fn dedup<T: PartialEq + Clone>(xs: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = vec![];
+    for x in xs {
+        if out.last() != Some(&x) {
+            out.push(x);
+        }
+    }
+    out
 }
