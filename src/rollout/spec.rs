@@ -209,7 +209,8 @@ impl WorkloadSpec {
                 Err(FieldError::new(
                     field,
                     format!(
-                        "{v:?} is not a valid name for vane to create (a lowercase DNS label: a-z, 0-9, '-', at most 63); leave it out to have it derived from the version"
+                        "{v:?} (given, or derived from version when left out) is not a name vane can create: \
+                         it must be a lowercase DNS label (a-z, 0-9, '-', at most 63)"
                     ),
                 ))
             }
