@@ -115,7 +115,7 @@ async fn the_store_works_over_tls_with_a_client_certificate_and_an_etcd_user_and
     let cases = [
         (
             "no client certificate",
-            "BadCertificate",
+            "transport",
             EtcdConfig { cert_file: String::new(), key_file: String::new(), ..cfg.clone() },
         ),
         (
