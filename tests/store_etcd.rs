@@ -243,17 +243,31 @@ async fn migrate_sled_to_etcd_and_back_keeps_every_rollout_and_event() {
             let e = ev(&r);
             s.commit(&mut r, vec![e]).await.unwrap();
         }
+        // An active rollout holding a router object: the claim moves with it.
+        let (mut r, events) = rollout(51, "routed", "prod");
+        on(&mut r, "vs-routed", None);
+        s.create(&mut r, events, None).await.unwrap();
     }
     let url = etcd.endpoints().join(",");
     let to: Location = format!("etcd:{url}").parse().unwrap();
     let n = migrate(&Location::Sled(from.clone()), &to, &m).await.expect("sled → etcd");
-    assert_eq!(n, 41);
+    assert_eq!(n, 42);
     // Into a store that is not empty: refused.
     match migrate(&Location::Sled(from.clone()), &to, &m).await {
-        Err(MigrateError::NotEmpty(_, 41)) => {}
+        Err(MigrateError::NotEmpty(_, 42)) => {}
         other => panic!("expected NotEmpty, got {other:?}"),
     }
-    assert_eq!(migrate(&to, &Location::Sled(back.clone()), &m).await.expect("etcd → sled"), 41);
+    let other_on_it = || {
+        let (mut r, events) = rollout(60, "other", "prod");
+        on(&mut r, "vs-routed", None);
+        (r, events)
+    };
+    let e = replica(&etcd, "/m/", "probe", true).await;
+    let (mut r, events) = other_on_it();
+    let claimed = Store::create(&e, &mut r, events, None).await;
+    assert!(matches!(claimed, Err(StoreError::TargetConflict { id, .. }) if id == "r0051"), "claim kept in etcd");
+    e.leave().await.unwrap();
+    assert_eq!(migrate(&to, &Location::Sled(back.clone()), &m).await.expect("etcd → sled"), 42);
     let (a, b) = (SledStore::open(&from).unwrap(), SledStore::open(&back).unwrap());
     let all = ListFilter { limit: 1000, ..Default::default() };
     assert_eq!(a.list(&all).unwrap(), b.list(&all).unwrap());
@@ -262,6 +276,9 @@ async fn migrate_sled_to_etcd_and_back_keeps_every_rollout_and_event() {
         assert_eq!(a.events(&r.id, 0).unwrap(), b.events(&r.id, 0).unwrap(), "{}", r.id);
     }
     assert_eq!(b.events("r0050", 0).unwrap().len(), 251);
+    let (mut r, events) = other_on_it();
+    let claimed = b.create(&mut r, events, None).await;
+    assert!(matches!(claimed, Err(StoreError::TargetConflict { id, .. }) if id == "r0051"), "claim kept in sled");
     drop((a, b)); // sled's lock: a store in use cannot be migrated
     // In etcd the active rollouts were left without an owner, for the replicas to claim.
     let e = replica(&etcd, "/m/", "x", true).await;
