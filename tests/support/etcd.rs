@@ -120,6 +120,11 @@ impl EtcdCluster {
         format!("[{}]", quoted.join(", "))
     }
 
+    /// The pids of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.child.as_ref().map(Child::id)).collect()
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
