@@ -57,14 +57,18 @@ fn commits(http: &reqwest::blocking::Client, url: &str) -> f64 {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn policy(dir: &Path) {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
-    let yaml = format!(
-        "name: scale\nstrategy: canary\nsteps: {STEPS}\ninterval: 10s\nthreshold: 3\nprogressDeadline: 1h\n"
-    );
+    let yaml =
+        format!("name: scale\nstrategy: canary\nsteps: {STEPS}\ninterval: 10s\nthreshold: 3\nprogressDeadline: 1h\n");
     std::fs::write(dir.join("policies/scale.yaml"), yaml).unwrap();
 }
 
@@ -165,7 +169,8 @@ fn main() {
             let port = free_port();
             let mut env = env();
             env.push(("VANE_STORE_BACKEND".into(), "etcd".into()));
-            let etcd = format!("{{ endpoints = {}, prefix = \"/bench/\", lease_ttl = \"5s\" }}", cluster.endpoints_toml());
+            let etcd =
+                format!("{{ endpoints = {}, prefix = \"/bench/\", lease_ttl = \"5s\" }}", cluster.endpoints_toml());
             env.push(("VANE_STORE_ETCD".into(), etcd));
             env.push(("VANE_SERVER_ADVERTISE".into(), format!("http://127.0.0.1:{port}")));
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -2,16 +2,15 @@
 //! owned by one replica under that replica's lease, and every write for a rollout is fenced by it.
 //!
 //! Keys, under the configured prefix: `rollouts/<id>` (record), `events/<id>/<seq, 20 digits>`,
-//! `active/<namespace>/<service>` → id, `targets/<router object>/<part>` → id of the active rollout driving
-//! that part (`*`: all of it; see [`crate::rollout::RouterSpec::targets`]), `idem/<key>` → id + body,
-//! `owners/<id>` → replica id (bound to the owner's lease), `replicas/<replica>` → its advertised URL
-//! (bound to its lease); the notification
-//! queue `queue/<sink>\0<ulid>`, `cursors/<id>`, `meta/since`, and `senders/<sink>` → the one replica
+//! `active/<namespace>/<service>` → id, `targets/<router object>/<part>` → id (see
+//! [`super::etcd_targets`]), `idem/<key>` → id + body, `owners/<id>` → replica id (bound to the owner's
+//! lease), `replicas/<replica>` → its advertised URL (bound to its lease); the notification queue
+//! `queue/<sink>\0<ulid>`, `cursors/<id>`, `meta/since`, and `senders/<sink>` → the one replica
 //! delivering that sink (bound to its lease).
 //!
 //! Durability is sled's (DESIGN "Durability rules"): a transition, its events and (on the last one) the
-//! release of its `active`, `targets` and `owners` keys are one etcd transaction, committed by a quorum before
-//! `commit` returns and so before the effect it decided runs. Fencing: that transaction is conditioned
+//! release of its `active`, `targets` and `owners` keys are one etcd transaction, committed by a quorum
+//! before `commit` returns and so before the effect it decided runs. Fencing: that transaction is conditioned
 //! on `owners/<id>` holding this replica's id under this replica's current lease. A replica whose lease
 //! expired (paused, partitioned) finds the key gone or re-created by another replica, its commit fails
 //! with [`StoreError::Fenced`], and since effects run only after a commit, it acts no more. Every
@@ -127,9 +126,6 @@ impl Inner {
     pub(crate) fn active_key(&self, r: &Rollout) -> String {
         self.key(&format!("active/{}/{}", r.namespace, r.service))
     }
-    fn target_key(&self, target: &str, part: &str) -> String {
-        self.key(&format!("targets/{target}/{part}"))
-    }
     /// `owners/<id>` holds this replica's id under `lease`.
     fn i_own(&self, id: &str, lease: i64) -> [Compare; 2] {
         let k = self.key(&format!("owners/{id}"));
@@ -138,47 +134,6 @@ impl Inner {
     /// `r`'s record, signed with this replica's id and `lease`.
     fn record(&self, r: &Rollout, lease: i64) -> Vec<u8> {
         to_json(&Stored { rollout: r, writer: Writer { replica: &self.me.id, lease } })
-    }
-
-    /// Compares that hold while `part` of `target` is free: no claim on the whole object and none on
-    /// that part (for `*`: no claim at all).
-    fn target_free(&self, target: &str, part: &str) -> Vec<Compare> {
-        if part == "*" {
-            let all = self.key(&format!("targets/{target}/"));
-            vec![Compare::create_revision(all, CompareOp::Equal, 0).with_prefix()]
-        } else {
-            [self.target_key(target, "*"), self.target_key(target, part)]
-                .map(|k| Compare::create_revision(k, CompareOp::Equal, 0))
-                .into()
-        }
-    }
-
-    /// The claim `part` of `target` collides with: (claimed part, rollout id).
-    async fn target_clash(&self, target: &str, part: &str) -> Result<Option<(String, String)>, StoreError> {
-        let p = self.key(&format!("targets/{target}/"));
-        for kv in self.range(&format!("targets/{target}/"), GetOptions::new()).await? {
-            let claimed = String::from_utf8_lossy(&kv.key()[p.len()..]).into_owned();
-            if part == "*" || claimed == "*" || claimed == part {
-                return Ok(Some((claimed, String::from_utf8_lossy(kv.value()).into_owned())));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Ops releasing `r`'s router claims (each only if still `r`'s).
-    pub(crate) fn release_targets(&self, r: &Rollout) -> Vec<TxnOp> {
-        r.router
-            .targets(&r.namespace)
-            .iter()
-            .map(|(target, part)| {
-                let k = self.target_key(target, part);
-                TxnOp::txn(
-                    Txn::new()
-                        .when([Compare::value(k.clone(), CompareOp::Equal, r.id.clone())])
-                        .and_then([TxnOp::delete(k, None)]),
-                )
-            })
-            .collect()
     }
 
     async fn get_one(&self, key: &str) -> Result<Option<etcd_client::KeyValue>, StoreError> {

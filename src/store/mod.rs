@@ -3,6 +3,7 @@
 
 pub mod etcd;
 mod etcd_retention;
+mod etcd_targets;
 mod etcd_tls;
 pub mod membership;
 pub mod migrate;
