@@ -27,7 +27,11 @@ fn cfg(etcd: &EtcdCluster, prefix: &str) -> EtcdConfig {
 
 /// A replica `id`; `hold`: keep its lease alive (else it runs out after the TTL, as if paused).
 async fn replica(etcd: &EtcdCluster, prefix: &str, id: &str, hold: bool) -> EtcdStore {
-    let s = EtcdStore::connect(&cfg(etcd, prefix), id.into(), format!("http://{id}.invalid")).await.expect("connect");
+    replica_with(&cfg(etcd, prefix), id, hold).await
+}
+
+async fn replica_with(cfg: &EtcdConfig, id: &str, hold: bool) -> EtcdStore {
+    let s = EtcdStore::connect(cfg, id.into(), format!("http://{id}.invalid")).await.expect("connect");
     if hold {
         let holder = s.clone();
         tokio::spawn(async move { holder.hold_lease().await });
@@ -345,12 +349,19 @@ async fn one_active_rollout_per_router_object_even_when_replicas_race() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_finished_rollouts_once_across_replicas_and_never_a_live_one() {
     let etcd = EtcdCluster::start(1);
-    let a = replica(&etcd, "/retention/", "a", true).await;
-    let b = replica(&etcd, "/retention/", "b", true).await;
-    // More expired rollouts than one scan page (500), each with an Idempotency-Key, created in parallel.
+    // A long lease: this test is about retention, and the creates below load a shared machine.
+    let long = EtcdConfig { lease_ttl: Duration::from_secs(30), ..cfg(&etcd, "/retention/") };
+    let a = replica_with(&long, "a", true).await;
+    let b = replica_with(&long, "b", true).await;
+    // More expired rollouts than one scan page (500), each with an Idempotency-Key, 32 created at a time.
     const OLD: u32 = 520;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..OLD {
+        if tasks.len() >= 32
+            && let Some(t) = tasks.join_next().await
+        {
+            t.unwrap();
+        }
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.spawn(async move {
             let (mut r, events) = rollout(i, &format!("old-{i}"), "prod");
