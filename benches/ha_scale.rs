@@ -6,9 +6,10 @@
 //! all of them are mid-flight during the measuring window; CPU is user + system time of the vane
 //! processes (and, reported apart, of the etcd members) over the window.
 //!
-//! `cargo bench --bench ha_scale` (Debian's `etcd` needed). `VANE_HA_SCALE_N` (default 10000) and
-//! `VANE_HA_SCALE_WINDOW` (seconds, default 60) change the count and the window; `cargo test
-//! --benches` runs it tiny.
+//! `cargo bench --bench ha_scale` (Debian's `etcd` needed), or any build of this harness with
+//! `--bench` and `VANE_BIN=target/release/vane` (what is measured is that binary). `VANE_HA_SCALE_N`
+//! (default 10000) and `VANE_HA_SCALE_WINDOW` (seconds, default 60) change the count and the window;
+//! `cargo test --benches` runs it tiny.
 
 #[path = "../tests/support/daemon.rs"]
 mod daemon;
