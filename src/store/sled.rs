@@ -63,6 +63,18 @@ struct Flusher {
     written: AtomicU64,
     flushed: AtomicU64,
     lock: tokio::sync::Mutex<()>,
+    /// Counters for [`SledStore::stats`].
+    commits: AtomicU64,
+    flushes: AtomicU64,
+}
+
+/// What the store did since it opened (benchmarks size the durable path with these).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions written by `create` and `commit` (each one durable before it returns).
+    pub commits: u64,
+    /// Flushes to disk (each ends in an fsync); concurrent commits share one.
+    pub flushes: u64,
 }
 
 #[derive(Clone)]
@@ -204,6 +216,7 @@ impl SledStore {
         match res {
             Ok(Some(existing)) => Ok(Created::Existing(Box::new(existing))),
             Ok(None) => {
+                self.flusher.commits.fetch_add(1, Ordering::Relaxed);
                 self.durable().await?;
                 *r = staged;
                 Ok(Created::New(events))
@@ -237,6 +250,7 @@ impl SledStore {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_error)?;
+        self.flusher.commits.fetch_add(1, Ordering::Relaxed);
         self.durable().await?;
         *r = staged;
         Ok(events)
@@ -339,6 +353,12 @@ impl SledStore {
             .collect()
     }
 
+    /// Counters since the store opened.
+    pub fn stats(&self) -> StoreStats {
+        let f = &self.flusher;
+        StoreStats { commits: f.commits.load(Ordering::Relaxed), flushes: f.flushes.load(Ordering::Relaxed) }
+    }
+
     /// The sled database itself (tests of this backend).
     #[doc(hidden)]
     pub fn db(&self) -> &sled::Db {
@@ -359,6 +379,7 @@ impl SledStore {
             .await
             .map_err(|e| StoreError::Corrupt { key: "flush".into(), error: e.to_string() })??;
         f.flushed.store(upto, Ordering::SeqCst);
+        f.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
