@@ -55,17 +55,45 @@ fn matches(f: &ListFilter, h: &Head<'_>) -> bool {
     f.matches(&h.service, &h.namespace, h.phase)
 }
 
-/// Group commit: one flush at a time covers every transaction written before it started. (Many
-/// concurrent `flush_async` calls can deadlock sled 0.34's I/O pool, and serialising them also
-/// turns N flushes into one under load.)
-#[derive(Default)]
+/// Group commit: one flush at a time covers every transaction written before it started (many
+/// concurrent `flush_async` calls can deadlock sled 0.34's I/O pool, and serialising them also turns
+/// N flushes into one under load). Waiters do not queue behind each other: when a flush ends, every
+/// commit it covered returns at once, and one of the others starts the next flush, which covers all
+/// of them. So a commit (an abort's, say) waits at most for the flush in progress and its own.
 struct Flusher {
+    /// Tickets handed out (one per commit, after its transaction was written).
     written: AtomicU64,
-    flushed: AtomicU64,
-    lock: tokio::sync::Mutex<()>,
+    /// The highest ticket known to be on disk; every completed flush bumps it (and wakes waiters).
+    flushed: tokio::sync::watch::Sender<u64>,
+    /// A flush is running.
+    flushing: std::sync::atomic::AtomicBool,
     /// Counters for [`SledStore::stats`].
     commits: AtomicU64,
     flushes: AtomicU64,
+}
+
+/// Ends a flush, also when the commit waiting on it is dropped (a driver stopped mid-commit): clears
+/// the flag first, so a woken waiter can start the next flush, then wakes every waiter (a waiter
+/// whose ticket is still not covered, e.g. after a failed flush, flushes itself).
+struct FlushRunning<'a>(&'a Flusher);
+
+impl Drop for FlushRunning<'_> {
+    fn drop(&mut self) {
+        self.0.flushing.store(false, Ordering::Release);
+        self.0.flushed.send_modify(|_| ());
+    }
+}
+
+impl Default for Flusher {
+    fn default() -> Self {
+        Flusher {
+            written: AtomicU64::new(0),
+            flushed: tokio::sync::watch::Sender::new(0),
+            flushing: Default::default(),
+            commits: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
 }
 
 /// What the store did since it opened (benchmarks size the durable path with these).
@@ -368,19 +396,37 @@ impl SledStore {
     /// Wait until everything written so far is on disk.
     pub async fn durable(&self) -> Result<(), StoreError> {
         let f = &self.flusher;
+        let mut flushed = f.flushed.subscribe();
         let ticket = f.written.fetch_add(1, Ordering::SeqCst) + 1;
-        let _guard = f.lock.lock().await;
-        if f.flushed.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
+        loop {
+            if *flushed.borrow_and_update() >= ticket {
+                return Ok(());
+            }
+            if !f.flushing.swap(true, Ordering::AcqRel) {
+                // Everything with a ticket up to `upto` was written before this flush starts.
+                let upto = f.written.load(Ordering::SeqCst);
+                let db = self.db.clone();
+                let running = FlushRunning(f);
+                let res = tokio::task::spawn_blocking(move || db.flush()).await;
+                if let Ok(Ok(_)) = res {
+                    f.flushes.fetch_add(1, Ordering::Relaxed);
+                    f.flushed.send_if_modified(|v| {
+                        *v = (*v).max(upto);
+                        false // `running` wakes the waiters
+                    });
+                }
+                drop(running);
+                match res {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(e) => return Err(StoreError::Corrupt { key: "flush".into(), error: e.to_string() }),
+                }
+            }
+            // Another flush runs: it may not cover this ticket, so wait for it to end and look again.
+            if flushed.changed().await.is_err() {
+                return Err(StoreError::Backend("the store was closed".into()));
+            }
         }
-        let upto = f.written.load(Ordering::SeqCst);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Corrupt { key: "flush".into(), error: e.to_string() })??;
-        f.flushed.store(upto, Ordering::SeqCst);
-        f.flushes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Retention (`[store] retention`): delete every finished rollout last updated before `cutoff`,
@@ -639,5 +685,53 @@ mod tests {
         }
         assert!(store.idem.get("key-new").unwrap().is_some());
         assert_eq!(store.sweep(5_000).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_share_one_flush_and_a_dropped_commit_does_not_wedge_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let policy = fixtures::policy("p", &[5, 100], std::time::Duration::from_secs(1), 1);
+        let mut rollouts = Vec::new();
+        for i in 0..100 {
+            let req = fixtures::request(&format!("svc-{i}"), "p");
+            let (mut r, out) = machine::create(format!("01ID{i:0>22}"), &req, policy.clone(), "ci", 0);
+            store.create(&mut r, out.events, None).await.unwrap();
+            rollouts.push(r);
+        }
+        let before = store.stats();
+        let mut commits = tokio::task::JoinSet::new();
+        for mut r in rollouts {
+            let store = store.clone();
+            commits.spawn(async move {
+                r.updated_at += 1;
+                store.commit(&mut r, vec![]).await.map(|_| r)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(r) = commits.join_next().await {
+            done.push(r.unwrap().unwrap());
+        }
+        let after = store.stats();
+        assert_eq!(after.commits - before.commits, 100);
+        // Each flush covers every commit written while the one before it ran.
+        assert!(after.flushes - before.flushes <= 25, "{before:?} → {after:?}");
+
+        // A commit dropped while its flush runs (a driver stopped mid-commit) must not leave the
+        // flush "running" forever.
+        {
+            let mut fut = std::pin::pin!(store.durable());
+            std::future::poll_fn(|cx| {
+                let _ = fut.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        let r = &mut done[0];
+        r.updated_at += 1;
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.commit(r, vec![]))
+            .await
+            .expect("a commit after a dropped one completes")
+            .unwrap();
     }
 }
