@@ -256,32 +256,58 @@ impl SledStore {
 
     /// Write a transition and its events atomically and durably. Returns the events with their seqs.
     pub async fn commit(&self, r: &mut Rollout, events: Vec<Event>) -> Result<Vec<Event>, StoreError> {
-        let mut staged = r.clone();
+        // Numbered in place (no copy of the record); on an error `r` is left as it was.
+        let last_seq = r.last_seq;
         let mut events = events;
-        number(&mut staged, &mut events);
-        let record = to_json(&staged);
-        let akey = active_key(&staged);
-        let terminal = staged.is_terminal();
-        let targets = if terminal { staged.router.targets(&staged.namespace) } else { vec![] };
+        number(r, &mut events);
+        let res = match self.write_transition(r, &events) {
+            Ok(()) => {
+                self.flusher.commits.fetch_add(1, Ordering::Relaxed);
+                self.durable().await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            r.last_seq = last_seq;
+            return Err(e);
+        }
+        Ok(events)
+    }
+
+    /// The transaction of [`SledStore::commit`]: the record and its events; a finished rollout also
+    /// frees its service and router objects. Everything is encoded before the transaction (its
+    /// closure may run again on a conflict).
+    fn write_transition(&self, r: &Rollout, events: &[Event]) -> Result<(), StoreError> {
+        let record = to_json(r);
+        let events: Vec<(Vec<u8>, Vec<u8>)> = events.iter().map(|e| (event_key(&r.id, e.seq), to_json(e))).collect();
+        if !r.is_terminal() {
+            return (&self.rollouts, &self.events)
+                .transaction(|(rt, et)| {
+                    rt.insert(r.id.as_bytes(), record.as_slice())?;
+                    for (k, v) in &events {
+                        et.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_error);
+        }
+        let akey = active_key(r);
+        let targets = r.router.targets(&r.namespace);
         (&self.rollouts, &self.events, &self.active, &self.targets)
             .transaction(|(rt, et, at, tt)| {
-                rt.insert(staged.id.as_bytes(), record.as_slice())?;
-                for e in &events {
-                    et.insert(event_key(&staged.id, e.seq), to_json(e))?;
+                rt.insert(r.id.as_bytes(), record.as_slice())?;
+                for (k, v) in &events {
+                    et.insert(k.as_slice(), v.as_slice())?;
                 }
-                if terminal && at.get(akey.as_bytes())?.as_deref() == Some(staged.id.as_bytes()) {
+                if at.get(akey.as_bytes())?.as_deref() == Some(r.id.as_bytes()) {
                     at.remove(akey.as_bytes())?;
                 }
                 for (target, part) in &targets {
-                    release(tt, target, part, &staged.id)?;
+                    release(tt, target, part, &r.id)?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(tx_error)?;
-        self.flusher.commits.fetch_add(1, Ordering::Relaxed);
-        self.durable().await?;
-        *r = staged;
-        Ok(events)
+            .map_err(tx_error)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
