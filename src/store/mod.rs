@@ -5,6 +5,7 @@ pub mod etcd;
 pub mod membership;
 pub mod migrate;
 pub mod sled;
+mod writer;
 
 use std::path::Path;
 

@@ -12,12 +12,13 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub use super::writer::StoreStats;
+use super::writer::Writer;
 use super::{from_json, number, to_json};
 use crate::BoxFut;
 use crate::rollout::ports::{Created, ListFilter, QueueKey, Queued, Store, StoreError};
@@ -55,60 +56,11 @@ fn matches(f: &ListFilter, h: &Head<'_>) -> bool {
     f.matches(&h.service, &h.namespace, h.phase)
 }
 
-/// Group commit: one flush at a time covers every transaction written before it started (many
-/// concurrent `flush_async` calls can deadlock sled 0.34's I/O pool, and serialising them also turns
-/// N flushes into one under load). Waiters do not queue behind each other: when a flush ends, every
-/// commit it covered returns at once, and one of the others starts the next flush, which covers all
-/// of them. So a commit (an abort's, say) waits at most for the flush in progress and its own.
-struct Flusher {
-    /// Tickets handed out (one per commit, after its transaction was written).
-    written: AtomicU64,
-    /// The highest ticket known to be on disk; every completed flush bumps it (and wakes waiters).
-    flushed: tokio::sync::watch::Sender<u64>,
-    /// A flush is running.
-    flushing: std::sync::atomic::AtomicBool,
-    /// Counters for [`SledStore::stats`].
-    commits: AtomicU64,
-    flushes: AtomicU64,
-}
-
-/// Ends a flush, also when the commit waiting on it is dropped (a driver stopped mid-commit): clears
-/// the flag first, so a woken waiter can start the next flush, then wakes every waiter (a waiter
-/// whose ticket is still not covered, e.g. after a failed flush, flushes itself).
-struct FlushRunning<'a>(&'a Flusher);
-
-impl Drop for FlushRunning<'_> {
-    fn drop(&mut self) {
-        self.0.flushing.store(false, Ordering::Release);
-        self.0.flushed.send_modify(|_| ());
-    }
-}
-
-impl Default for Flusher {
-    fn default() -> Self {
-        Flusher {
-            written: AtomicU64::new(0),
-            flushed: tokio::sync::watch::Sender::new(0),
-            flushing: Default::default(),
-            commits: AtomicU64::new(0),
-            flushes: AtomicU64::new(0),
-        }
-    }
-}
-
-/// What the store did since it opened (benchmarks size the durable path with these).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Transactions written by `create` and `commit` (each one durable before it returns).
-    pub commits: u64,
-    /// Flushes to disk (each ends in an fsync); concurrent commits share one.
-    pub flushes: u64,
-}
-
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
-    flusher: Arc<Flusher>,
+    /// Runs every durable write and the flushes (group commit).
+    writer: Arc<Writer>,
     rollouts: sled::Tree,
     events: sled::Tree,
     active: sled::Tree,
@@ -159,7 +111,7 @@ impl SledStore {
             idem: db.open_tree("idempotency")?,
             by_service: db.open_tree("by_service")?,
             targets: db.open_tree("targets")?,
-            flusher: Arc::default(),
+            writer: Arc::new(Writer::new(db.clone())),
             db,
         };
         store.index_services()?;
@@ -195,62 +147,79 @@ impl SledStore {
         let mut events = events;
         number(&mut staged, &mut events);
         let record = to_json(&staged);
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> =
+            events.iter().map(|e| (event_key(&staged.id, e.seq), to_json(e))).collect();
         let akey = active_key(&staged);
         let skey = service_key(&staged.service, &staged.namespace, &staged.id);
         let targets = staged.router.targets(&staged.namespace);
-        let trees = (&self.rollouts, &self.events, &self.active, &self.idem, &self.by_service, &self.targets);
-        let res = trees.transaction(|(rt, et, at, it, st, tt)| {
-            if let Some((key, body)) = idem
-                && let Some(prev) = it.get(key.as_bytes())?
-            {
-                let prev: IdemRecord = serde_json::from_slice(&prev).map_err(|e| abort_corrupt(key, e))?;
-                if prev.body != body {
-                    return Err(ConflictableTransactionError::Abort(StoreError::IdempotencyMismatch));
-                }
-                let existing = rt.get(prev.id.as_bytes())?.ok_or_else(|| abort_corrupt(key, "missing rollout"))?;
-                let existing: Rollout = serde_json::from_slice(&existing).map_err(|e| abort_corrupt(key, e))?;
-                return Ok(Some(existing));
-            }
-            if let Some(id) = at.get(akey.as_bytes())? {
-                return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
-                    namespace: staged.namespace.clone(),
-                    service: staged.service.clone(),
-                    id: String::from_utf8_lossy(&id).into_owned(),
-                }));
-            }
-            for (target, part) in &targets {
-                let mut claims: Claims = match tt.get(target.as_bytes())? {
-                    Some(v) => serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?,
-                    None => Claims::new(),
-                };
-                if let Some((p, id)) = clash(&claims, part) {
-                    let (target, part, id) = (target.clone(), p.clone(), id.clone());
-                    return Err(ConflictableTransactionError::Abort(StoreError::TargetConflict { target, part, id }));
-                }
-                claims.insert(part.clone(), staged.id.clone());
-                tt.insert(target.as_bytes(), to_json(&claims))?;
-            }
-            rt.insert(staged.id.as_bytes(), record.as_slice())?;
-            at.insert(akey.as_bytes(), staged.id.as_bytes())?;
-            st.insert(skey.as_bytes(), &[])?;
-            for e in &events {
-                et.insert(event_key(&staged.id, e.seq), to_json(e))?;
-            }
-            if let Some((key, body)) = idem {
-                it.insert(key.as_bytes(), to_json(&IdemRecord { id: staged.id.clone(), body: body.to_string() }))?;
-            }
-            Ok(None)
-        });
-        match res {
-            Ok(Some(existing)) => Ok(Created::Existing(Box::new(existing))),
-            Ok(None) => {
-                self.flusher.commits.fetch_add(1, Ordering::Relaxed);
-                self.durable().await?;
+        let idem = idem.map(|(k, b)| (k.to_string(), b.to_string()));
+        let (id, namespace, service) = (staged.id.clone(), staged.namespace.clone(), staged.service.clone());
+        let trees = (
+            self.rollouts.clone(),
+            self.events.clone(),
+            self.active.clone(),
+            self.idem.clone(),
+            self.by_service.clone(),
+            self.targets.clone(),
+        );
+        let write = move || {
+            let trees = (&trees.0, &trees.1, &trees.2, &trees.3, &trees.4, &trees.5);
+            trees
+                .transaction(|(rt, et, at, it, st, tt)| {
+                    if let Some((key, body)) = &idem
+                        && let Some(prev) = it.get(key.as_bytes())?
+                    {
+                        let prev: IdemRecord = serde_json::from_slice(&prev).map_err(|e| abort_corrupt(key, e))?;
+                        if prev.body != *body {
+                            return Err(ConflictableTransactionError::Abort(StoreError::IdempotencyMismatch));
+                        }
+                        let existing =
+                            rt.get(prev.id.as_bytes())?.ok_or_else(|| abort_corrupt(key, "missing rollout"))?;
+                        let existing: Rollout = serde_json::from_slice(&existing).map_err(|e| abort_corrupt(key, e))?;
+                        return Ok(Some(existing));
+                    }
+                    if let Some(id) = at.get(akey.as_bytes())? {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
+                            namespace: namespace.clone(),
+                            service: service.clone(),
+                            id: String::from_utf8_lossy(&id).into_owned(),
+                        }));
+                    }
+                    for (target, part) in &targets {
+                        let mut claims: Claims = match tt.get(target.as_bytes())? {
+                            Some(v) => serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?,
+                            None => Claims::new(),
+                        };
+                        if let Some((p, id)) = clash(&claims, part) {
+                            let (target, part, id) = (target.clone(), p.clone(), id.clone());
+                            return Err(ConflictableTransactionError::Abort(StoreError::TargetConflict {
+                                target,
+                                part,
+                                id,
+                            }));
+                        }
+                        claims.insert(part.clone(), id.clone());
+                        tt.insert(target.as_bytes(), to_json(&claims))?;
+                    }
+                    rt.insert(id.as_bytes(), record.as_slice())?;
+                    at.insert(akey.as_bytes(), id.as_bytes())?;
+                    st.insert(skey.as_bytes(), &[])?;
+                    for (k, v) in &encoded {
+                        et.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    if let Some((key, body)) = &idem {
+                        it.insert(key.as_bytes(), to_json(&IdemRecord { id: id.clone(), body: body.clone() }))?;
+                    }
+                    Ok(None)
+                })
+                .map_err(tx_error)
+        };
+        match self.writer.submit(false, write).await? {
+            Some(existing) => Ok(Created::Existing(Box::new(existing))),
+            None => {
                 *r = staged;
                 Ok(Created::New(events))
             }
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
         }
     }
 
@@ -260,54 +229,52 @@ impl SledStore {
         let last_seq = r.last_seq;
         let mut events = events;
         number(r, &mut events);
-        let res = match self.write_transition(r, &events) {
-            Ok(()) => {
-                self.flusher.commits.fetch_add(1, Ordering::Relaxed);
-                self.durable().await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = res {
+        let write = self.transition(r, &events);
+        // Rollbacks (an abort, a failed analysis) go first in their batch.
+        if let Err(e) = self.writer.submit(r.phase == Phase::RollingBack, write).await {
             r.last_seq = last_seq;
             return Err(e);
         }
         Ok(events)
     }
 
-    /// The transaction of [`SledStore::commit`]: the record and its events; a finished rollout also
-    /// frees its service and router objects. Everything is encoded before the transaction (its
-    /// closure may run again on a conflict).
-    fn write_transition(&self, r: &Rollout, events: &[Event]) -> Result<(), StoreError> {
+    /// The transaction of [`SledStore::commit`], encoded here (it runs on the writer thread): the
+    /// record and its events; a finished rollout also frees its service and its router objects.
+    fn transition(&self, r: &Rollout, events: &[Event]) -> impl FnOnce() -> Result<(), StoreError> + Send + 'static {
+        let id = r.id.clone();
         let record = to_json(r);
         let events: Vec<(Vec<u8>, Vec<u8>)> = events.iter().map(|e| (event_key(&r.id, e.seq), to_json(e))).collect();
-        if !r.is_terminal() {
-            return (&self.rollouts, &self.events)
-                .transaction(|(rt, et)| {
-                    rt.insert(r.id.as_bytes(), record.as_slice())?;
+        let finished = r.is_terminal().then(|| (active_key(r), r.router.targets(&r.namespace)));
+        let (rollouts, evs, active, targets) =
+            (self.rollouts.clone(), self.events.clone(), self.active.clone(), self.targets.clone());
+        move || {
+            let Some((akey, claims)) = finished else {
+                return (&rollouts, &evs)
+                    .transaction(|(rt, et)| {
+                        rt.insert(id.as_bytes(), record.as_slice())?;
+                        for (k, v) in &events {
+                            et.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(tx_error);
+            };
+            (&rollouts, &evs, &active, &targets)
+                .transaction(|(rt, et, at, tt)| {
+                    rt.insert(id.as_bytes(), record.as_slice())?;
                     for (k, v) in &events {
                         et.insert(k.as_slice(), v.as_slice())?;
                     }
+                    if at.get(akey.as_bytes())?.as_deref() == Some(id.as_bytes()) {
+                        at.remove(akey.as_bytes())?;
+                    }
+                    for (target, part) in &claims {
+                        release(tt, target, part, &id)?;
+                    }
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })
-                .map_err(tx_error);
+                .map_err(tx_error)
         }
-        let akey = active_key(r);
-        let targets = r.router.targets(&r.namespace);
-        (&self.rollouts, &self.events, &self.active, &self.targets)
-            .transaction(|(rt, et, at, tt)| {
-                rt.insert(r.id.as_bytes(), record.as_slice())?;
-                for (k, v) in &events {
-                    et.insert(k.as_slice(), v.as_slice())?;
-                }
-                if at.get(akey.as_bytes())?.as_deref() == Some(r.id.as_bytes()) {
-                    at.remove(akey.as_bytes())?;
-                }
-                for (target, part) in &targets {
-                    release(tt, target, part, &r.id)?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(tx_error)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
@@ -409,8 +376,7 @@ impl SledStore {
 
     /// Counters since the store opened.
     pub fn stats(&self) -> StoreStats {
-        let f = &self.flusher;
-        StoreStats { commits: f.commits.load(Ordering::Relaxed), flushes: f.flushes.load(Ordering::Relaxed) }
+        self.writer.stats()
     }
 
     /// The sled database itself (tests of this backend).
@@ -419,40 +385,9 @@ impl SledStore {
         &self.db
     }
 
-    /// Wait until everything written so far is on disk.
+    /// Wait until everything written so far is on disk (one flush, shared with concurrent commits).
     pub async fn durable(&self) -> Result<(), StoreError> {
-        let f = &self.flusher;
-        let mut flushed = f.flushed.subscribe();
-        let ticket = f.written.fetch_add(1, Ordering::SeqCst) + 1;
-        loop {
-            if *flushed.borrow_and_update() >= ticket {
-                return Ok(());
-            }
-            if !f.flushing.swap(true, Ordering::AcqRel) {
-                // Everything with a ticket up to `upto` was written before this flush starts.
-                let upto = f.written.load(Ordering::SeqCst);
-                let db = self.db.clone();
-                let running = FlushRunning(f);
-                let res = tokio::task::spawn_blocking(move || db.flush()).await;
-                if let Ok(Ok(_)) = res {
-                    f.flushes.fetch_add(1, Ordering::Relaxed);
-                    f.flushed.send_if_modified(|v| {
-                        *v = (*v).max(upto);
-                        false // `running` wakes the waiters
-                    });
-                }
-                drop(running);
-                match res {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(e) => return Err(StoreError::Corrupt { key: "flush".into(), error: e.to_string() }),
-                }
-            }
-            // Another flush runs: it may not cover this ticket, so wait for it to end and look again.
-            if flushed.changed().await.is_err() {
-                return Err(StoreError::Backend("the store was closed".into()));
-            }
-        }
+        self.writer.submit(false, || Ok(())).await
     }
 
     /// Retention (`[store] retention`): delete every finished rollout last updated before `cutoff`,
