@@ -1,44 +1,83 @@
-//! One driver process with 10,000 concurrent rollouts on in-memory fakes: wall time, CPU per
-//! rollout-tick, peak RSS. Run with `cargo bench --bench scale` (VANE_SCALE_N to change the count).
+//! One driver process with many concurrent rollouts on in-memory fakes and a real (temporary) sled
+//! store. Run with `taskset -c 0 cargo bench --bench scale` (see docs/operations.md "Sizing").
+//!
+//! 1. Ticking: VANE_SCALE_N rollouts (default 10,000) go through 4 steps at a 500 ms interval: create
+//!    rate, CPU per rollout-tick (user/system), durable commits per tick, fsyncs per second, peak RSS
+//!    per rollout.
+//! 2. Abort: VANE_SCALE_BG rollouts (default 10,000) tick at a 10 s interval while VANE_SCALE_ABORTS
+//!    others (default 1,000) are aborted, one every 10 ms: abort command → the router's 0 % write,
+//!    p50 / p99.
+//! 3. One transition + event committed and flushed, sequentially: p50 / p99.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vane::fixtures::{self, FakeRouters, ScriptedAnalyzer};
 use vane::rollout::controller::Controller;
+use vane::rollout::machine::Command;
+use vane::store::{SledStore, Store};
 
-fn cpu_seconds() -> f64 {
+const TICK: f64 = 100.0; // USER_HZ
+
+/// (user, system) CPU seconds of this process so far.
+fn cpu() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / TICK, ticks(12) / TICK)
 }
 
-fn peak_rss_mib() -> f64 {
+/// A `/proc/self/status` figure in MiB (`VmHWM`: peak RSS, `VmRSS`: now).
+fn status_mib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
 
+fn env_usize(name: &str, bench: usize, test: usize, is_bench: bool) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(if is_bench { bench } else { test })
+}
+
+/// A controller over fakes and a sled store in `dir`; the store handle reads the counters.
+fn setup(
+    dir: &std::path::Path,
+    policies: Vec<vane::policy::Policy>,
+) -> (Controller, SledStore, Arc<FakeRouters>, Arc<ScriptedAnalyzer>) {
+    let store = SledStore::open(dir).expect("store");
+    let routers = Arc::new(FakeRouters::default());
+    let analyzer = Arc::new(ScriptedAnalyzer::default());
+    let env = fixtures::env_on(Store::new(store.clone()), routers.clone(), analyzer.clone());
+    (Controller::new(env, policies), store, routers, analyzer)
+}
+
 fn main() {
     // `cargo test --benches` runs this with --bench absent: keep that run tiny.
     let bench = std::env::args().any(|a| a == "--bench");
-    let n: usize =
-        std::env::var("VANE_SCALE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(if bench { 10_000 } else { 50 });
+    let n = env_usize("VANE_SCALE_N", 10_000, 50, bench);
+    let bg = env_usize("VANE_SCALE_BG", 10_000, 50, bench);
+    let aborts = env_usize("VANE_SCALE_ABORTS", 1_000, 10, bench);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    println!("load average        {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    ticking(&rt, n);
+    if aborts > 0 {
+        abort_latency(&rt, bg, aborts);
+    }
+    commit_latency(&rt, if bench { 2000 } else { 20 });
+}
+
+fn ticking(rt: &tokio::runtime::Runtime, n: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let routers = Arc::new(FakeRouters::default());
-    let analyzer = Arc::new(ScriptedAnalyzer::default());
     let interval = Duration::from_millis(500);
     let policy = fixtures::policy("scale", &[5, 25, 50, 100], interval, 5);
-    let (created, done, ticks) = rt.block_on(async {
-        let env = fixtures::env(dir.path(), routers.clone(), analyzer.clone());
-        let c = Controller::new(env, vec![policy]);
+    let rss0 = status_mib("VmRSS:");
+    let (user0, sys0) = cpu();
+    let (c, store, _routers, analyzer) = setup(dir.path(), vec![policy]);
+    let (created, done) = rt.block_on(async {
         let t = Instant::now();
         let mut creates = tokio::task::JoinSet::new();
         for i in 0..n {
@@ -53,16 +92,118 @@ fn main() {
         while c.running() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        (created, t.elapsed(), analyzer.calls.load(std::sync::atomic::Ordering::SeqCst))
+        (created, t.elapsed())
     });
-    let cpu = cpu_seconds();
+    let (user, sys) = cpu();
+    let (user, sys) = (user - user0, sys - sys0);
+    let ticks = analyzer.calls.load(std::sync::atomic::Ordering::SeqCst).max(1) as f64;
+    let s = store.stats();
+    let peak = status_mib("VmHWM:");
     println!("rollouts            {n}");
     println!("create (concurrent) {:.2?} ({:.0}/s)", created, n as f64 / created.as_secs_f64());
     println!("all succeeded in    {done:.2?} (3 analysis intervals of {interval:?} each)");
     println!("analysis ticks      {ticks}");
-    println!("CPU total           {cpu:.2} s; per rollout-tick {:.1} µs", cpu * 1e6 / ticks.max(1) as f64);
-    println!("peak RSS            {:.1} MiB", peak_rss_mib());
-    commit_latency(&rt, if bench { 2000 } else { 20 });
+    println!(
+        "CPU total           {:.2} s (user {user:.2} s, system {sys:.2} s); per rollout-tick {:.1} µs (user {:.1}, system {:.1})",
+        user + sys,
+        (user + sys) * 1e6 / ticks,
+        user * 1e6 / ticks,
+        sys * 1e6 / ticks
+    );
+    println!(
+        "durable commits     {} ({:.2} per rollout-tick); fsyncs {} ({:.0}/s, {:.1} commits each)",
+        s.commits,
+        s.commits as f64 / ticks,
+        s.flushes,
+        s.flushes as f64 / done.as_secs_f64(),
+        s.commits as f64 / s.flushes.max(1) as f64
+    );
+    println!(
+        "peak RSS            {peak:.1} MiB; {:.1} KiB per rollout above the {rss0:.1} MiB before",
+        (peak - rss0) * 1024.0 / n as f64
+    );
+}
+
+/// Aborts (one every 10 ms) while `bg` other rollouts tick at a 10 s interval: abort command → the
+/// router's 0 % write.
+fn abort_latency(rt: &tokio::runtime::Runtime, bg: usize, aborts: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let interval = Duration::from_secs(10);
+    let steps: Vec<u8> = (1..=20).map(|i| i * 5).collect();
+    let policy = fixtures::policy("steady", &steps, interval, 5);
+    let (c, store, routers, analyzer) = setup(dir.path(), vec![policy]);
+    let lat = rt.block_on(async {
+        // Spread the creates over one interval so the ticks spread too.
+        let total = bg + aborts;
+        let pace = interval.as_secs_f64() / total as f64;
+        let t = Instant::now();
+        let mut creates = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let due = t + Duration::from_secs_f64(pace * i as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let c = c.clone();
+            creates.spawn(async move {
+                let (r, _) = c.create(fixtures::request(&format!("svc-{i}"), "steady"), "bench", None).await?;
+                Ok::<_, vane::rollout::controller::ControllerError>((i, r.id))
+            });
+        }
+        let mut ids = vec![String::new(); total];
+        while let Some(res) = creates.join_next().await {
+            let (i, id) = res.expect("task").expect("create");
+            ids[i] = id;
+        }
+        // The victims: the last `aborts` services, once their first weight is live.
+        let victims: Vec<(String, Arc<fixtures::FakeRouter>)> =
+            (bg..total).map(|i| (ids[i].clone(), routers.get(&format!("svc-{i}")))).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while victims.iter().any(|(_, r)| r.last().is_none()) {
+            assert!(Instant::now() < deadline, "victims never reached their first step");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (user0, sys0) = cpu();
+        let (ticks0, stats0) = (analyzer.calls.load(std::sync::atomic::Ordering::SeqCst), store.stats());
+        let t = Instant::now();
+        let mut issued = tokio::task::JoinSet::new();
+        for (k, (id, router)) in victims.into_iter().enumerate() {
+            tokio::time::sleep_until((t + Duration::from_millis(10 * k as u64)).into()).await;
+            let c = c.clone();
+            issued.spawn(async move {
+                let start = Instant::now();
+                c.command(&id, Command::Abort { reason: None }, "bench").await.expect("abort");
+                loop {
+                    if let Some((0, at)) = router.last_set.lock().ok().and_then(|l| *l) {
+                        return at.saturating_duration_since(start);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+        }
+        let mut lat = Vec::with_capacity(aborts);
+        while let Some(res) = issued.join_next().await {
+            lat.push(res.expect("task"));
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let (user, sys) = cpu();
+        let ticks = analyzer.calls.load(std::sync::atomic::Ordering::SeqCst) - ticks0;
+        let s = store.stats();
+        println!(
+            "abort phase         {secs:.1} s: {bg} rollouts ticking ({ticks} ticks, {:.0}/s), CPU {:.0} % (user {:.0} %, system {:.0} %), {:.0} fsyncs/s",
+            ticks as f64 / secs,
+            (user - user0 + sys - sys0) * 100.0 / secs,
+            (user - user0) * 100.0 / secs,
+            (sys - sys0) * 100.0 / secs,
+            (s.flushes - stats0.flushes) as f64 / secs
+        );
+        lat
+    });
+    let (p50, p99) = quantiles(lat);
+    println!("abort → router      p50 {p50:.2?}  p99 {p99:.2?}  ({aborts} aborts, one every 10 ms)");
+}
+
+fn quantiles(mut lat: Vec<Duration>) -> (Duration, Duration) {
+    lat.sort();
+    let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
+    (q(0.5), q(0.99))
 }
 
 /// One transition + event, committed and flushed, one after another: p50 / p99.
@@ -71,7 +212,7 @@ fn commit_latency(rt: &tokio::runtime::Runtime, n: usize) {
     let store = vane::store::Store::open(dir.path()).expect("store");
     let p = fixtures::policy("p", &[5, 100], Duration::from_secs(60), 5);
     let (mut r, out) = vane::rollout::machine::create("01BENCH".into(), &fixtures::request("s", "p"), p, "b", 0);
-    let mut lat: Vec<Duration> = rt.block_on(async {
+    let lat: Vec<Duration> = rt.block_on(async {
         store.create(&mut r, out.events.clone(), None).await.expect("create");
         let mut lat = Vec::with_capacity(n);
         for _ in 0..n {
@@ -82,7 +223,6 @@ fn commit_latency(rt: &tokio::runtime::Runtime, n: usize) {
         }
         lat
     });
-    lat.sort();
-    let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
-    println!("commit+flush        p50 {:.2?}  p99 {:.2?}  ({n} sequential)", q(0.5), q(0.99));
+    let (p50, p99) = quantiles(lat);
+    println!("commit+flush        p50 {p50:.2?}  p99 {p99:.2?}  ({n} sequential)");
 }

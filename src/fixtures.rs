@@ -85,6 +85,8 @@ pub struct FakeRouter {
     pub fail_next: AtomicU32,
     /// `validate` fails permanently with this message.
     pub invalid: Mutex<Option<String>>,
+    /// The last weight set and when (benchmarks time decision → router).
+    pub last_set: Mutex<Option<(u8, std::time::Instant)>>,
 }
 
 impl FakeRouter {
@@ -122,6 +124,9 @@ impl Router for FakeRouter {
             }
             if let Ok(mut l) = self.live.lock() {
                 *l = Some(canary);
+            }
+            if let Ok(mut l) = self.last_set.lock() {
+                *l = Some((canary, std::time::Instant::now()));
             }
             Ok(())
         })
@@ -207,8 +212,12 @@ impl Analyzer for ScriptedAnalyzer {
 /// An [`Env`] over fakes, a store in `dir`, and a tokio-driven clock (use a paused runtime to run
 /// minutes of rollout in milliseconds).
 pub fn env(dir: &std::path::Path, routers: Arc<FakeRouters>, analyzer: Arc<ScriptedAnalyzer>) -> Arc<Env> {
+    env_on(SharedStore::open(dir).expect("temp store opens"), routers, analyzer)
+}
+
+/// [`env`] over a given store (benchmarks keep a handle on it to read its counters).
+pub fn env_on(store: SharedStore, routers: Arc<FakeRouters>, analyzer: Arc<ScriptedAnalyzer>) -> Arc<Env> {
     crate::install_crypto_provider();
-    let store = SharedStore::open(dir).expect("temp store opens");
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_800_000_000_000));
     Arc::new(Env {
         store,

@@ -38,7 +38,7 @@ impl From<DriverError> for ControllerError {
 
 /// A running driver: its command channel, and the handle that stops it (HA: ownership lost).
 struct Running {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Box<Request>>,
     task: tokio::task::AbortHandle,
 }
 
@@ -48,6 +48,8 @@ type Drivers = Arc<Mutex<HashMap<String, Running>>>;
 pub struct Controller {
     env: Arc<Env>,
     policies: Arc<RwLock<Arc<Vec<Policy>>>>,
+    /// One shared copy per distinct policy the running rollouts use (by name, the latest version).
+    interned: Arc<Mutex<HashMap<String, Arc<Policy>>>>,
     drivers: Drivers,
     /// `[kubernetes] namespaces`: where Kubernetes routers may be used at all.
     kube_namespaces: Namespaces,
@@ -58,6 +60,7 @@ impl Controller {
         Controller {
             env,
             policies: Arc::new(RwLock::new(Arc::new(policies))),
+            interned: Arc::default(),
             drivers: Arc::default(),
             kube_namespaces: Namespaces::all(),
         }
@@ -98,6 +101,18 @@ impl Controller {
         Ok(n)
     }
 
+    /// The shared copy of `policy`: 10,000 rollouts of one policy hold one copy, not 10,000.
+    fn intern(&self, policy: Arc<Policy>) -> Arc<Policy> {
+        let Ok(mut m) = self.interned.lock() else { return policy };
+        match m.get(&policy.name) {
+            Some(p) if Arc::ptr_eq(p, &policy) || **p == *policy => p.clone(),
+            _ => {
+                m.insert(policy.name.clone(), policy.clone());
+                policy
+            }
+        }
+    }
+
     /// Create a rollout. `idempotency`: (key, canonical body) — a replay returns the first rollout and
     /// `false`.
     pub async fn create(
@@ -122,7 +137,7 @@ impl Controller {
         self.env.routers.admit(&req)?;
         let now = self.env.clock.now();
         let id = ulid::Ulid::new().to_string();
-        let (mut r, out) = machine::create(id, &req, policy, actor, now);
+        let (mut r, out) = machine::create(id, &req, self.intern(Arc::new(policy)), actor, now);
         let idem = idempotency.as_ref().map(|(k, b)| (k.as_str(), b.as_str()));
         match self.env.store.create(&mut r, out.events, idem).await? {
             Created::Existing(r) => Ok((*r, false)),
@@ -138,7 +153,8 @@ impl Controller {
         }
     }
 
-    fn spawn(&self, r: Rollout, recover: bool) {
+    fn spawn(&self, mut r: Rollout, recover: bool) {
+        r.policy = self.intern(r.policy);
         let (tx, rx) = mpsc::channel(16);
         let id = r.id.clone();
         let Ok(mut d) = self.drivers.lock() else { return };
@@ -182,7 +198,7 @@ impl Controller {
         let tx = self.drivers.lock().ok().and_then(|d| d.get(id).map(|r| r.tx.clone()));
         if let Some(tx) = tx {
             let (reply, rx) = oneshot::channel();
-            let req = Request { command: command.clone(), actor: actor.to_string(), reply };
+            let req = Box::new(Request { command: command.clone(), actor: actor.to_string(), reply });
             if tx.send(req).await.is_ok()
                 && let Ok(res) = rx.await
             {

@@ -11,6 +11,8 @@ pub mod ports;
 pub mod spec;
 pub mod workload;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -126,7 +128,10 @@ pub struct Rollout {
     pub namespace: String,
     pub version: String,
     pub stable_version: String,
-    pub policy: Policy,
+    /// Shared by the rollouts of one policy (the controller interns it): no per-rollout copy in
+    /// memory, and cloning a rollout does not copy it. Stored as a plain policy object.
+    #[serde(with = "shared_policy")]
+    pub policy: Arc<Policy>,
     #[serde(deserialize_with = "spec::stored_router")]
     pub router: RouterSpec,
     pub created_by: String,
@@ -175,6 +180,23 @@ pub struct Rollout {
     /// vane runs the Deployments too (SPEC §4 "workload").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadRun>,
+}
+
+/// `Arc<Policy>` as the policy object itself (serde's `rc` feature is not enabled).
+mod shared_policy {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::policy::Policy;
+
+    pub fn serialize<S: Serializer>(p: &Arc<Policy>, s: S) -> Result<S::Ok, S::Error> {
+        p.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Policy>, D::Error> {
+        Policy::deserialize(d).map(Arc::new)
+    }
 }
 
 /// The rollout's timers: what fires when the clock reaches it (see [`Rollout::timers`]).

@@ -8,6 +8,7 @@ mod etcd_tls;
 pub mod membership;
 pub mod migrate;
 pub mod sled;
+mod writer;
 
 use std::path::Path;
 

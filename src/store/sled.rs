@@ -12,12 +12,13 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub use super::writer::StoreStats;
+use super::writer::Writer;
 use super::{from_json, number, to_json};
 use crate::BoxFut;
 use crate::rollout::ports::{Created, ListFilter, QueueKey, Queued, Store, StoreError};
@@ -55,20 +56,11 @@ fn matches(f: &ListFilter, h: &Head<'_>) -> bool {
     f.matches(&h.service, &h.namespace, h.phase)
 }
 
-/// Group commit: one flush at a time covers every transaction written before it started. (Many
-/// concurrent `flush_async` calls can deadlock sled 0.34's I/O pool, and serialising them also
-/// turns N flushes into one under load.)
-#[derive(Default)]
-struct Flusher {
-    written: AtomicU64,
-    flushed: AtomicU64,
-    lock: tokio::sync::Mutex<()>,
-}
-
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
-    flusher: Arc<Flusher>,
+    /// Runs every durable write and the flushes (group commit).
+    writer: Arc<Writer>,
     rollouts: sled::Tree,
     events: sled::Tree,
     active: sled::Tree,
@@ -119,7 +111,7 @@ impl SledStore {
             idem: db.open_tree("idempotency")?,
             by_service: db.open_tree("by_service")?,
             targets: db.open_tree("targets")?,
-            flusher: Arc::default(),
+            writer: Arc::new(Writer::new(db.clone())),
             db,
         };
         store.index_services()?;
@@ -155,91 +147,134 @@ impl SledStore {
         let mut events = events;
         number(&mut staged, &mut events);
         let record = to_json(&staged);
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> =
+            events.iter().map(|e| (event_key(&staged.id, e.seq), to_json(e))).collect();
         let akey = active_key(&staged);
         let skey = service_key(&staged.service, &staged.namespace, &staged.id);
         let targets = staged.router.targets(&staged.namespace);
-        let trees = (&self.rollouts, &self.events, &self.active, &self.idem, &self.by_service, &self.targets);
-        let res = trees.transaction(|(rt, et, at, it, st, tt)| {
-            if let Some((key, body)) = idem
-                && let Some(prev) = it.get(key.as_bytes())?
-            {
-                let prev: IdemRecord = serde_json::from_slice(&prev).map_err(|e| abort_corrupt(key, e))?;
-                if prev.body != body {
-                    return Err(ConflictableTransactionError::Abort(StoreError::IdempotencyMismatch));
-                }
-                let existing = rt.get(prev.id.as_bytes())?.ok_or_else(|| abort_corrupt(key, "missing rollout"))?;
-                let existing: Rollout = serde_json::from_slice(&existing).map_err(|e| abort_corrupt(key, e))?;
-                return Ok(Some(existing));
-            }
-            if let Some(id) = at.get(akey.as_bytes())? {
-                return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
-                    namespace: staged.namespace.clone(),
-                    service: staged.service.clone(),
-                    id: String::from_utf8_lossy(&id).into_owned(),
-                }));
-            }
-            for (target, part) in &targets {
-                let mut claims: Claims = match tt.get(target.as_bytes())? {
-                    Some(v) => serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?,
-                    None => Claims::new(),
-                };
-                if let Some((p, id)) = clash(&claims, part) {
-                    let (target, part, id) = (target.clone(), p.clone(), id.clone());
-                    return Err(ConflictableTransactionError::Abort(StoreError::TargetConflict { target, part, id }));
-                }
-                claims.insert(part.clone(), staged.id.clone());
-                tt.insert(target.as_bytes(), to_json(&claims))?;
-            }
-            rt.insert(staged.id.as_bytes(), record.as_slice())?;
-            at.insert(akey.as_bytes(), staged.id.as_bytes())?;
-            st.insert(skey.as_bytes(), &[])?;
-            for e in &events {
-                et.insert(event_key(&staged.id, e.seq), to_json(e))?;
-            }
-            if let Some((key, body)) = idem {
-                it.insert(key.as_bytes(), to_json(&IdemRecord { id: staged.id.clone(), body: body.to_string() }))?;
-            }
-            Ok(None)
-        });
-        match res {
-            Ok(Some(existing)) => Ok(Created::Existing(Box::new(existing))),
-            Ok(None) => {
-                self.durable().await?;
+        let idem = idem.map(|(k, b)| (k.to_string(), b.to_string()));
+        let (id, namespace, service) = (staged.id.clone(), staged.namespace.clone(), staged.service.clone());
+        let trees = (
+            self.rollouts.clone(),
+            self.events.clone(),
+            self.active.clone(),
+            self.idem.clone(),
+            self.by_service.clone(),
+            self.targets.clone(),
+        );
+        let write = move || {
+            let trees = (&trees.0, &trees.1, &trees.2, &trees.3, &trees.4, &trees.5);
+            trees
+                .transaction(|(rt, et, at, it, st, tt)| {
+                    if let Some((key, body)) = &idem
+                        && let Some(prev) = it.get(key.as_bytes())?
+                    {
+                        let prev: IdemRecord = serde_json::from_slice(&prev).map_err(|e| abort_corrupt(key, e))?;
+                        if prev.body != *body {
+                            return Err(ConflictableTransactionError::Abort(StoreError::IdempotencyMismatch));
+                        }
+                        let existing =
+                            rt.get(prev.id.as_bytes())?.ok_or_else(|| abort_corrupt(key, "missing rollout"))?;
+                        let existing: Rollout = serde_json::from_slice(&existing).map_err(|e| abort_corrupt(key, e))?;
+                        return Ok(Some(existing));
+                    }
+                    if let Some(id) = at.get(akey.as_bytes())? {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
+                            namespace: namespace.clone(),
+                            service: service.clone(),
+                            id: String::from_utf8_lossy(&id).into_owned(),
+                        }));
+                    }
+                    for (target, part) in &targets {
+                        let mut claims: Claims = match tt.get(target.as_bytes())? {
+                            Some(v) => serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?,
+                            None => Claims::new(),
+                        };
+                        if let Some((p, id)) = clash(&claims, part) {
+                            let (target, part, id) = (target.clone(), p.clone(), id.clone());
+                            return Err(ConflictableTransactionError::Abort(StoreError::TargetConflict {
+                                target,
+                                part,
+                                id,
+                            }));
+                        }
+                        claims.insert(part.clone(), id.clone());
+                        tt.insert(target.as_bytes(), to_json(&claims))?;
+                    }
+                    rt.insert(id.as_bytes(), record.as_slice())?;
+                    at.insert(akey.as_bytes(), id.as_bytes())?;
+                    st.insert(skey.as_bytes(), &[])?;
+                    for (k, v) in &encoded {
+                        et.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    if let Some((key, body)) = &idem {
+                        it.insert(key.as_bytes(), to_json(&IdemRecord { id: id.clone(), body: body.clone() }))?;
+                    }
+                    Ok(None)
+                })
+                .map_err(tx_error)
+        };
+        match self.writer.submit(false, write).await? {
+            Some(existing) => Ok(Created::Existing(Box::new(existing))),
+            None => {
                 *r = staged;
                 Ok(Created::New(events))
             }
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
         }
     }
 
     /// Write a transition and its events atomically and durably. Returns the events with their seqs.
     pub async fn commit(&self, r: &mut Rollout, events: Vec<Event>) -> Result<Vec<Event>, StoreError> {
-        let mut staged = r.clone();
+        // Numbered in place (no copy of the record); on an error `r` is left as it was.
+        let last_seq = r.last_seq;
         let mut events = events;
-        number(&mut staged, &mut events);
-        let record = to_json(&staged);
-        let akey = active_key(&staged);
-        let terminal = staged.is_terminal();
-        let targets = if terminal { staged.router.targets(&staged.namespace) } else { vec![] };
-        (&self.rollouts, &self.events, &self.active, &self.targets)
-            .transaction(|(rt, et, at, tt)| {
-                rt.insert(staged.id.as_bytes(), record.as_slice())?;
-                for e in &events {
-                    et.insert(event_key(&staged.id, e.seq), to_json(e))?;
-                }
-                if terminal && at.get(akey.as_bytes())?.as_deref() == Some(staged.id.as_bytes()) {
-                    at.remove(akey.as_bytes())?;
-                }
-                for (target, part) in &targets {
-                    release(tt, target, part, &staged.id)?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(tx_error)?;
-        self.durable().await?;
-        *r = staged;
+        number(r, &mut events);
+        let write = self.transition(r, &events);
+        // Rollbacks (an abort, a failed analysis) go first in their batch.
+        if let Err(e) = self.writer.submit(r.phase == Phase::RollingBack, write).await {
+            r.last_seq = last_seq;
+            return Err(e);
+        }
         Ok(events)
+    }
+
+    /// The transaction of [`SledStore::commit`], encoded here (it runs on the writer thread): the
+    /// record and its events; a finished rollout also frees its service and its router objects.
+    fn transition(&self, r: &Rollout, events: &[Event]) -> impl FnOnce() -> Result<(), StoreError> + Send + 'static {
+        let id = r.id.clone();
+        let record = to_json(r);
+        let events: Vec<(Vec<u8>, Vec<u8>)> = events.iter().map(|e| (event_key(&r.id, e.seq), to_json(e))).collect();
+        let finished = r.is_terminal().then(|| (active_key(r), r.router.targets(&r.namespace)));
+        let (rollouts, evs, active, targets) =
+            (self.rollouts.clone(), self.events.clone(), self.active.clone(), self.targets.clone());
+        move || {
+            let Some((akey, claims)) = finished else {
+                return (&rollouts, &evs)
+                    .transaction(|(rt, et)| {
+                        rt.insert(id.as_bytes(), record.as_slice())?;
+                        for (k, v) in &events {
+                            et.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(tx_error);
+            };
+            (&rollouts, &evs, &active, &targets)
+                .transaction(|(rt, et, at, tt)| {
+                    rt.insert(id.as_bytes(), record.as_slice())?;
+                    for (k, v) in &events {
+                        et.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    if at.get(akey.as_bytes())?.as_deref() == Some(id.as_bytes()) {
+                        at.remove(akey.as_bytes())?;
+                    }
+                    for (target, part) in &claims {
+                        release(tt, target, part, &id)?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_error)
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
@@ -339,27 +374,20 @@ impl SledStore {
             .collect()
     }
 
+    /// Counters since the store opened.
+    pub fn stats(&self) -> StoreStats {
+        self.writer.stats()
+    }
+
     /// The sled database itself (tests of this backend).
     #[doc(hidden)]
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
 
-    /// Wait until everything written so far is on disk.
+    /// Wait until everything written so far is on disk (one flush, shared with concurrent commits).
     pub async fn durable(&self) -> Result<(), StoreError> {
-        let f = &self.flusher;
-        let ticket = f.written.fetch_add(1, Ordering::SeqCst) + 1;
-        let _guard = f.lock.lock().await;
-        if f.flushed.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        let upto = f.written.load(Ordering::SeqCst);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Corrupt { key: "flush".into(), error: e.to_string() })??;
-        f.flushed.store(upto, Ordering::SeqCst);
-        Ok(())
+        self.writer.submit(false, || Ok(())).await
     }
 
     /// Retention (`[store] retention`): delete every finished rollout last updated before `cutoff`,
@@ -618,5 +646,53 @@ mod tests {
         }
         assert!(store.idem.get("key-new").unwrap().is_some());
         assert_eq!(store.sweep(5_000).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_share_one_flush_and_a_dropped_commit_does_not_wedge_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let policy = fixtures::policy("p", &[5, 100], std::time::Duration::from_secs(1), 1);
+        let mut rollouts = Vec::new();
+        for i in 0..100 {
+            let req = fixtures::request(&format!("svc-{i}"), "p");
+            let (mut r, out) = machine::create(format!("01ID{i:0>22}"), &req, policy.clone(), "ci", 0);
+            store.create(&mut r, out.events, None).await.unwrap();
+            rollouts.push(r);
+        }
+        let before = store.stats();
+        let mut commits = tokio::task::JoinSet::new();
+        for mut r in rollouts {
+            let store = store.clone();
+            commits.spawn(async move {
+                r.updated_at += 1;
+                store.commit(&mut r, vec![]).await.map(|_| r)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(r) = commits.join_next().await {
+            done.push(r.unwrap().unwrap());
+        }
+        let after = store.stats();
+        assert_eq!(after.commits - before.commits, 100);
+        // Each flush covers every commit written while the one before it ran.
+        assert!(after.flushes - before.flushes <= 25, "{before:?} → {after:?}");
+
+        // A commit dropped while its flush runs (a driver stopped mid-commit) must not leave the
+        // flush "running" forever.
+        {
+            let mut fut = std::pin::pin!(store.durable());
+            std::future::poll_fn(|cx| {
+                let _ = fut.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        let r = &mut done[0];
+        r.updated_at += 1;
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.commit(r, vec![]))
+            .await
+            .expect("a commit after a dropped one completes")
+            .unwrap();
     }
 }

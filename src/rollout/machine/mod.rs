@@ -169,14 +169,20 @@ pub enum CommandError {
 pub const CONTROLLER: &str = "controller";
 
 /// A new rollout in Pending; the first tick starts its pre-traffic stages.
-pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &str, now: Millis) -> (Rollout, Output) {
+pub fn create(
+    id: String,
+    req: &super::CreateRequest,
+    policy: impl Into<std::sync::Arc<Policy>>,
+    actor: &str,
+    now: Millis,
+) -> (Rollout, Output) {
     let mut r = Rollout {
         id,
         service: req.service.clone(),
         namespace: req.namespace.clone(),
         version: req.version.clone(),
         stable_version: req.stable_version.clone(),
-        policy,
+        policy: policy.into(),
         router: req.router.clone(),
         created_by: actor.to_string(),
         created_at: now,
@@ -220,7 +226,7 @@ pub fn create(id: String, req: &super::CreateRequest, policy: Policy, actor: &st
         r.policy.name,
         r.router.kind()
     );
-    let details = json!({ "policy": &r.policy, "router": &r.router });
+    let details = json!({ "policy": &*r.policy, "router": &r.router });
     event(&mut r, &mut out, now, EventKind::Created, actor, msg, details);
     (r, out)
 }
