@@ -361,9 +361,29 @@ async fn workload_fields_are_validated_with_the_field_named() {
     let exec = json!({ "kind": "exec", "profile": "lb" });
     let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good.clone(), exec))).await;
     assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("workload")), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap_or("").contains("istio or nginx-ingress"), "{v}");
-    let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good, istio))).await;
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("istio, nginx-ingress or gateway-api"), "{v}");
+    // A canary name given with a workload is one vane creates: it must be a valid name.
+    let named = |k: &str, f: &str, v: &str| {
+        let mut r = match k {
+            "istio" => istio.clone(),
+            _ => json!({ "kind": "gateway-api", "httpRoute": "agent-service", "stableBackend": "agent-service" }),
+        };
+        r[f] = json!(v);
+        r
+    };
+    for (router, field) in [
+        (named("istio", "canarySubset", "v1.1.0"), "router.canarySubset"),
+        (named("gateway-api", "canaryBackend", "Agent-Canary"), "router.canaryBackend"),
+    ] {
+        let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good.clone(), router))).await;
+        assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)), "{v}");
+    }
+    // Left out, it is derived from the version following the stable subset's pattern.
+    let mut derived = istio.clone();
+    derived.as_object_mut().unwrap().remove("canarySubset");
+    let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good, derived))).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["router"]["canarySubset"], "v1-1-0", "{v}");
 
     let (_, doc) = api.req("GET", "/api/v1/openapi.json", None, None).await;
     let schemas = &doc["components"]["schemas"];

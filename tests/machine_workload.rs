@@ -134,6 +134,7 @@ fn the_canary_is_ready_before_each_shift_then_promoted_and_retired_after_retire_
             Workload(Stable),
             Workload(Route { shape: RouteShape::Final }),
             Workload(Retire),
+            Workload(Route { shape: RouteShape::Retired }),
         ]
     );
 }

@@ -11,6 +11,8 @@ mod daemon;
 mod deploy_controller;
 #[path = "support/k8s.rs"]
 mod k8s;
+#[path = "support/release.rs"]
+mod release;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,50 +21,14 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DynamicObject, PostParams};
+use release::{IMAGE, controller_for, dedup, deployment, workload};
 use serde_json::{Value, json};
-use vane::BoxFut;
 use vane::fixtures;
-use vane::notify::{AlwaysOk, Silent};
 use vane::rollout::controller::Controller;
-use vane::rollout::driver::{Env, SystemClock};
-use vane::rollout::ports::{AnalysisContext, AnalysisReport, Analyzer, RouteShape, Verdict, WorkloadAction};
-use vane::rollout::spec::{CanaryScale, Retire, WorkloadSpec};
+use vane::rollout::ports::{RouteShape, WorkloadAction};
+use vane::rollout::spec::WorkloadSpec;
 use vane::rollout::{Phase, Rollout, RouterSpec};
-use vane::store::Store;
-use vane::telemetry::Metrics;
-use vane::traffic::Routers;
 use vane::traffic::k8s::{destination_rule, virtual_service};
-use vane::workload::K8sWorkloads;
-
-const INTERVAL: Duration = Duration::from_millis(200);
-const IMAGE: &str = "aiworkflow.azurecr.io/agent-service";
-
-/// Passes every analysis except at one weight.
-struct FailAt(Option<u8>);
-
-impl Analyzer for FailAt {
-    fn analyse(&self, ctx: AnalysisContext) -> BoxFut<'_, AnalysisReport> {
-        let fail = self.0 == Some(ctx.rollout.canary_weight);
-        let verdict = if fail { Verdict::Fail } else { Verdict::Pass };
-        let summary = if fail { "request-success-rate 90 < 99".into() } else { String::new() };
-        Box::pin(async move { AnalysisReport { at: ctx.now, verdict, metrics: vec![], summary } })
-    }
-}
-
-fn deployment() -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": "agent-service", "labels": { "app": "agent-service" } },
-        "spec": {
-            "replicas": 5,
-            "selector": { "matchLabels": { "app": "agent-service" } },
-            "template": {
-                "metadata": { "labels": { "app": "agent-service", "version": "v1.0.0" } },
-                "spec": { "containers": [{
-                    "name": "agent-service", "image": format!("{IMAGE}:v1.0.0"),
-                    "resources": { "requests": { "cpu": "500m", "memory": "1Gi" } } }] } } }
-    })
-}
 
 /// Between releases: the header route on the previous canary (now stable), the weighted route on it.
 fn virtual_service_object() -> Value {
@@ -87,17 +53,6 @@ fn destination_rule_object() -> Value {
     })
 }
 
-fn hpa_object() -> Value {
-    json!({
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": { "name": "agent-service-hpa" },
-        "spec": { "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "agent-service" },
-                  "minReplicas": 3, "maxReplicas": 20,
-                  "metrics": [{ "type": "Resource", "resource": { "name": "cpu",
-                                "target": { "type": "Utilization", "averageUtilization": 70 } } }] }
-    })
-}
-
 struct World {
     client: kube::Client,
     ns: String,
@@ -113,13 +68,10 @@ async fn world(test: &str, fail_at: Option<u8>, hpa: bool) -> World {
         vec![(virtual_service(), virtual_service_object()), (destination_rule(), destination_rule_object())];
     if hpa {
         let ar = kube::api::ApiResource::erase::<HorizontalPodAutoscaler>(&());
-        objects.push((ar, hpa_object()));
+        objects.push((ar, release::hpa()));
     }
     objects.push((kube::api::ApiResource::erase::<Deployment>(&()), deployment()));
-    for (ar, obj) in objects {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-        api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.expect("create");
-    }
+    release::create_all(&client, &ns, objects).await;
     let controller = deploy_controller::start(client.clone(), &ns);
     let dir = tempfile::tempdir().unwrap();
     let c = controller_for(client.clone(), dir.path(), fail_at);
@@ -128,38 +80,7 @@ async fn world(test: &str, fail_at: Option<u8>, hpa: bool) -> World {
     w
 }
 
-/// A controller (what a daemon runs) over the store in `store`.
-fn controller_for(client: kube::Client, store: &std::path::Path, fail_at: Option<u8>) -> Controller {
-    let routers = Routers::with_kube_client(client);
-    let env = Env {
-        store: Store::open(store).expect("store"),
-        workloads: Arc::new(K8sWorkloads::new(routers.kube())),
-        routers: Arc::new(routers),
-        analyzer: Arc::new(FailAt(fail_at)),
-        hooks: Arc::new(AlwaysOk),
-        notifier: Arc::new(Silent),
-        metrics: Arc::new(Metrics::new(Duration::from_secs(3600))),
-        clock: Arc::new(SystemClock),
-    };
-    let policies = vec![
-        fixtures::policy("canary", &[5, 25, 50, 100], INTERVAL, 1),
-        fixtures::blue_green("blue-green", INTERVAL, Duration::from_millis(600)),
-    ];
-    Controller::new(Arc::new(env), policies)
-}
-
-fn workload(image_tag: &str) -> WorkloadSpec {
-    WorkloadSpec {
-        deployment: "agent-service".into(),
-        image: format!("{IMAGE}:{image_tag}"),
-        container: None,
-        canary_scale: CanaryScale::Proportional,
-        ready_timeout: Duration::from_secs(3),
-        retire: Retire::ScaleToZero,
-        retire_after: Duration::from_millis(300),
-    }
-}
-
+/// The seed's release: deployment, image and version; the canary subset is left to vane (v1-1-0).
 fn request(ns: &str, workload: WorkloadSpec) -> vane::rollout::CreateRequest {
     let mut req = fixtures::request("agent-service", "canary");
     req.namespace = ns.to_string();
@@ -167,7 +88,7 @@ fn request(ns: &str, workload: WorkloadSpec) -> vane::rollout::CreateRequest {
         virtual_service: "agent-service".into(),
         route: None,
         stable_subset: "v1-0-0".into(),
-        canary_subset: "v1-1-0".into(),
+        canary_subset: String::new(),
     };
     req.workload = Some(workload);
     req
@@ -296,16 +217,6 @@ impl World {
     fn events(&self, id: &str) -> Vec<(String, String)> {
         self.c.events(id).unwrap().into_iter().map(|e| (e.kind, e.message)).collect()
     }
-}
-
-fn dedup<T: PartialEq + Copy>(xs: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut out: Vec<T> = vec![];
-    for x in xs {
-        if out.last() != Some(&x) {
-            out.push(x);
-        }
-    }
-    out
 }
 
 #[tokio::test]
@@ -570,14 +481,55 @@ async fn blue_green_deploys_green_at_full_size_before_the_flip() {
     assert!(flipped < promoted, "{kinds:?}");
 }
 
-/// The real daemon, SIGKILLed 8 times at random moments of a release and started again each time:
-/// the release ends exactly as without kills — no duplicate Deployment, no scale-down lost, no
-/// traffic to a canary that was not rolled out at the size of its weight.
+/// What the cluster shows of a release's progress, for choosing where to kill the daemon.
+#[derive(Debug, PartialEq)]
+struct Progress {
+    sample: Sample,
+    /// agent-service's image.
+    stable_image: String,
+    /// The DestinationRule's subset names.
+    subsets: Vec<String>,
+}
+
+impl World {
+    async fn progress(&self) -> Progress {
+        let stable = self.deployment("agent-service").await.expect("agent-service exists");
+        let containers = stable.spec.template.spec.map(|p| p.containers).unwrap_or_default();
+        let dr = self.get(&destination_rule(), "agent-service").await;
+        let subsets = dr.data["spec"]["subsets"].as_array().cloned().unwrap_or_default();
+        Progress {
+            sample: self.sample().await,
+            stable_image: containers.first().and_then(|c| c.image.clone()).unwrap_or_default(),
+            subsets: subsets.iter().filter_map(|s| s["name"].as_str().map(String::from)).collect(),
+        }
+    }
+}
+
+/// Where the daemon is SIGKILLed: the first moment the cluster shows each of these, in order —
+/// create canary, wait ready / prepare routing, shift, scale, shift, scale, promote in place (and
+/// wait for it to roll out), retire.
+/// A kill point: its name, and whether the cluster has reached it.
+type KillPoint = (&'static str, fn(&Progress) -> bool);
+
+const KILL_POINTS: [KillPoint; 8] = [
+    ("canary Deployment created", |p| p.sample.canary.is_some()),
+    ("routing prepared (subset v1-1-0 defined)", |p| p.subsets.iter().any(|s| s == "v1-1-0")),
+    ("5% shifted", |p| p.sample.canary_weight() >= 5),
+    ("canary scaled for 25%", |p| p.sample.canary.is_some_and(|c| c.0 >= 2)),
+    ("50% shifted", |p| p.sample.canary_weight() >= 50),
+    ("canary scaled for 100%", |p| p.sample.canary.is_some_and(|c| c.0 >= 5)),
+    ("agent-service promoted in place", |p| p.stable_image.ends_with(":v1.1.0")),
+    ("only v1-1-0 routed, the canary awaiting retirement", |p| !p.subsets.iter().any(|s| s == "v1-0-0")),
+];
+
+/// The real daemon, SIGKILLed at 8 chosen points of a release (each the first moment the API
+/// server shows it) and started again each time: the release ends exactly as without kills — no
+/// duplicate Deployment or HPA, no scale-down lost, no traffic to a canary that was not rolled out
+/// at the size of its weight.
 #[test]
-fn the_daemon_killed_at_random_points_of_a_release_ends_it_as_without_kills() {
-    use rand::Rng;
+fn the_daemon_killed_at_8_points_of_a_release_ends_it_as_without_kills() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let w = Arc::new(rt.block_on(world("release-sigkill", None, false)));
+    let w = Arc::new(rt.block_on(world("release-sigkill", None, true)));
     let url = rt.block_on(k8s::shared_url());
     let dir = tempfile::tempdir().unwrap();
     let mut d = start_daemon(dir.path(), &url, "canary");
@@ -586,31 +538,39 @@ fn the_daemon_killed_at_random_points_of_a_release_ends_it_as_without_kills() {
         let _guard = rt.enter();
         w.record(stop.clone())
     };
-    let body = serde_json::to_value(request(
-        &w.ns,
-        WorkloadSpec { retire_after: Duration::from_secs(1), ..workload("v1.1.0") },
-    ))
-    .unwrap();
+    // Only deployment, image and version: the canary subset is derived (v1-0-0 → v1-1-0).
+    let req = request(&w.ns, WorkloadSpec { retire_after: Duration::from_secs(1), ..workload("v1.1.0") });
+    let mut body = serde_json::to_value(req).unwrap();
+    body["router"].as_object_mut().unwrap().remove("canarySubset");
     let http = reqwest::blocking::Client::new();
     let created: Value = http.post(format!("{}/api/v1/rollouts", d.url)).json(&body).send().unwrap().json().unwrap();
     let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    assert_eq!(created["router"]["canarySubset"], "v1-1-0", "derived from the version");
     let get = |d: &daemon::Daemon| -> Value {
         http.get(format!("{}/api/v1/rollouts/{id}", d.url)).send().and_then(|r| r.json()).unwrap_or(Value::Null)
     };
-    let mut rng = rand::rng();
-    let mut kills = 0;
-    for _ in 0..8 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..600)));
-        if get(&d)["phase"].as_str().is_some_and(|p| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&p)) {
-            break;
-        }
+    let terminal =
+        |r: &Value| r["phase"].as_str().is_some_and(|p| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&p));
+    let mut killed_at: Vec<Progress> = vec![];
+    for (point, reached) in KILL_POINTS {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let at = loop {
+            let p = rt.block_on(w.progress());
+            if reached(&p) {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "never reached: {point}: {}", get(&d));
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(!terminal(&get(&d)), "the release ended before the kill at: {point}");
         d.restart(); // SIGKILL, then start again on the same store
-        kills += 1;
+        assert!(!killed_at.contains(&at), "killed twice in the same state ({point}): {at:?}");
+        killed_at.push(at);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let end = loop {
         let r = get(&d);
-        if r["phase"].as_str().is_some_and(|p| ["Succeeded", "RolledBack", "Aborted", "Failed"].contains(&p)) {
+        if terminal(&r) {
             break r;
         }
         assert!(std::time::Instant::now() < deadline, "not finished: {r}");
@@ -619,23 +579,30 @@ fn the_daemon_killed_at_random_points_of_a_release_ends_it_as_without_kills() {
     stop.store(true, Ordering::SeqCst);
     let samples = rt.block_on(rec).unwrap();
     assert_eq!(end["phase"], "Succeeded", "{end}");
-    assert!(kills >= 4, "the daemon was killed mid-release {kills} times");
     let events: Value = http.get(format!("{}/api/v1/rollouts/{id}/events", d.url)).send().unwrap().json().unwrap();
     let recovered = events["items"].as_array().unwrap().iter().filter(|e| e["type"] == "recovered").count();
     // A daemon killed again before its driver recorded the recovery leaves no event for that start.
-    assert!((1..=kills).contains(&recovered), "{recovered} recoveries for {kills} kills");
+    assert!((1..=KILL_POINTS.len()).contains(&recovered), "{recovered} recoveries for 8 kills");
 
     rt.block_on(async {
         let list = w.deployments().list(&Default::default()).await.unwrap();
         assert_eq!(list.items.len(), 2, "no duplicate Deployment");
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(w.client.clone(), &w.ns);
+        let names: Vec<String> =
+            hpas.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|h| h.metadata.name).collect();
+        assert_eq!(names, vec!["agent-service-hpa".to_string()], "no duplicate HPA; the canary's clone removed");
         assert_eq!(w.deployment("agent-service-canary").await.unwrap().spec.replicas, Some(0), "no scale-down lost");
         let stable = w.deployment("agent-service").await.unwrap();
         let image = stable.spec.template.spec.as_ref().unwrap().containers[0].image.clone();
         assert_eq!(image.as_deref(), Some(&*format!("{IMAGE}:v1.1.0")));
         let vs = w.get(&virtual_service(), "agent-service").await;
         assert_eq!(
-            vs.data["spec"]["http"][1]["route"],
-            json!([{ "destination": { "host": "agent-service", "subset": "v1-1-0" }, "weight": 100 }])
+            vs.data["spec"]["http"],
+            json!([
+                { "match": [{ "headers": { "canary": { "exact": "true" } } }],
+                  "route": [{ "destination": { "host": "agent-service", "subset": "v1-1-0" } }] },
+                { "route": [{ "destination": { "host": "agent-service", "subset": "v1-1-0" }, "weight": 100 }] } ]),
+            "the same end state as without kills"
         );
         let dr = w.get(&destination_rule(), "agent-service").await;
         assert_eq!(dr.data["spec"]["subsets"], json!([{ "name": "v1-1-0", "labels": { "version": "v1.1.0" } }]));
@@ -646,6 +613,7 @@ fn the_daemon_killed_at_random_points_of_a_release_ends_it_as_without_kills() {
         let avail = first.canary.map_or(0, |c| c.1);
         assert!(avail >= size, "{weight}% routed with {avail} available canary replicas (want {size})");
     }
+    assert_eq!(dedup(samples.iter().map(Sample::canary_weight)), vec![0, 5, 25, 50, 100], "no weight went back");
     assert_eq!(dedup(samples.iter().filter_map(|s| s.canary.map(|c| c.0))), vec![1, 2, 3, 5, 0]);
 }
 
@@ -692,7 +660,7 @@ async fn nginx_ingress_gets_a_canary_service_and_ends_on_the_stable_service_at_t
     use k8s_openapi::api::core::v1::Service;
     let w = Arc::new(world("release-nginx", None, false).await);
     let service = json!({ "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": "agent-service", "labels": { "app": "agent-service" } },
+        "metadata": { "name": "agent-service", "labels": { "app": "agent-service", "vane.dev/managed": "true" } },
         "spec": { "selector": { "app": "agent-service", "version": "v1.0.0" },
                   "ports": [{ "port": 8080, "targetPort": 8080 }] } });
     let ingress = json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
@@ -708,7 +676,7 @@ async fn nginx_ingress_gets_a_canary_service_and_ends_on_the_stable_service_at_t
     req.router = RouterSpec::NginxIngress {
         ingress: "agent-service".into(),
         canary_ingress: Some("agent-service-canary".into()),
-        canary_service: Some("agent-service-canary".into()),
+        canary_service: None, // derived: agent-service-canary
         stable_service: None,
     };
     let (r, _, samples) = w.release(req).await;

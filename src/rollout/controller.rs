@@ -106,6 +106,7 @@ impl Controller {
         actor: &str,
         idempotency: Option<(String, String)>,
     ) -> Result<(Rollout, bool), ControllerError> {
+        let req = req.with_derived_names();
         let policy = req.resolve(&self.policies())?;
         if req.router.is_kubernetes() && !self.kube_namespaces.allows(&req.namespace) {
             return Err(FieldError::new(

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod controller;
 pub mod driver;
 pub mod machine;
+pub mod naming;
 pub mod ports;
 pub mod spec;
 pub mod workload;

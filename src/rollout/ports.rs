@@ -76,6 +76,9 @@ pub enum RouteShape {
     Restored,
     /// Promoted: only the new version is routed (100 %), the old version's subset is gone.
     Final,
+    /// The canary was retired: routing objects that exist only for it (gateway-api's canary
+    /// Service) are removed.
+    Retired,
 }
 
 /// Builds the router for a rollout from its spec.

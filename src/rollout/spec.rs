@@ -201,9 +201,24 @@ impl WorkloadSpec {
         if self.retire_after > MAX_WORKLOAD_WAIT {
             return Err(FieldError::new("workload.retireAfter", "must be at most 24h"));
         }
+        // The canary names vane writes itself: given (back compat) or derived (`rollout::naming`).
+        let label = |v: &str, field: &str| {
+            if is_dns_label(v) {
+                Ok(())
+            } else {
+                Err(FieldError::new(
+                    field,
+                    format!(
+                        "{v:?} (given, or derived from version when left out) is not a name vane can create: \
+                         it must be a lowercase DNS label (a-z, 0-9, '-', at most 63)"
+                    ),
+                ))
+            }
+        };
         match router {
-            RouterSpec::Istio { .. } => {}
-            RouterSpec::NginxIngress { canary_service: Some(c), .. } if !c.trim().is_empty() => {}
+            RouterSpec::Istio { canary_subset, .. } => label(canary_subset, "router.canarySubset")?,
+            RouterSpec::NginxIngress { canary_service: Some(c), .. } => label(c, "router.canaryService")?,
+            RouterSpec::GatewayApi { canary_backend, .. } => label(canary_backend, "router.canaryBackend")?,
             RouterSpec::NginxIngress { .. } => {
                 return Err(FieldError::new(
                     "router.canaryService",
@@ -213,7 +228,10 @@ impl WorkloadSpec {
             other => {
                 return Err(FieldError::new(
                     "workload",
-                    format!("workload releases need the istio or nginx-ingress router (not yet {})", other.kind()),
+                    format!(
+                        "workload releases need the istio, nginx-ingress or gateway-api router (not {})",
+                        other.kind()
+                    ),
                 ));
             }
         }
@@ -231,6 +249,8 @@ pub enum RouterSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         route: Option<String>,
         stable_subset: String,
+        /// With `workload` it may be left out: derived from `version` (`rollout::naming`).
+        #[serde(default)]
         canary_subset: String,
     },
     #[serde(rename_all = "camelCase")]
@@ -258,6 +278,8 @@ pub enum RouterSpec {
         rule: Option<String>,
         /// Service names (backendRefs of kind Service).
         stable_backend: String,
+        /// With `workload` it may be left out: `<deployment>-canary`, created by vane.
+        #[serde(default)]
         canary_backend: String,
     },
     /// Standalone NGINX through a `[routers.nginx.NAME]` profile of the daemon's configuration,

@@ -16,10 +16,13 @@ use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 
 use super::canary_match::{self, Layout};
+use super::gateway_api_workload as workload;
 use super::k8s::{self, Attempt, KubeAccess, Obj};
+use super::nginx_ingress_workload as services;
 use super::{Router, RouterError};
 use crate::BoxFut;
 use crate::policy::CanaryMatch;
+use crate::rollout::ports::RouteShape;
 
 /// Which route kind the rollout drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub struct GatewayApiRouter {
     stable: String,
     canary: String,
     canary_match: Vec<CanaryMatch>,
+    /// A workload release's (stable, new) versions: vane then owns the canary Service and backendRef.
+    versions: Option<(String, String)>,
 }
 
 /// Gateway API's limit of rules per route (the CRDs' `maxItems`).
@@ -167,7 +172,7 @@ impl WeightedRule {
 }
 
 /// Is this backendRef the Service `name` of the route's namespace?
-fn is_service(b: &Value, name: &str, namespace: &str) -> bool {
+pub fn is_service(b: &Value, name: &str, namespace: &str) -> bool {
     let s = |k: &str| b.get(k).and_then(Value::as_str);
     s("name") == Some(name)
         && s("kind").is_none_or(|k| k == "Service")
@@ -175,7 +180,7 @@ fn is_service(b: &Value, name: &str, namespace: &str) -> bool {
         && s("namespace").is_none_or(|n| n == namespace)
 }
 
-fn backend_refs(rule: &Value) -> &[Value] {
+pub fn backend_refs(rule: &Value) -> &[Value] {
     rule.get("backendRefs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
 }
 
@@ -263,7 +268,57 @@ impl GatewayApiRouter {
             stable: stable.into(),
             canary: canary.into(),
             canary_match: canary_match.to_vec(),
+            versions: None,
         }
+    }
+
+    /// The versions a workload release moves between (needed to shape routing).
+    pub fn with_versions(mut self, stable_version: &str, version: &str) -> Self {
+        self.versions = Some((stable_version.into(), version.into()));
+        self
+    }
+
+    fn backends(&self) -> workload::Backends<'_> {
+        workload::Backends {
+            namespace: &self.namespace,
+            rule: self.rule.as_deref(),
+            stable: &self.stable,
+            canary: &self.canary,
+        }
+    }
+
+    fn services(&self, client: kube::Client) -> kube::Api<k8s_openapi::api::core::v1::Service> {
+        kube::Api::namespaced(client, &self.namespace)
+    }
+
+    /// Promoted by a workload release: the rule holds only the stable Service, which selects the
+    /// new version (before the release it selects the stable one).
+    async fn promoted(&self, o: &DynamicObject) -> Result<bool, RouterError> {
+        let Some((_, version)) = &self.versions else { return Ok(false) };
+        let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+        if !self.backends().only_stable(&spec) {
+            return Ok(false);
+        }
+        let api = self.services(self.kube.client_in(&self.namespace).await?);
+        let what = format!("Service {}/{}", self.namespace, self.stable);
+        let s = api.get_opt(&self.stable).await.map_err(|e| k8s::classify(&what, e))?;
+        Ok(s.as_ref().and_then(services::selected_version) == Some(version.as_str()))
+    }
+
+    /// One read-decide-write round of the route for a workload `shape` (Prepared or Final).
+    async fn try_shape(&self, route: &Obj, shape: RouteShape) -> Result<(), Attempt> {
+        let o = route.get().await?;
+        self.kube.check_opt_in(&o, &route.describe())?;
+        let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+        let ops = match shape {
+            RouteShape::Prepared => self.backends().prepare_ops(&spec),
+            _ => self.backends().final_ops(&spec),
+        }
+        .map_err(|e| RouterError::Permanent(format!("{} {e}", route.describe())))?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        route.patch_guarded(&k8s::resource_version(&o)?, ops).await
     }
 
     async fn route(&self) -> Result<Obj, RouterError> {
@@ -360,6 +415,9 @@ impl Router for GatewayApiRouter {
     fn set_weight(&self, canary: u8) -> BoxFut<'_, Result<(), RouterError>> {
         Box::pin(k8s::bounded("gateway-api set weight", async move {
             let route = self.route().await?;
+            if canary == 100 && self.promoted(&route.get().await?).await? {
+                return Ok(());
+            }
             k8s::retry_conflicts(&route.describe(), || self.try_set(&route, canary)).await
         }))
     }
@@ -374,7 +432,39 @@ impl Router for GatewayApiRouter {
     fn observe(&self) -> BoxFut<'_, Result<Option<u8>, RouterError>> {
         Box::pin(k8s::bounded("gateway-api observe", async move {
             let route = self.route().await?;
-            Ok(self.locate(&route, &route.get().await?)?.canary())
+            let o = route.get().await?;
+            if self.promoted(&o).await? {
+                return Ok(Some(100));
+            }
+            Ok(self.locate(&route, &o)?.canary())
+        }))
+    }
+
+    /// Workload releases: the canary Service and its backendRef at 0 (Prepared); the stable Service
+    /// on the new version and the rule on it alone at 100 (Final); the canary Service gone (Retired).
+    /// Rollback needs nothing here: the weights and the canaryMatch rule go back with `set_weight(0)`.
+    fn shape(&self, shape: RouteShape) -> BoxFut<'_, Result<(), RouterError>> {
+        Box::pin(k8s::bounded("gateway-api shape", async move {
+            let Some((stable_version, version)) = &self.versions else {
+                return Err(RouterError::Permanent("gateway-api: no versions to shape routing for".into()));
+            };
+            let route = self.route().await?;
+            let api = self.services(self.kube.client_in(&self.namespace).await?);
+            let (ns, s, c) = (&self.namespace, &self.stable, &self.canary);
+            match shape {
+                RouteShape::Prepared => {
+                    services::ensure_canary_service(&self.kube, &api, ns, s, c, stable_version, version).await?;
+                    k8s::retry_conflicts(&route.describe(), || self.try_shape(&route, shape)).await
+                }
+                RouteShape::Restored => Ok(()),
+                RouteShape::Final => {
+                    // The stable Service takes the new version's pods (the promoted Deployment's)
+                    // while the rule still sends everything to the canary; then the rule drops it.
+                    services::select_checked(&self.kube, &api, ns, s, version).await?;
+                    k8s::retry_conflicts(&route.describe(), || self.try_shape(&route, shape)).await
+                }
+                RouteShape::Retired => services::delete_canary_service(&api, ns, c).await,
+            }
         }))
     }
 }

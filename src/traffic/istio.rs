@@ -464,6 +464,9 @@ impl Router for IstioRouter {
 
     fn shape(&self, shape: RouteShape) -> BoxFut<'_, Result<(), RouterError>> {
         Box::pin(k8s::bounded("istio shape", async move {
+            if shape == RouteShape::Retired {
+                return Ok(()); // the old subset went at Final; nothing of the canary's is left here
+            }
             let vs = self.vs().await?;
             let host = self.service_host(&vs).await?;
             let dr = self.destination_rule(&host).await?;

@@ -103,6 +103,7 @@ pub fn virtual_service_ops(
                 }
             }
         }
+        RouteShape::Retired => {}
         RouteShape::Restored => {
             for (j, r) in previews {
                 if subset(&dests(r)[0]) == Some(canary) {

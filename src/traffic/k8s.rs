@@ -22,18 +22,18 @@ pub const MANAGED_LABEL: &str = "vane.dev/managed";
 /// The label vane puts on the objects it creates (e.g. a canary Ingress).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "vane");
 
-fn label<'a>(o: &'a DynamicObject, key: &str) -> Option<&'a str> {
-    o.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
+fn label<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
 }
 
 /// Labelled `vane.dev/managed: "true"` by its owners.
 pub fn opted_in(o: &DynamicObject) -> bool {
-    label(o, MANAGED_LABEL) == Some("true")
+    label(&o.metadata, MANAGED_LABEL) == Some("true")
 }
 
 /// Created by vane (it carries vane's `app.kubernetes.io/managed-by`).
 pub fn created_by_vane(o: &DynamicObject) -> bool {
-    label(o, MANAGED_BY.0) == Some(MANAGED_BY.1)
+    label(&o.metadata, MANAGED_BY.0) == Some(MANAGED_BY.1)
 }
 
 /// Attempts of one guarded write before the conflict is reported as transient.
@@ -78,7 +78,13 @@ impl KubeAccess {
     /// May vane patch `o` (described as `what`)? With `require_opt_in` only objects its owners
     /// labelled `vane.dev/managed: "true"`, or that vane created, are written.
     pub fn check_opt_in(&self, o: &DynamicObject, what: &str) -> Result<(), RouterError> {
-        if !self.settings.require_opt_in || opted_in(o) || created_by_vane(o) {
+        self.check_opt_in_meta(&o.metadata, what)
+    }
+
+    /// [`check_opt_in`](Self::check_opt_in) for a typed object (a Deployment, a Service).
+    pub fn check_opt_in_meta(&self, meta: &kube::api::ObjectMeta, what: &str) -> Result<(), RouterError> {
+        let opted_in = label(meta, MANAGED_LABEL) == Some("true");
+        if !self.settings.require_opt_in || opted_in || label(meta, MANAGED_BY.0) == Some(MANAGED_BY.1) {
             return Ok(());
         }
         Err(RouterError::Permanent(format!(

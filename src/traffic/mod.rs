@@ -8,6 +8,7 @@ pub mod canary_match;
 pub mod events;
 pub mod exec;
 pub mod gateway_api;
+pub mod gateway_api_workload;
 pub mod istio;
 pub mod istio_shape;
 pub mod k8s;
@@ -157,14 +158,19 @@ impl RouterFactory for Routers {
                         ));
                     }
                 };
-                Arc::new(gateway_api::GatewayApiRouter::new(
+                let router = gateway_api::GatewayApiRouter::new(
                     self.kube.clone(),
                     ns,
                     (kind, route),
                     rule.as_deref(),
                     (stable_backend, canary_backend),
                     &r.policy.canary_match,
-                ))
+                );
+                // Only a workload release creates the canary Service and backendRef.
+                match r.workload {
+                    Some(_) => Arc::new(router.with_versions(&r.stable_version, &r.version)),
+                    None => Arc::new(router),
+                }
             }
             RouterSpec::Nginx { profile, stable_upstream, canary_upstream } => {
                 let p = self.nginx_profile(profile).map_err(RouterError::Permanent)?;

@@ -537,13 +537,13 @@ impl Router for NginxIngressRouter {
                 kube::Api::namespaced(self.kube.client().await?, ns);
             match shape {
                 RouteShape::Prepared => {
-                    workload::ensure_canary_service(&api, ns, &s, &c, stable_version, version).await
+                    workload::ensure_canary_service(&self.kube, &api, ns, &s, &c, stable_version, version).await
                 }
-                RouteShape::Restored => Ok(()),
+                RouteShape::Restored | RouteShape::Retired => Ok(()),
                 RouteShape::Final => {
                     // The stable Service takes the new version's pods (the promoted Deployment's), then
                     // the main Ingress points back at it: both select the new version throughout.
-                    workload::select(&api, ns, &s, version).await?;
+                    workload::select_checked(&self.kube, &api, ns, &s, version).await?;
                     let main = self.objects().await?.0;
                     k8s::retry_conflicts(&main.describe(), || async {
                         let m = main.get().await?;

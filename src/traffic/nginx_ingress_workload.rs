@@ -11,17 +11,21 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::RouterError;
-use super::k8s;
+use super::k8s::{self, KubeAccess};
 
 pub const VERSION_LABEL: &str = "version";
 pub const MANAGED: &str = "vane.dev/managed";
+/// The canary Deployment's pod label (`workload::k8s::LABEL_ROLE`): the canary Service selects it,
+/// so it reaches only the canary's pods, never the promoted Deployment's.
+pub const ROLE: (&str, &str) = ("vane.dev/role", "canary");
 
 /// The version the Service selects, if it selects on one.
 pub fn selected_version(s: &Service) -> Option<&str> {
     s.spec.as_ref()?.selector.as_ref()?.get(VERSION_LABEL).map(String::as_str)
 }
 
-/// The canary Service: the stable one's ports and selector with `version: <version>`.
+/// The canary Service: the stable one's ports and selector with `version: <version>` and the canary
+/// pods' role label.
 pub fn canary_service(stable: &Service, name: &str, version: &str) -> Result<Service, String> {
     let sname = stable.metadata.name.as_deref().unwrap_or("?");
     if selected_version(stable).is_none() {
@@ -35,9 +39,11 @@ pub fn canary_service(stable: &Service, name: &str, version: &str) -> Result<Ser
     spec.cluster_ips = None;
     if let Some(sel) = spec.selector.as_mut() {
         sel.insert(VERSION_LABEL.into(), version.into());
+        sel.insert(ROLE.0.into(), ROLE.1.into());
     }
     let mut labels = stable.metadata.labels.clone().unwrap_or_default();
     labels.insert(MANAGED.into(), "true".into());
+    labels.insert(k8s::MANAGED_BY.0.into(), k8s::MANAGED_BY.1.into());
     labels.insert(VERSION_LABEL.into(), version.into());
     Ok(Service {
         metadata: kube::api::ObjectMeta {
@@ -56,8 +62,10 @@ fn what(ns: &str, name: &str) -> String {
     format!("Service {ns}/{name}")
 }
 
-/// Ensure the canary Service `c` (copied from `s`) selects `version`.
+/// Ensure the canary Service `c` (copied from `s`) selects `version`. The stable Service must be
+/// opted in (`[kubernetes] require_opt_in`): promotion moves its selector.
 pub async fn ensure_canary_service(
+    kube: &KubeAccess,
     api: &Api<Service>,
     ns: &str,
     s: &str,
@@ -66,6 +74,7 @@ pub async fn ensure_canary_service(
     version: &str,
 ) -> Result<(), RouterError> {
     let stable = api.get(s).await.map_err(|e| k8s::classify(&what(ns, s), e))?;
+    kube.check_opt_in_meta(&stable.metadata, &what(ns, s))?;
     if selected_version(&stable) != Some(stable_version) && selected_version(&stable) != Some(version) {
         return Err(RouterError::Permanent(format!(
             "{} selects `{VERSION_LABEL}: {}`, not the stableVersion {stable_version}",
@@ -93,6 +102,36 @@ pub async fn ensure_canary_service(
             }
             select(api, ns, c, version).await
         }
+    }
+}
+
+/// Point the stable Service `name` at `version`, if its owners opted in.
+pub async fn select_checked(
+    kube: &KubeAccess,
+    api: &Api<Service>,
+    ns: &str,
+    name: &str,
+    version: &str,
+) -> Result<(), RouterError> {
+    let cur = api.get(name).await.map_err(|e| k8s::classify(&what(ns, name), e))?;
+    kube.check_opt_in_meta(&cur.metadata, &what(ns, name))?;
+    if selected_version(&cur) == Some(version) {
+        return Ok(());
+    }
+    select(api, ns, name, version).await
+}
+
+/// Delete the canary Service `c` vane created (one it did not create is left alone).
+pub async fn delete_canary_service(api: &Api<Service>, ns: &str, c: &str) -> Result<(), RouterError> {
+    let Some(cur) = api.get_opt(c).await.map_err(|e| k8s::classify(&what(ns, c), e))? else { return Ok(()) };
+    let managed = cur.metadata.labels.as_ref().and_then(|l| l.get(MANAGED)).is_some_and(|v| v == "true");
+    if !managed {
+        return Ok(());
+    }
+    match api.delete(c, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(st)) if st.code == 404 => Ok(()),
+        Err(e) => Err(k8s::classify(&what(ns, c), e)),
     }
 }
 

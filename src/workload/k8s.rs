@@ -152,21 +152,24 @@ impl K8sWorkload {
     }
 
     async fn deployments(&self) -> Res<Api<Deployment>> {
-        Ok(Api::namespaced(self.kube.client().await?, &self.namespace))
+        Ok(Api::namespaced(self.kube.client_in(&self.namespace).await?, &self.namespace))
     }
 
     async fn hpas(&self) -> Res<Api<HorizontalPodAutoscaler>> {
-        Ok(Api::namespaced(self.kube.client().await?, &self.namespace))
+        Ok(Api::namespaced(self.kube.client_in(&self.namespace).await?, &self.namespace))
     }
 
     fn describe(&self, name: &str) -> String {
         format!("Deployment {}/{name}", self.namespace)
     }
 
-    /// The stable Deployment, checked: its selector must not pin `version` (it is updated in place).
+    /// The stable Deployment, checked: its owners opted in (`[kubernetes] require_opt_in`: it is
+    /// promoted in place, and its HPA cloned) and its selector does not pin `version` (its
+    /// template's `version` changes). Read before any write of a release, so a refusal writes nothing.
     async fn stable(&self, api: &Api<Deployment>) -> Res<Deployment> {
         let d = self.spec.deployment.as_str();
         let stable = api.get(d).await.map_err(|e| err(&self.describe(d), e))?;
+        self.kube.check_opt_in_meta(&stable.metadata, &self.describe(d))?;
         let pinned = stable.spec.selector.match_labels.as_ref();
         if pinned.is_some_and(|m| m.contains_key(VERSION_LABEL)) {
             return Err(WorkloadError::Permanent(format!(

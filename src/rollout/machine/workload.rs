@@ -63,8 +63,12 @@ pub(super) fn plan_finish(
     w.finishing = true;
     let canary = w.spec.canary_name();
     let (todo, phase_now, msg) = if phase == Phase::Succeeded {
-        let todo =
-            vec![WorkloadAction::Stable, WorkloadAction::Route { shape: RouteShape::Final }, WorkloadAction::Retire];
+        let todo = vec![
+            WorkloadAction::Stable,
+            WorkloadAction::Route { shape: RouteShape::Final },
+            WorkloadAction::Retire,
+            WorkloadAction::Route { shape: RouteShape::Retired },
+        ];
         let msg = format!("promoting: {} to {}; then only {} is routed", w.spec.deployment, w.spec.image, r.version);
         (todo, Phase::Promoting, msg)
     } else {
@@ -200,6 +204,7 @@ fn describe(action: WorkloadAction, deployment: &str) -> String {
         WorkloadAction::Route { shape: RouteShape::Prepared } => "routing prepared for the canary".into(),
         WorkloadAction::Route { shape: RouteShape::Restored } => "header routes restored to stable".into(),
         WorkloadAction::Route { shape: RouteShape::Final } => "routing: only the new version".into(),
+        WorkloadAction::Route { shape: RouteShape::Retired } => "routing: the canary's own objects removed".into(),
         WorkloadAction::Stable => format!("{deployment} promoted"),
         WorkloadAction::Retire => format!("{deployment}-canary retired"),
         WorkloadAction::Zero => format!("{deployment}-canary scaled to 0"),
