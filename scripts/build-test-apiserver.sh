@@ -5,17 +5,19 @@
 #   scripts/build-test-apiserver.sh          build unless cached; print the binary's path
 #   scripts/build-test-apiserver.sh --path   only print where the cached binary is (or would be)
 #
-# First build: about 7 minutes on 2 cores, a 266 MB download and 2.3 GB unpacked in a temporary
-# directory ($TMPDIR), removed afterwards. Needs apt-get, dpkg-deb and debian-archive-keyring (any
+# First build (measured twice): 8 to 9 minutes of CPU time (user+sys), i.e. minutes of wall time on
+# 2 free cores and much longer on a busy machine; a 277 MB download and up to 5.3 GB in a temporary
+# directory ($TMPDIR: packages, unpacked sources, Go's build cache), removed afterwards. Needs apt-get, dpkg-deb and debian-archive-keyring (any
 # Debian or Ubuntu system); it uses a private apt state directory, so nothing in /etc changes and no
-# root is needed. The cache is keyed by a hash of the wrapper source, packages.txt and this script:
+# root is needed. The cache is keyed by a hash of the wrapper source, packages.txt and this script's code:
 # ${XDG_CACHE_HOME:-~/.cache}/vane/crdserver-<hash>/crdserver.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 src=$repo/tests/k8s-server
 self=$repo/scripts/build-test-apiserver.sh
 
-hash=$(cat "$src"/src/*.go "$src/packages.txt" "$self" | sha256sum | cut -c1-16)
+# (The script's comments are not part of the key: editing them keeps the cache.)
+hash=$(cat "$src"/src/*.go "$src/packages.txt" <(grep -v '^[[:space:]]*#' "$self") | sha256sum | cut -c1-16)
 dir=${XDG_CACHE_HOME:-$HOME/.cache}/vane/crdserver-$hash
 bin=$dir/crdserver
 
@@ -35,7 +37,7 @@ for tool in apt-get dpkg-deb sha256sum; do
 done
 [ -r "$keyring" ] || { echo "$0: needs $keyring: apt-get install debian-archive-keyring" >&2; exit 1; }
 
-echo "building the test Kubernetes API server (first time only: ~7 min on 2 cores, 266 MB download)" >&2
+echo "building the test Kubernetes API server (first time only: 8 min of CPU, 277 MB download)" >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/parts" "$work/lists/partial" "$work/cache/archives/partial" "$work/dl" "$work/root"
@@ -48,9 +50,17 @@ Signed-By: $keyring
 SRC
 apt_opts=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$work/parts"
           -o Dir::State::Lists="$work/lists" -o Dir::Cache="$work/cache" -o Debug::NoLocking=true)
-apt-get "${apt_opts[@]}" update -qq
+# As root, apt drops to the _apt user to download, which cannot write into our private directories.
+[ "$(id -u)" != 0 ] || apt_opts+=(-o APT::Sandbox::User=root)
+# apt's output goes to stderr: stdout is only the binary's path.
+apt-get "${apt_opts[@]}" update -qq >&2
 mapfile -t packages < <(grep -v -e '^#' -e '^[[:space:]]*$' "$src/packages.txt")
-(cd "$work/dl" && apt-get "${apt_opts[@]}" download "${packages[@]}")
+if ! (cd "$work/dl" && apt-get "${apt_opts[@]}" download "${packages[@]}") >&2; then
+  echo "$0: could not download the packages pinned in tests/k8s-server/packages.txt (apt says which above)." >&2
+  echo "Debian's unstable suite moves: set the line of a package that is gone to a version that" >&2
+  echo "'apt-cache madison PACKAGE' lists for trixie or sid." >&2
+  exit 1
+fi
 for deb in "$work"/dl/*.deb; do dpkg-deb -x "$deb" "$work/root"; done
 
 gopath=$work/root/usr/share/gocode
@@ -65,8 +75,9 @@ cp "$src"/src/*.go "$gopath/src/vanetest/crdserver/"
 
 goroot=$(echo "$work"/root/usr/lib/go-1.*)   # the one Go toolchain packages.txt pins
 [ -x "$goroot/bin/go" ] || { echo "$0: no Go toolchain unpacked at $goroot" >&2; exit 1; }
+mkdir -p "$work/gotmp"
 export GOROOT=$goroot GOPATH=$gopath GO111MODULE=off GOPROXY=off \
-       GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS='' GOCACHE=$work/gocache
+       GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS='' GOCACHE=$work/gocache GOTMPDIR=$work/gotmp
 mkdir -p "$dir"
 "$GOROOT/bin/go" build -p "$(nproc)" -trimpath -ldflags "-s -w" -o "$work/crdserver" vanetest/crdserver
 # Into the cache only once complete, so an interrupted build never leaves a broken binary there.

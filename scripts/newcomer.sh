@@ -53,6 +53,10 @@ done < <(cd "$clone" && { echo README.md; find docs -name '*.md'; } | sort)
 (cd "$clone" && CARGO_TARGET_DIR=$target cargo build -q --bin vane) || fail "cargo build"
 bin=$target/debug/vane
 built=$(date +%s)
+# The Kubernetes suites' API server: with nothing beside the clone, tests look in the build script's
+# cache (building it takes minutes, so it is not built here; scripts/test.sh does).
+apiserver=$(bash "$clone/scripts/build-test-apiserver.sh" --path) || fail "scripts/build-test-apiserver.sh --path"
+case "$apiserver" in */vane/crdserver-*/crdserver) ;; *) fail "build-test-apiserver.sh --path printed '$apiserver'" ;; esac
 
 # 4. The walkthrough, as README.md has it.
 block() { # the fenced block after the marker line `<!-- walkthrough: $1 -->`

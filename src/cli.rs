@@ -85,22 +85,42 @@ pub enum StoreCmd {
         /// The etcd key prefix (`[store] etcd.prefix`).
         #[arg(long, default_value = "/vane/")]
         prefix: String,
+        /// A configuration file whose `[store] etcd` TLS files and credentials reach the etcd location.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
 /// `vane store migrate`: prints what it copied; exit 0, or 1 with the reason.
 pub async fn store(cmd: StoreCmd) -> i32 {
     match cmd {
-        StoreCmd::Migrate { from, to, prefix } => match crate::store::migrate::migrate(&from, &to, &prefix).await {
-            Ok(n) => {
-                println!("copied {n} rollout(s) with their events from {from} to {to}");
-                0
-            }
-            Err(e) => {
-                eprintln!("vane store migrate: {e}");
-                1
-            }
-        },
+        StoreCmd::Migrate { from, to, prefix, config } => {
+            let etcd = match config.map(|p| crate::config::Config::load(Some(&p), std::env::vars())).transpose() {
+                Ok(c) => crate::config::EtcdConfig { prefix, ..c.map(|c| c.store.etcd).unwrap_or_default() },
+                Err(e) => {
+                    eprintln!("vane store migrate: {e}");
+                    return code::USAGE;
+                }
+            };
+            store_migrate(&from, &to, &etcd).await
+        }
+    }
+}
+
+async fn store_migrate(
+    from: &crate::store::migrate::Location,
+    to: &crate::store::migrate::Location,
+    etcd: &crate::config::EtcdConfig,
+) -> i32 {
+    match crate::store::migrate::migrate(from, to, etcd).await {
+        Ok(n) => {
+            println!("copied {n} rollout(s) with their events from {from} to {to}");
+            0
+        }
+        Err(e) => {
+            eprintln!("vane store migrate: {e}");
+            1
+        }
     }
 }
 

@@ -185,6 +185,36 @@ pub struct EtcdConfig {
     /// A replica that has not renewed its lease for this long loses its rollouts to the others.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// PEM file of the CA that signed the etcd members' certificates (needed for `https://` endpoints).
+    pub ca_file: String,
+    /// Client certificate and key (PEM files), for an etcd that requires them (`--client-cert-auth`).
+    pub cert_file: String,
+    pub key_file: String,
+    /// etcd user (after `etcdctl auth enable`); the password is read from `password_file` or the
+    /// environment variable `password_env`, never written in the configuration.
+    pub username: String,
+    pub password_file: String,
+    pub password_env: String,
+}
+
+impl EtcdConfig {
+    /// The TLS and credential settings fit together (the files themselves are read at connect).
+    pub fn check(&self) -> Result<(), String> {
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            return Err("store.etcd: cert_file and key_file go together".into());
+        }
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) && self.ca_file.is_empty() {
+            return Err("store.etcd.ca_file: https endpoints need the CA that signed etcd's certificates".into());
+        }
+        let password = !self.password_file.is_empty() || !self.password_env.is_empty();
+        if self.username.is_empty() == password {
+            return Err("store.etcd: username needs password_file or password_env (and they need a username)".into());
+        }
+        if !self.password_file.is_empty() && !self.password_env.is_empty() {
+            return Err("store.etcd: give password_file or password_env, not both".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for EtcdConfig {
@@ -193,6 +223,12 @@ impl Default for EtcdConfig {
             endpoints: vec!["http://127.0.0.1:2379".into()],
             prefix: "/vane/".into(),
             lease_ttl: Duration::from_secs(5),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            username: String::new(),
+            password_file: String::new(),
+            password_env: String::new(),
         }
     }
 }
@@ -455,6 +491,31 @@ mod tests {
         std::fs::write(&f, "[store]\nbackend = \"zookeeper\"\n").unwrap();
         let e = Config::load(Some(&f), vec![]).unwrap_err().to_string();
         assert!(e.contains("zookeeper"), "{e}");
+    }
+
+    #[test]
+    fn etcd_tls_and_credentials_must_fit_together_and_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vane.toml");
+        let with = |etcd: &str| {
+            std::fs::write(&f, format!("[store]\nbackend = \"etcd\"\netcd = {{ {etcd} }}\n")).unwrap();
+            Config::load(Some(&f), vec![]).map(|c| c.store.etcd).map_err(|e| e.to_string())
+        };
+        let ok = with(
+            r#"endpoints = ["https://etcd:2379"], ca_file = "/tls/ca.crt", cert_file = "/tls/c.crt", key_file = "/tls/c.key", username = "vane", password_env = "ETCD_PW""#,
+        )
+        .unwrap();
+        assert_eq!((ok.username.as_str(), ok.password_env.as_str()), ("vane", "ETCD_PW"));
+        for (etcd, says) in [
+            (r#"endpoints = ["https://etcd:2379"]"#, "ca_file"),
+            (r#"cert_file = "/tls/c.crt""#, "cert_file and key_file"),
+            (r#"username = "vane""#, "password_file or password_env"),
+            (r#"password_file = "/pw""#, "password_file or password_env"),
+            (r#"username = "v", password_file = "/pw", password_env = "X""#, "not both"),
+        ] {
+            let e = with(etcd).unwrap_err();
+            assert!(e.contains(says) && e.contains(&format!("{}:3", f.display())), "{etcd}: {e}");
+        }
     }
 
     #[test]

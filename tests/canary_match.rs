@@ -9,7 +9,7 @@ mod k8s;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use vane::fixtures;
 use vane::policy::{Approval, CanaryMatch, Gate, Policy};
@@ -39,11 +39,6 @@ fn policy(end: End) -> Policy {
         canary_match: vec![CanaryMatch { headers: BTreeMap::from([("canary".into(), "true".into())]) }],
         ..fixtures::policy("header", &[5, 25, 50, 100], Duration::from_millis(200), 2)
     }
-}
-
-async fn create(client: &kube::Client, ns: &str, ar: &ApiResource, obj: Value) -> DynamicObject {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
-    api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.expect("test object created")
 }
 
 async fn read(client: &kube::Client, ns: &str, ar: &ApiResource, name: &str) -> DynamicObject {
@@ -140,8 +135,8 @@ async fn istio_case(test: &str, header_subset: Option<&str>) {
                              { "name": "v1-0-0", "labels": { "version": "v1.0.0" } },
                              { "name": "v1-0-9", "labels": { "version": "v1.0.9" } },
                              { "name": "v1-1-0", "labels": { "version": "v1.1.0" } } ] } });
-        create(&client, &ns, &destination_rule(), dr).await;
-        let before = create(&client, &ns, &virtual_service(), vs(header_subset)).await;
+        k8s::create(&client, &ns, &destination_rule(), dr).await;
+        let before = k8s::create(&client, &ns, &virtual_service(), vs(header_subset)).await;
         let vsr = virtual_service();
         let weighted = if header_subset.is_some() { 2 } else { 1 };
         let at_gate = async || {
@@ -205,21 +200,15 @@ fn route() -> Value {
 #[tokio::test]
 async fn gateway_api_adds_a_header_rule_and_removes_it_at_every_end() {
     let client = k8s::gateway_api_client().await;
-    let router = RouterSpec::GatewayApi {
-        http_route: Some("agent-service".into()),
-        grpc_route: None,
-        rule: None,
-        stable_backend: "agent-service-blue".into(),
-        canary_backend: "agent-service-green".into(),
-    };
+    let router = k8s::gateway_api_router(false);
     for end in ENDS {
         let ns = k8s::namespace(&format!("gateway-{end:?}"));
         for name in ["agent-service-blue", "agent-service-green"] {
             let svc = json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name },
                               "spec": { "ports": [{ "port": 8080 }] } });
-            create(&client, &ns, &service(), svc).await;
+            k8s::create(&client, &ns, &service(), svc).await;
         }
-        let before = create(&client, &ns, &http_route(), route()).await;
+        let before = k8s::create(&client, &ns, &http_route(), route()).await;
         let ar = http_route();
         let at_gate = async || {
             let now = read(&client, &ns, &ar, "agent-service").await;
@@ -274,7 +263,7 @@ async fn nginx_ingress_sets_canary_by_header_and_removes_it_at_every_end() {
     };
     for end in ENDS {
         let ns = k8s::namespace(&format!("ingress-{end:?}"));
-        let before = create(&client, &ns, &ingress(), main_ingress()).await;
+        let before = k8s::create(&client, &ns, &ingress(), main_ingress()).await;
         let ar = ingress();
         let at_gate = async || {
             let k = read(&client, &ns, &ar, "agent-service-canary").await;
@@ -309,7 +298,7 @@ async fn gateway_api_route_without_room_for_the_header_rule_is_refused_clearly()
     for name in ["agent-service-blue", "agent-service-green"] {
         let svc = json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name },
                           "spec": { "ports": [{ "port": 8080 }] } });
-        create(&client, &ns, &service(), svc).await;
+        k8s::create(&client, &ns, &service(), svc).await;
     }
     let mut obj = route();
     let rules = obj["spec"]["rules"].as_array_mut().unwrap();
@@ -317,14 +306,8 @@ async fn gateway_api_route_without_room_for_the_header_rule_is_refused_clearly()
         rules.push(json!({ "matches": [{ "path": { "type": "PathPrefix", "value": format!("/r{i}") } }],
                            "backendRefs": [{ "name": "admin", "port": 8080 }] }));
     }
-    let before = create(&client, &ns, &http_route(), obj).await;
-    let spec = RouterSpec::GatewayApi {
-        http_route: Some("agent-service".into()),
-        grpc_route: None,
-        rule: None,
-        stable_backend: "agent-service-blue".into(),
-        canary_backend: "agent-service-green".into(),
-    };
+    let before = k8s::create(&client, &ns, &http_route(), obj).await;
+    let spec = k8s::gateway_api_router(false);
     let mut req = fixtures::request("agent-service", "header");
     req.namespace = ns.clone();
     req.router = spec;
@@ -347,7 +330,7 @@ async fn grpc_route_gets_the_header_rule_and_loses_it_again() {
     for name in ["agent-service-blue", "agent-service-green"] {
         let svc = json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name },
                           "spec": { "ports": [{ "port": 9090 }] } });
-        create(&client, &ns, &service(), svc).await;
+        k8s::create(&client, &ns, &service(), svc).await;
     }
     let obj = json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
         "metadata": { "name": "agent-service", "labels": { "vane.dev/managed": "true" } },
@@ -355,16 +338,10 @@ async fn grpc_route_gets_the_header_rule_and_loses_it_again() {
             { "backendRefs": [{ "name": "agent-service-blue", "port": 9090, "weight": 100 },
                               { "name": "agent-service-green", "port": 9090, "weight": 0 }] } ] } });
     let ar = vane::traffic::k8s::grpc_route();
-    let before = create(&client, &ns, &ar, obj).await;
+    let before = k8s::create(&client, &ns, &ar, obj).await;
     let mut req = fixtures::request("agent-service", "header");
     req.namespace = ns.clone();
-    req.router = RouterSpec::GatewayApi {
-        http_route: None,
-        grpc_route: Some("agent-service".into()),
-        rule: None,
-        stable_backend: "agent-service-blue".into(),
-        canary_backend: "agent-service-green".into(),
-    };
+    req.router = k8s::gateway_api_router(true);
     let (rollout, _) = vane::rollout::machine::create("r".into(), &req, policy(End::Aborted), "test", 0);
     let routers = vane::traffic::Routers::with_kube_client(client.clone());
     let router = vane::traffic::RouterFactory::build(&routers, &rollout).unwrap();

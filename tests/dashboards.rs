@@ -3,7 +3,8 @@
 //!
 //! `every_dashboard_and_alert_expression_against_real_prometheus`: Prometheus (1 s scrapes) scrapes
 //! three `vane demo-app`s of `shop/web` (v1, v2 healthy; v3 with 30 % errors) and the `vane` binary.
-//! The daemon runs two rollouts of `web` whose analysis queries that Prometheus: v1→v2 succeeds,
+//! The daemon runs two rollouts of `web` whose analysis (a percent, a latency, a request-count and a
+//! custom-query metric: one of each unit family) queries that Prometheus: v1→v2 succeeds,
 //! v2→v3 rolls back (its router takes 3 s to restore traffic, so Prometheus sees `RollingBack`).
 //! Then every expression `scripts/promql-exprs.py` extracts (Grafana variables substituted with
 //! shop/web/v2/v3) is sent to Prometheus as a range query over the rollouts' time span:
@@ -24,6 +25,10 @@
 //!
 //! `finished_rollouts_series_are_dropped_after_the_retention`: with a 3 s retention (a margin for a
 //! slow first scrape) the per-service series of a finished rollout leave `/metrics`, the counters stay.
+//!
+//! `no_dashboard_or_alert_reads_a_deprecated_metric_name`: no file of `dashboards/`, `deploy/` or
+//! `charts/` names a metric of the "Deprecated names" table of docs/reference/metrics.md (the daemon
+//! still exports them for one release; what we ship must not depend on them).
 
 mod support {
     pub mod daemon;
@@ -53,6 +58,12 @@ metrics:
   - name: latency-p95
     template: latency-p95
     max: 500ms
+  - name: requests
+    template: request-count
+    min: 1
+  - name: canary-rps
+    query: sum(rate(http_requests_total{namespace=\"{{namespace}}\", service=\"{{service}}\", version=\"{{version}}\"}[{{interval}}]))
+    min: 1
 ";
 
 /// Every metric of docs/reference/metrics.md (as exposed: counters with `_total`) and its labels
@@ -61,8 +72,13 @@ const METRICS: &[(&str, &[&str])] = &[
     ("vane_build_info", &["version"]),
     ("vane_info", &["version"]),
     ("vane_analysis_value_percent", &["namespace", "service", "metric"]),
+    ("vane_analysis_value_seconds", &["namespace", "service", "metric"]),
+    ("vane_analysis_value_requests", &["namespace", "service", "metric"]),
+    ("vane_analysis_custom_value", &["namespace", "service", "metric"]),
     ("vane_analysis_threshold_percent", &["namespace", "service", "metric", "bound"]),
     ("vane_analysis_threshold_seconds", &["namespace", "service", "metric", "bound"]),
+    ("vane_analysis_threshold_requests", &["namespace", "service", "metric", "bound"]),
+    ("vane_analysis_custom_threshold", &["namespace", "service", "metric", "bound"]),
     ("vane_http_requests_total", &["method", "route", "status"]),
     ("vane_http_request_duration_seconds", &["method", "route"]),
     ("vane_store_commit_seconds", &[]),
@@ -332,7 +348,7 @@ async fn every_dashboard_and_alert_expression_against_real_prometheus() {
         ("rollback in progress", r#"phase="RollingBack"}) == 1"#, true),
         ("rollout failed", r#"phase="Failed"}) == 1"#, false),
         ("router errors during a rollback", r#"vane_router_requests_total{result="error"}"#, false),
-        ("controller down", "absent(vane_info)", false),
+        ("controller down", "absent(vane_build_info)", false),
         ("Prometheus query errors", "vane_prometheus_query_errors_total", false),
     ];
     for (what, fragment, fires) in alerts {
@@ -378,5 +394,50 @@ async fn finished_rollouts_series_are_dropped_after_the_retention() {
     .await;
     assert_eq!(value_of(&per_service, "vane_rollouts_total", &succeeded), Some(1.0), "counters stay");
     assert_eq!(value_of(&per_service, "vane_rollout_duration_seconds_count", &succeeded), Some(1.0));
-    assert_eq!(value_of(&per_service, "vane_info", &[]), Some(1.0));
+    assert_eq!(value_of(&per_service, "vane_build_info", &[]), Some(1.0));
+}
+
+/// The deprecated names of docs/reference/metrics.md ("Deprecated names": first column).
+fn deprecated_metric_names() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference/metrics.md"))
+        .expect("docs/reference/metrics.md");
+    let section = doc.split("## Deprecated names").nth(1).expect("metrics.md has a \"Deprecated names\" section");
+    section.lines().filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(name, _)| name.to_string())).collect()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() { files_under(&path, out) } else { out.push(path) }
+    }
+}
+
+/// Whether `text` uses the metric `name` itself (not a longer name it is a prefix of).
+fn uses_metric(text: &str, name: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(at, _)| !text[..at].ends_with(ident) && !text[at + name.len()..].starts_with(ident))
+}
+
+#[test]
+fn no_dashboard_or_alert_reads_a_deprecated_metric_name() {
+    let deprecated = deprecated_metric_names();
+    assert!(deprecated.len() >= 3 && deprecated.contains(&"vane_info".to_string()), "{deprecated:?}");
+    assert!(uses_metric("absent(vane_info)", "vane_info") && !uses_metric("vane_info_x + avane_info", "vane_info"));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["dashboards", "deploy", "charts"] {
+        files_under(&root.join(dir), &mut files);
+    }
+    assert!(files.iter().any(|f| f.ends_with("deploy/components/alerts/prometheusrule.yaml")), "{files:?}");
+    let mut uses = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            for name in deprecated.iter().filter(|name| uses_metric(line, name)) {
+                uses.push(format!("{}:{}: {name}", file.strip_prefix(root).unwrap_or(file).display(), n + 1));
+            }
+        }
+    }
+    assert!(uses.is_empty(), "deprecated metric names (see docs/reference/metrics.md):\n{}", uses.join("\n"));
 }

@@ -1,6 +1,9 @@
 //! The driver and controller on in-memory fakes with a paused tokio clock: minutes of rollout run
 //! in milliseconds, through the real sled store.
 
+#[path = "support/wait.rs"]
+mod wait;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,22 +38,9 @@ impl Harness {
         r.id
     }
 
-    /// Wait (in virtual time) until `f` holds.
+    /// Wait (in virtual time, 6 h at most) until `f` holds.
     async fn until(&self, id: &str, what: &str, f: impl Fn(&Rollout) -> bool) -> Rollout {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(6 * 3600);
-        loop {
-            let r = self.c.get(id).unwrap();
-            if f(&r) {
-                return r;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {:?} {}",
-                r.phase,
-                r.message
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait::until_rollout(&self.c, id, what, Duration::from_secs(6 * 3600), Duration::from_millis(50), f).await
     }
 
     async fn done(&self, id: &str) -> Rollout {

@@ -6,7 +6,8 @@
 //!   rollout still succeeds, its events are gap-free, every step is decided exactly once, and every
 //!   router ends at 100 %.
 //! - SIGSTOP an owner past its lease, let the others take its rollouts over, SIGCONT it: from then on
-//!   it commits nothing and calls no router (fencing).
+//!   it commits nothing and calls no router (fencing); its log and etcd's revision history (every
+//!   record names its writer and lease) both show it.
 //! - Kill one etcd member: rollouts go on; kill a second: no router moves; bring them back: every
 //!   rollout finishes.
 //! - A command or Slack click sent to any replica reaches the owner, as its caller.
@@ -29,6 +30,8 @@ use support::etcd::EtcdCluster;
 const STEPS: [u8; 5] = [5, 25, 50, 75, 100];
 const LEASE_TTL: &str = "2s";
 const KILLS: usize = 20;
+/// The etcd key prefix of every replica.
+const PREFIX: &str = "/vane-test/";
 
 /// A test world: etcd, the replicas' directories, the router script and its call logs.
 struct World {
@@ -53,10 +56,7 @@ fn replica_env(etcd: &EtcdCluster, port: u16, lease_ttl: &str, script: &Path) ->
         ("VANE_STORE_BACKEND".into(), "etcd".into()),
         (
             "VANE_STORE_ETCD".into(),
-            format!(
-                "{{ endpoints = {}, prefix = \"/vane-test/\", lease_ttl = \"{lease_ttl}\" }}",
-                etcd.endpoints_toml()
-            ),
+            format!("{{ endpoints = {}, prefix = \"{PREFIX}\", lease_ttl = \"{lease_ttl}\" }}", etcd.endpoints_toml()),
         ),
         ("VANE_SERVER_ADVERTISE".into(), format!("http://127.0.0.1:{port}")),
         ("VANE_ALICE_TOKEN".into(), TOKEN.into()),
@@ -258,6 +258,58 @@ impl World {
     }
 }
 
+/// A change in etcd: its revision, key, value (empty for a delete) and whether it was a put.
+struct Change {
+    revision: i64,
+    key: String,
+    value: Vec<u8>,
+    put: bool,
+}
+
+/// Read etcd directly (a runtime of its own: the tests here are synchronous).
+fn with_etcd<T>(etcd: &EtcdCluster, f: impl AsyncFnOnce(etcd_client::Client) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = etcd_client::Client::connect(etcd.endpoints(), None).await.expect("connect to etcd");
+        f(client).await
+    })
+}
+
+/// The current revision, and each live replica's lease (replica id → lease id).
+fn replica_leases(etcd: &EtcdCluster) -> (i64, HashMap<String, i64>) {
+    with_etcd(etcd, async |mut c| {
+        let key = format!("{PREFIX}replicas/");
+        let resp = c.get(key.clone(), Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+        let leases = resp.kvs().iter().map(|kv| (kv.key_str().unwrap()[key.len()..].to_string(), kv.lease())).collect();
+        (resp.header().unwrap().revision(), leases)
+    })
+}
+
+/// Every change under [`PREFIX`] after revision `from`, up to now, from etcd's revision history.
+fn history(etcd: &EtcdCluster, from: i64) -> Vec<Change> {
+    with_etcd(etcd, async |mut c| {
+        let now = c.get(PREFIX, None).await.unwrap().header().unwrap().revision();
+        let opts = etcd_client::WatchOptions::new().with_prefix().with_start_revision(from + 1);
+        let mut stream = c.watch(PREFIX, Some(opts)).await.unwrap();
+        let mut out: Vec<Change> = Vec::new();
+        while out.last().is_none_or(|c| c.revision < now) {
+            let resp = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+            let resp = resp.expect("etcd replays its history").unwrap().expect("watch stream open");
+            assert_eq!(resp.compact_revision(), 0, "etcd compacted the history the test reads");
+            for e in resp.events() {
+                let kv = e.kv().unwrap();
+                out.push(Change {
+                    revision: kv.mod_revision(),
+                    key: kv.key_str().unwrap().to_string(),
+                    value: kv.value().to_vec(),
+                    put: e.event_type() == etcd_client::EventType::Put,
+                });
+            }
+        }
+        out
+    })
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig} {pid}");
@@ -325,12 +377,14 @@ fn rollouts_survive_repeated_sigkills_of_the_busiest_replica() {
 fn a_paused_owner_commits_nothing_and_moves_no_traffic_after_the_takeover() {
     let w = World::start(3, "700ms");
     let ids = w.create(9);
+    let (start, leases) = replica_leases(&w.etcd);
     // Let every rollout start shifting.
     std::thread::sleep(Duration::from_millis(1500));
     let owned = w.owned(0);
     let victim = (0..3).max_by_key(|i| owned.get(&w.replica_id(*i)).copied().unwrap_or(0)).unwrap();
     let victim_id = w.replica_id(victim);
     let pid = w.replicas[victim].child.id();
+    let lease = leases[&victim_id];
     let other = (victim + 1) % 3;
     assert!(owned.get(&victim_id).copied().unwrap_or(0) > 0, "{owned:?}");
     signal(pid, "-STOP");
@@ -368,6 +422,34 @@ fn a_paused_owner_commits_nothing_and_moves_no_traffic_after_the_takeover() {
     let after = &log[log_before..];
     let commits: Vec<&str> = after.lines().filter(|l| l.contains(" seq=")).collect();
     assert!(commits.is_empty(), "the fenced replica committed after the takeover:\n{}", commits.join("\n"));
+    // ... which etcd's revision history proves: the takeover is the revision at which its lease
+    // expired (its registration deleted); every commit writes the rollout's record signed with the
+    // writer's replica id and lease, and none after that revision carries the paused one's lease.
+    let changes = history(&w.etcd, start);
+    let registration = format!("{PREFIX}replicas/{victim_id}");
+    let expired = changes.iter().find(|c| c.key == registration && !c.put).expect("its lease expired").revision;
+    let mut commits: BTreeMap<i64, Vec<(String, String, i64)>> = BTreeMap::new();
+    for c in changes.iter().filter(|c| c.put) {
+        let Some(id) = c.key.strip_prefix(&format!("{PREFIX}rollouts/")) else { continue };
+        let rec: Value = serde_json::from_slice(&c.value).unwrap();
+        let writer = (rec["writer"]["replica"].as_str().unwrap().to_string(), rec["writer"]["lease"].as_i64().unwrap());
+        commits.entry(c.revision).or_default().push((id.to_string(), writer.0, writer.1));
+    }
+    let by_it = |(_, replica, l): &(String, String, i64)| *replica == victim_id && *l == lease;
+    let before = commits.range(..expired).flat_map(|(_, w)| w).filter(|w| by_it(w)).count();
+    assert!(before > 0, "the paused replica's earlier commits are in the history, signed with lease {lease}");
+    let late: Vec<_> = commits.range(expired..).flat_map(|(rev, w)| w.iter().map(move |w| (rev, w))).collect();
+    assert!(late.iter().all(|(_, w)| !by_it(w)), "committed under the expired lease: {late:?}");
+    assert!(late.len() >= owned[&victim_id] as usize, "its rollouts went on under their new owners: {late:?}");
+    // Every revision after the takeover that wrote events also wrote the record (so it is signed).
+    let event_revisions = changes.iter().filter(|c| c.put && c.revision > expired && c.key.contains("/events/"));
+    for c in event_revisions {
+        assert!(commits.contains_key(&c.revision), "{} at revision {} came without a signed record", c.key, c.revision);
+    }
+    eprintln!(
+        "etcd history: {} commits after the takeover (revision {expired}), none under the paused replica's lease",
+        late.len()
+    );
     // It says so (a log line written when its next commit fails or its lease lapsed: wait for it).
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use vane::analysis::Verdict;
 use vane::fixtures::{self, ScriptedAnalyzer};
@@ -58,16 +58,11 @@ struct Case {
     before: DynamicObject,
 }
 
-async fn create(client: &kube::Client, ns: &str, ar: &ApiResource, obj: Value) -> DynamicObject {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
-    api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.expect("test object created")
-}
-
 async fn istio(test: &str) -> Case {
     let client = k8s::shared_client().await;
     let ns = k8s::namespace(test);
-    create(&client, &ns, &destination_rule(), dr()).await;
-    let before = create(&client, &ns, &virtual_service(), vs()).await;
+    k8s::create(&client, &ns, &destination_rule(), dr()).await;
+    let before = k8s::create(&client, &ns, &virtual_service(), vs()).await;
     let spec = RouterSpec::Istio {
         virtual_service: "agent-service".into(),
         route: None,
@@ -83,16 +78,10 @@ async fn gateway(test: &str) -> Case {
     for name in ["agent-service-blue", "agent-service-green"] {
         let svc = json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name },
                           "spec": { "ports": [{ "port": 8080 }] } });
-        create(&client, &ns, &service(), svc).await;
+        k8s::create(&client, &ns, &service(), svc).await;
     }
-    let before = create(&client, &ns, &http_route(), route()).await;
-    let spec = RouterSpec::GatewayApi {
-        http_route: Some("agent-service".into()),
-        grpc_route: None,
-        rule: None,
-        stable_backend: "agent-service-blue".into(),
-        canary_backend: "agent-service-green".into(),
-    };
+    let before = k8s::create(&client, &ns, &http_route(), route()).await;
+    let spec = k8s::gateway_api_router(false);
     Case { client, ns, ar: http_route(), spec, pair: "/spec/rules/0/backendRefs", weighted: "/spec/rules/0", before }
 }
 
@@ -188,10 +177,10 @@ async fn gateway_api_mirror_filter_is_set_and_removed_by_the_next_weight_write()
 async fn istio_does_not_replace_a_users_own_mirror() {
     let client = k8s::shared_client().await;
     let ns = k8s::namespace("istio-user-mirror");
-    create(&client, &ns, &destination_rule(), dr()).await;
+    k8s::create(&client, &ns, &destination_rule(), dr()).await;
     let mut obj = vs();
     obj["spec"]["http"][0]["mirror"] = json!({ "host": "shadow-analytics" });
-    let before = create(&client, &ns, &virtual_service(), obj).await;
+    let before = k8s::create(&client, &ns, &virtual_service(), obj).await;
     let spec = istio("unused").await.spec;
     let c =
         Case { client, ns, ar: virtual_service(), spec, pair: "/spec/http/0/route", weighted: "/spec/http/0", before };

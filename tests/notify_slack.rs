@@ -5,16 +5,17 @@
 mod notify_env;
 #[path = "support/receiver.rs"]
 mod receiver;
+#[path = "support/slack.rs"]
+mod slack;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use notify_env::*;
 use receiver::Receiver;
 use serde_json::{Value, json};
-use sha2::Sha256;
+use slack::{now, sign};
 use vane::analysis::{TimeOnly, Verdict};
 use vane::api::slack::SlackInteractions;
 use vane::api::{AppState, Auth};
@@ -164,10 +165,6 @@ async fn api() -> Api {
     Api { base, c, w, rx, http: reqwest::Client::new() }
 }
 
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 /// The value of the buttons of the gate at 50 % (the "gated" policy's gate).
 fn gate50(r: &Rollout) -> String {
     vane::notify::slack::button_value(&r.id, 50)
@@ -175,21 +172,7 @@ fn gate50(r: &Rollout) -> String {
 
 /// Slack's form body for a button click.
 fn click(action: &str, rollout: &str, user: &str, name: &str, response_url: &str) -> String {
-    let payload = json!({
-        "type": "block_actions",
-        "user": { "id": user, "username": name, "name": name, "team_id": "T1" },
-        "api_app_id": "A1",
-        "container": { "type": "message", "message_ts": "1.2" },
-        "response_url": response_url,
-        "actions": [ { "action_id": action, "block_id": "vane_gate", "value": rollout, "type": "button", "action_ts": "1.3" } ],
-    });
-    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
-}
-
-fn sign(secret: &str, ts: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("v0:{ts}:{body}").as_bytes());
-    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+    slack::click(action, rollout, (user, name), Some(response_url), "1.3")
 }
 
 impl Api {

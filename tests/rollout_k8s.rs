@@ -112,7 +112,7 @@ impl World {
     }
 
     async fn until(&self, id: &str, what: &str, f: impl Fn(&Rollout) -> bool) -> Rollout {
-        until(&self.c, id, what, f).await
+        k8s::until(&self.c, id, what, f).await
     }
 
     fn events(&self, id: &str) -> Vec<(String, Value)> {
@@ -133,18 +133,6 @@ async fn weights(api: &Api<DynamicObject>) -> (i64, i64) {
     let vs = api.get("agent-service").await.expect("VirtualService readable");
     let w = |i: usize| vs.data.pointer(&format!("/spec/http/1/route/{i}/weight")).and_then(Value::as_i64).unwrap_or(-1);
     (w(0), w(1))
-}
-
-async fn until(c: &Controller, id: &str, what: &str, f: impl Fn(&Rollout) -> bool) -> Rollout {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = c.get(id).unwrap();
-        if f(&r) {
-            return r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?} {}", r.phase, r.message);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -282,7 +270,7 @@ fn restart_reads_the_live_weights_back_before_reapplying() {
             canary_subset: "v1-1-0".into(),
         };
         let id = c.create(req, "ci", None).await.unwrap().0.id;
-        until(&c, &id, "the gate at 25%", |r| r.phase == Phase::AwaitingApproval).await;
+        k8s::until(&c, &id, "the gate at 25%", |r| r.phase == Phase::AwaitingApproval).await;
         (k8s::shared_url().await, w.ns.clone(), id)
     });
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -301,7 +289,7 @@ fn restart_reads_the_live_weights_back_before_reapplying() {
         let (env, _) = env(client, store.path());
         let c = Controller::new(env, vec![gated("gate25", 25)]);
         assert_eq!(c.resume_all().unwrap(), 1);
-        until(&c, &id, "the recovery", |_| c.events(&id).unwrap().iter().any(|e| e.kind == "recovered")).await;
+        k8s::until(&c, &id, "the recovery", |_| c.events(&id).unwrap().iter().any(|e| e.kind == "recovered")).await;
         let rec = c.events(&id).unwrap().into_iter().find(|e| e.kind == "recovered").unwrap();
         assert_eq!(rec.details["observed"], json!(40), "the live weight was read back first");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -310,7 +298,7 @@ fn restart_reads_the_live_weights_back_before_reapplying() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         c.command(&id, Command::Abort { reason: None }, "sre").await.unwrap();
-        until(&c, &id, "Aborted", |r| r.is_terminal()).await;
+        k8s::until(&c, &id, "Aborted", |r| r.is_terminal()).await;
         assert_eq!(weights(&api).await, (100, 0));
     });
 }

@@ -14,14 +14,16 @@
 mod support {
     pub mod daemon;
     pub mod k8s;
+    pub mod slack;
 }
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use support::daemon::{Daemon, free_port};
 use support::k8s;
+use support::slack::{self, now};
 use vane::traffic::k8s::{destination_rule, ingress, virtual_service};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -231,24 +233,14 @@ impl World {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 /// Slack's form body for a button click; `nonce` makes each click's body (and signature) distinct,
 /// as Slack's `action_ts` does.
 fn click_body(action: &str, value: &str, nonce: u32) -> String {
-    let payload = json!({
-        "type": "block_actions",
-        "user": { "id": "U123", "username": "alice", "team_id": "T1" },
-        "actions": [ { "action_id": action, "block_id": "vane_gate", "value": value, "type": "button",
-                       "action_ts": format!("1.{nonce}") } ],
-    });
-    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+    slack::click(action, value, ("U123", "alice"), None, &format!("1.{nonce}"))
 }
 
 fn sign(ts: i64, body: &str) -> String {
-    vane::notify::sign::slack_signature(SLACK_SECRET.as_bytes(), &ts.to_string(), body.as_bytes())
+    slack::sign(SLACK_SECRET, ts, body)
 }
 
 fn id(r: &Value) -> String {

@@ -128,6 +128,7 @@ impl Config {
         })?;
         cfg.check_scopes().map_err(|message| ConfigError::Read { path: "configuration".into(), message })?;
         cfg.routers.validate().map_err(|(kind, message)| located(&sources, "routers", kind, "routers", message))?;
+        cfg.store.etcd.check().map_err(|message| located(&sources, "store", "etcd", "store.etcd", message))?;
         Ok((cfg, sources))
     }
 }

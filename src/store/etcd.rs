@@ -2,17 +2,20 @@
 //! owned by one replica under that replica's lease, and every write for a rollout is fenced by it.
 //!
 //! Keys, under the configured prefix: `rollouts/<id>` (record), `events/<id>/<seq, 20 digits>`,
-//! `active/<namespace>/<service>` → id, `idem/<key>` → id + body, `owners/<id>` → replica id (bound to
-//! the owner's lease), `replicas/<replica>` → its advertised URL (bound to its lease); the notification
-//! queue `queue/<sink>\0<ulid>`, `cursors/<id>`, `meta/since`, and `senders/<sink>` → the one replica
+//! `active/<namespace>/<service>` → id, `targets/<router object>/<part>` → id (see
+//! [`super::etcd_targets`]), `idem/<key>` → id + body, `owners/<id>` → replica id (bound to the owner's
+//! lease), `replicas/<replica>` → its advertised URL (bound to its lease); the notification queue
+//! `queue/<sink>\0<ulid>`, `cursors/<id>`, `meta/since`, and `senders/<sink>` → the one replica
 //! delivering that sink (bound to its lease).
 //!
 //! Durability is sled's (DESIGN "Durability rules"): a transition, its events and (on the last one) the
-//! release of its `active` and `owners` keys are one etcd transaction, committed by a quorum before
-//! `commit` returns and so before the effect it decided runs. Fencing: that transaction is conditioned
+//! release of its `active`, `targets` and `owners` keys are one etcd transaction, committed by a quorum
+//! before `commit` returns and so before the effect it decided runs. Fencing: that transaction is conditioned
 //! on `owners/<id>` holding this replica's id under this replica's current lease. A replica whose lease
 //! expired (paused, partitioned) finds the key gone or re-created by another replica, its commit fails
-//! with [`StoreError::Fenced`], and since effects run only after a commit, it acts no more.
+//! with [`StoreError::Fenced`], and since effects run only after a commit, it acts no more. Every
+//! record written carries its writer (`writer`: replica id and lease), so etcd's revision history
+//! shows who committed what.
 //!
 //! The port's reads are synchronous; they run on a small runtime of the store's own, so they work from
 //! any thread (`block_in_place` on a multi-threaded runtime).
@@ -24,8 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,9 +47,24 @@ impl From<etcd_client::Error> for StoreError {
 }
 
 #[derive(Serialize, Deserialize)]
-struct IdemRecord {
-    id: String,
+pub(crate) struct IdemRecord {
+    pub id: String,
     body: String,
+}
+
+/// A rollout record as etcd holds it: the record, and who wrote it under which lease (readers ignore
+/// `writer`; it is there for audits of the revision history).
+#[derive(Serialize)]
+struct Stored<'a> {
+    #[serde(flatten)]
+    rollout: &'a Rollout,
+    writer: Writer<'a>,
+}
+
+#[derive(Serialize)]
+struct Writer<'a> {
+    replica: &'a str,
+    lease: i64,
 }
 
 /// What `replicas/<id>` holds.
@@ -106,16 +123,17 @@ impl Inner {
     fn event_key(&self, id: &str, seq: u64) -> String {
         self.key(&format!("events/{id}/{seq:020}"))
     }
-    fn active_key(&self, r: &Rollout) -> String {
+    pub(crate) fn active_key(&self, r: &Rollout) -> String {
         self.key(&format!("active/{}/{}", r.namespace, r.service))
     }
-    /// `owners/<id>` holds this replica's id under its current lease.
-    fn i_own(&self, id: &str) -> [Compare; 2] {
+    /// `owners/<id>` holds this replica's id under `lease`.
+    fn i_own(&self, id: &str, lease: i64) -> [Compare; 2] {
         let k = self.key(&format!("owners/{id}"));
-        [
-            Compare::value(k.clone(), CompareOp::Equal, self.me.id.clone()),
-            Compare::lease(k, CompareOp::Equal, self.lease()),
-        ]
+        [Compare::value(k.clone(), CompareOp::Equal, self.me.id.clone()), Compare::lease(k, CompareOp::Equal, lease)]
+    }
+    /// `r`'s record, signed with this replica's id and `lease`.
+    fn record(&self, r: &Rollout, lease: i64) -> Vec<u8> {
+        to_json(&Stored { rollout: r, writer: Writer { replica: &self.me.id, lease } })
     }
 
     async fn get_one(&self, key: &str) -> Result<Option<etcd_client::KeyValue>, StoreError> {
@@ -143,6 +161,7 @@ impl Inner {
         idem: Option<(String, String)>,
     ) -> Result<Option<Rollout>, StoreError> {
         let akey = self.active_key(&staged);
+        let targets = staged.router.targets(&staged.namespace);
         let ikey = idem.as_ref().map(|(k, _)| self.key(&format!("idem/{k}")));
         for _ in 0..5 {
             if let (Some((_, body)), Some(ikey)) = (&idem, &ikey)
@@ -164,7 +183,7 @@ impl Inner {
             let id = &staged.id;
             let mut when = vec![Compare::create_revision(akey.clone(), CompareOp::Equal, 0)];
             let mut ops = vec![
-                TxnOp::put(self.key(&format!("rollouts/{id}")), to_json(&staged), None),
+                TxnOp::put(self.key(&format!("rollouts/{id}")), self.record(&staged, lease), None),
                 TxnOp::put(akey.clone(), id.clone(), None),
                 TxnOp::put(
                     self.key(&format!("owners/{id}")),
@@ -173,6 +192,10 @@ impl Inner {
                 ),
             ];
             ops.extend(events.iter().map(|e| TxnOp::put(self.event_key(id, e.seq), to_json(e), None)));
+            for (target, part) in &targets {
+                when.extend(self.target_free(target, part));
+                ops.push(TxnOp::put(self.target_key(target, part), id.clone(), None));
+            }
             if let (Some((_, body)), Some(ikey)) = (&idem, &ikey) {
                 when.push(Compare::create_revision(ikey.clone(), CompareOp::Equal, 0));
                 ops.push(TxnOp::put(ikey.clone(), to_json(&IdemRecord { id: id.clone(), body: body.clone() }), None));
@@ -181,7 +204,8 @@ impl Inner {
             if resp.succeeded() {
                 return Ok(None);
             }
-            // Lost a race: a replay of the same key (the next round returns it) or an active rollout.
+            // Lost a race: a replay of the same key (the next round returns it), an active rollout of
+            // the service, or one driving the same router object.
             if let Some(kv) = self.get_one(&akey).await? {
                 return Err(StoreError::Conflict {
                     namespace: staged.namespace.clone(),
@@ -189,13 +213,19 @@ impl Inner {
                     id: String::from_utf8_lossy(kv.value()).into_owned(),
                 });
             }
+            for (target, part) in &targets {
+                if let Some((part, id)) = self.target_clash(target, part).await? {
+                    return Err(StoreError::TargetConflict { target: target.clone(), part, id });
+                }
+            }
         }
         Err(StoreError::Backend("etcd: create kept conflicting; retry".into()))
     }
 
     async fn commit(&self, staged: Rollout, events: Vec<Event>) -> Result<(), StoreError> {
         let id = &staged.id;
-        let mut ops = vec![TxnOp::put(self.key(&format!("rollouts/{id}")), to_json(&staged), None)];
+        let lease = self.lease();
+        let mut ops = vec![TxnOp::put(self.key(&format!("rollouts/{id}")), self.record(&staged, lease), None)];
         ops.extend(events.iter().map(|e| TxnOp::put(self.event_key(id, e.seq), to_json(e), None)));
         if staged.is_terminal() {
             let akey = self.active_key(&staged);
@@ -203,9 +233,10 @@ impl Inner {
                 .when([Compare::value(akey.clone(), CompareOp::Equal, id.clone())])
                 .and_then([TxnOp::delete(akey, None)]);
             ops.push(TxnOp::txn(release));
+            ops.extend(self.release_targets(&staged));
             ops.push(TxnOp::delete(self.key(&format!("owners/{id}")), None));
         }
-        let resp = self.client.kv_client().txn(Txn::new().when(self.i_own(id)).and_then(ops)).await?;
+        let resp = self.client.kv_client().txn(Txn::new().when(self.i_own(id, lease)).and_then(ops)).await?;
         if resp.succeeded() { Ok(()) } else { Err(StoreError::Fenced(id.clone())) }
     }
 
@@ -363,7 +394,7 @@ impl EtcdStore {
     pub async fn connect(cfg: &EtcdConfig, id: String, url: String) -> Result<EtcdStore, StoreError> {
         let rt = runtime()?;
         let endpoints = cfg.endpoints.clone();
-        let opts = ConnectOptions::new().with_timeout(REQUEST_TIMEOUT).with_connect_timeout(REQUEST_TIMEOUT);
+        let opts = super::etcd_tls::options(cfg, REQUEST_TIMEOUT)?;
         let client = rt
             .spawn(async move { Client::connect(endpoints, Some(opts)).await })
             .await
@@ -419,10 +450,10 @@ impl EtcdStore {
 }
 
 impl Store for EtcdStore {
-    /// Retention is not implemented on etcd yet: finished rollouts stay until deleted by hand
-    /// (README and docs/operations.md say so).
-    fn sweep(&self, _cutoff: Millis) -> BoxFut<'_, Result<usize, StoreError>> {
-        Box::pin(async { Ok(0) })
+    /// Retention: see [`super::etcd_retention`].
+    fn sweep(&self, cutoff: Millis) -> BoxFut<'_, Result<usize, StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(self.run(async move { inner.sweep(cutoff).await }))
     }
     fn create<'a>(
         &'a self,

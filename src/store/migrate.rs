@@ -74,13 +74,13 @@ struct Opened {
     etcd: Option<EtcdStore>,
 }
 
-async fn open(loc: &Location, prefix: &str) -> Result<Opened, MigrateError> {
+async fn open(loc: &Location, etcd: &EtcdConfig) -> Result<Opened, MigrateError> {
     let name = loc.to_string();
     let err = |e| MigrateError::Store(name.clone(), e);
     match loc {
         Location::Sled(p) => Ok(Opened { store: SharedStore::new(SledStore::open(p).map_err(err)?), etcd: None, name }),
         Location::Etcd(urls) => {
-            let cfg = EtcdConfig { endpoints: urls.clone(), prefix: prefix.into(), lease_ttl: Duration::from_secs(10) };
+            let cfg = EtcdConfig { endpoints: urls.clone(), lease_ttl: Duration::from_secs(10), ..etcd.clone() };
             let id = format!("migrate-{:08x}", rand::random::<u32>());
             let e = EtcdStore::connect(&cfg, id, String::new()).await.map_err(err)?;
             let live: Vec<String> =
@@ -96,10 +96,11 @@ async fn open(loc: &Location, prefix: &str) -> Result<Opened, MigrateError> {
     }
 }
 
-/// Copy everything from `from` to `to`; returns how many rollouts. `prefix`: the etcd key prefix.
-pub async fn migrate(from: &Location, to: &Location, prefix: &str) -> Result<usize, MigrateError> {
-    let src = open(from, prefix).await?;
-    let dst = match open(to, prefix).await {
+/// Copy everything from `from` to `to`; returns how many rollouts. `etcd`: the key prefix, TLS and
+/// credentials for an etcd location (its endpoints are the location's).
+pub async fn migrate(from: &Location, to: &Location, etcd: &EtcdConfig) -> Result<usize, MigrateError> {
+    let src = open(from, etcd).await?;
+    let dst = match open(to, etcd).await {
         Ok(d) => d,
         Err(e) => {
             leave(&src).await;

@@ -2,6 +2,9 @@
 //! replica, the default) and etcd (several replicas, HA: `membership` holds leases and ownership).
 
 pub mod etcd;
+mod etcd_retention;
+mod etcd_targets;
+mod etcd_tls;
 pub mod membership;
 pub mod migrate;
 pub mod sled;

@@ -89,7 +89,8 @@ pub fn exec_profiles(profiles: &[(&str, &[&str])]) -> String {
 
 fn spawn(dir: &Path, port: u16, env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_vane"))
+    // VANE_BIN: another build of the binary (benches/ha_scale.rs runs the release one).
+    Command::new(std::env::var_os("VANE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vane").into()))
         .arg("serve")
         .current_dir(dir)
         .env("VANE_SERVER_LISTEN", format!("127.0.0.1:{port}"))

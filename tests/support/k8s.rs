@@ -9,10 +9,14 @@
 //! etcd or apiserver outlives the run even though the shared server lives in a static.
 //!
 //! The server binary, first found of: `$VANE_TEST_APISERVER`; `../shared/k8s-test/crdserver.xz` beside
-//! the repository (a ready-made build, when present); the cache of `scripts/build-test-apiserver.sh`.
+//! the repository (a ready-made build, when present, unless `VANE_TEST_NO_SHORTCUT` is set: to test
+//! what a fresh clone gets); the cache of `scripts/build-test-apiserver.sh`.
 //! None of them is a test failure naming the script (the first build takes minutes, so a test never
 //! starts it by itself; `scripts/test.sh` does).
 #![allow(dead_code)]
+
+#[path = "wait.rs"]
+mod wait;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -130,6 +134,26 @@ pub fn controller_with(
     (vane::rollout::controller::Controller::new(Arc::new(env), policies), metrics)
 }
 
+/// Create `obj` (a test fixture) in `ns`.
+pub async fn create(client: &kube::Client, ns: &str, ar: &ApiResource, obj: serde_json::Value) -> DynamicObject {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+    let obj = serde_json::from_value(obj).expect("a Kubernetes object");
+    api.create(&PostParams::default(), &obj).await.expect("test object created")
+}
+
+/// The gateway-api router of the `agent-service` route (an HTTPRoute, or a GRPCRoute with `grpc`)
+/// between the `agent-service-blue` (stable) and `agent-service-green` backends.
+pub fn gateway_api_router(grpc: bool) -> vane::rollout::RouterSpec {
+    let route = Some("agent-service".to_string());
+    vane::rollout::RouterSpec::GatewayApi {
+        http_route: if grpc { None } else { route.clone() },
+        grpc_route: if grpc { route } else { None },
+        rule: None,
+        stable_backend: "agent-service-blue".into(),
+        canary_backend: "agent-service-green".into(),
+    }
+}
+
 /// Poll the rollout until `f` holds (20 s at most).
 pub async fn until(
     c: &vane::rollout::controller::Controller,
@@ -137,15 +161,7 @@ pub async fn until(
     what: &str,
     f: impl Fn(&vane::rollout::Rollout) -> bool,
 ) -> vane::rollout::Rollout {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = c.get(id).expect("rollout readable");
-        if f(&r) {
-            return r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?} {}", r.phase, r.message);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::until_rollout(c, id, what, Duration::from_secs(20), Duration::from_millis(20), f).await
 }
 
 /// Record each distinct value `read` returns, every 10 ms, until `done` is set (and once more after:
@@ -243,7 +259,7 @@ fn crdserver() -> Result<PathBuf, String> {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shortcut = root.join("../shared/k8s-test/crdserver.xz");
-    if shortcut.is_file() {
+    if shortcut.is_file() && std::env::var_os("VANE_TEST_NO_SHORTCUT").is_none() {
         return unpack(&shortcut);
     }
     let out = Command::new("bash")
@@ -257,7 +273,7 @@ fn crdserver() -> Result<PathBuf, String> {
     }
     Err(format!(
         "the test Kubernetes API server is not built yet (looked for {}). Build it once with `{BUILD}` \
-         (about 7 minutes on 2 cores and a 266 MB download of Debian's Go source packages; cached \
+         (8 minutes of CPU time and a 277 MB download of Debian's Go source packages; cached \
          afterwards; scripts/test.sh does this by itself), or point VANE_TEST_APISERVER at a built binary.",
         cached.display()
     ))
