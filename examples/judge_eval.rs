@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vane::analysis::adaptive::{self, AdaptiveConfig, AdaptiveDecision, Block};
 use vane::analysis::judge::{self, Counts, SequentialConfig, SequentialDecision, SequentialInput};
+use vane::analysis::power;
 use vane::analysis::{MetricVerdict, Verdict};
 
 const INTERVAL_S: f64 = 60.0;
@@ -75,17 +76,12 @@ enum Judge {
     Adaptive {
         prior_sd: f64,
         hold_above: f64,
-        last_only: bool,
         max_hold: u32,
     },
 }
 
-const ADAPTIVE: Judge = Judge::Adaptive {
-    prior_sd: adaptive::PRIOR_SD,
-    hold_above: adaptive::DEFAULT_HOLD_ABOVE,
-    last_only: true,
-    max_hold: 5,
-};
+const ADAPTIVE: Judge =
+    Judge::Adaptive { prior_sd: adaptive::PRIOR_SD, hold_above: adaptive::DEFAULT_HOLD_ABOVE, max_hold: 5 };
 
 impl Judge {
     fn name(&self) -> String {
@@ -93,9 +89,8 @@ impl Judge {
             Judge::Threshold => "threshold (Flagger: error rate ≤ 1 %, p95 ≤ 500 ms)".into(),
             Judge::MannWhitney => "Kayenta-style Mann-Whitney (10 s error rates, p < 0.01) + p95 bound".into(),
             Judge::Sequential => "sequential (α = 1 %, tolerance 0, maxStepDuration 5 intervals) + p95 bound".into(),
-            Judge::Adaptive { prior_sd, hold_above, last_only, max_hold } => format!(
-                "adaptive (α = 1 %, prior sd {prior_sd}, hold{} while likelihood ratio ≥ {hold_above}, ≤ {max_hold} intervals) + p95 guard",
-                if *last_only { " before 100 %" } else { "" }
+            Judge::Adaptive { prior_sd, hold_above, max_hold } => format!(
+                "adaptive (α = 1 %, prior sd {prior_sd}, hold before 100 % while LR(2× : 1×) ≥ {hold_above} and a hold can settle it, ≤ {max_hold} intervals) + p95 guard"
             ),
         }
     }
@@ -189,14 +184,13 @@ fn decide(j: Judge, step: usize, interval: &[(Tally, Tally)], st: &mut State) ->
                 SequentialDecision::Continue => Verdict::Inconclusive,
             }
         }
-        Judge::Adaptive { prior_sd, hold_above, last_only, max_hold } => {
-            // Two streams (errors, slow requests) share α.
-            let cfg = AdaptiveConfig {
-                alpha: ALPHA / 2.0,
-                hold_above,
-                may_hold: st.held < max_hold && (!last_only || step + 2 == STEPS.len()),
-                prior_sd,
-            };
+        Judge::Adaptive { prior_sd, hold_above, max_hold } => {
+            // Two streams (errors, slow requests) share α; the last step before 100 % may hold for
+            // the rest of maxHold, in units of the step's traffic so far.
+            let last_step = step + 2 == STEPS.len();
+            let hold_left =
+                if last_step { f64::from(max_hold.saturating_sub(st.held)) / f64::from(st.intervals) } else { 0.0 };
+            let cfg = AdaptiveConfig { alpha: ALPHA / 2.0, hold_above, hold_left, prior_sd };
             let e = adaptive::evaluate(
                 &cfg,
                 &st.earlier_errors,
@@ -415,13 +409,26 @@ fn latency_grid(judges: &[Judge], runs: usize, seed: u64) {
     }
 }
 
-/// The targets at 100 rps, per stable error rate.
+/// Canary requests in the first `intervals` intervals of the rollout at `rps` (steps × weights).
+fn exposure(rps: f64, intervals: usize) -> u64 {
+    let share: f64 = STEPS[..intervals].iter().map(|w| f64::from(*w) / 100.0).sum();
+    (rps * INTERVAL_S * share).round() as u64
+}
+
+/// The best possible test's power (%) for `ratio`× the stable error rate `p` with the exposure of
+/// the first `intervals` intervals: stable rate known, α = 1 % (see `vane::analysis::power`).
+fn best(p: f64, ratio: f64, intervals: usize) -> String {
+    power::best_power(exposure(100.0, intervals), p, ratio, ALPHA)
+        .map_or("–".into(), |b| format!("{:.1} %", 100.0 * b))
+}
+
+/// The targets at 100 rps, per stable error rate, with what the traffic allows any test.
 fn targets(judges: &[Judge], runs: usize, seed: u64) {
     println!("\n#### Targets at 100 rps\n");
     println!(
-        "| judge | stable errors | false rollbacks | good release promoted in 3 min | 2× caught before 100 % | 4× rolled back within 2 min |"
+        "| judge | stable errors | false rollbacks | good release promoted in 3 min | 2× caught before 100 % | best possible | 4× rolled back within 2 min | best possible |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (ji, j) in judges.iter().enumerate() {
         for (ei, p) in ERROR_RATES.iter().enumerate() {
             let at = |k: f64, tag: u64, n: usize| {
@@ -431,73 +438,62 @@ fn targets(judges: &[Judge], runs: usize, seed: u64) {
             let in_3 = 100.0 * good.promoted.iter().filter(|t| **t <= 3).count() as f64 / good.runs as f64;
             let short = j.name().split(' ').next().unwrap_or_default().to_string();
             println!(
-                "| {short} | {} % | {:.1} % | {in_3:.1} % | {:.1} % | {:.1} % |",
+                "| {short} | {} % | {:.1} % | {in_3:.1} % | {:.1} % | {} | {:.1} % | {} |",
                 p * 100.0,
                 good.share_rolled_back(),
                 at(2.0, 1, runs).share_rolled_back(),
-                at(4.0, 2, runs).share_rolled_back_within(2)
+                best(*p, 2.0, STEPS.len() - 1),
+                at(4.0, 2, runs).share_rolled_back_within(2),
+                best(*p, 4.0, 2),
             );
         }
     }
 }
 
-/// Settings of the adaptive judge compared by `--tune`: (prior sd, holdAbove, last step only, maxHold).
-const TUNE: [(f64, f64, bool, u32); 6] = [
-    (1.0, 1.5, true, 5),
-    (1.0, 2.0, true, 5),
-    (1.0, 2.5, true, 5),
-    (1.0, 3.0, true, 5),
-    (1.0, 2.0, true, 8),
-    (0.75, 2.0, true, 5),
-];
+/// Settings of the adaptive judge compared by `--tune`: (prior sd, holdAbove, maxHold).
+const TUNE: [(f64, f64, u32); 7] =
+    [(1.0, 0.25, 5), (1.0, 0.5, 5), (1.0, 1.0, 5), (1.0, 2.0, 5), (1.0, 4.0, 5), (1.0, 1.0, 8), (0.75, 1.0, 5)];
 
-/// The targets at 100 rps for one setting of the adaptive judge, on the tuning seed.
+/// The targets at 100 rps for each setting of the adaptive judge, on the tuning seed.
 fn tune(runs: usize, seed: u64) {
     println!(
-        "| prior sd | hold above (LR) | max hold | max false rollbacks 0.1–5 % | promote p50/p90 (0.5 %) | 2× caught (0.1/0.5/1/2 %) | 4× ≤ 2 intervals (0.5 %) |"
+        "| prior sd | hold above (LR 2× : 1×) | max hold | max false rollbacks 0.1–5 % | promoted in 3 min (0.1/0.5/1/2/5 %) | promote p90 (0.5 %) | 2× caught (0.1/0.5/1/2 %) | 4× ≤ 2 intervals (0.1/0.5 %) |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (sd, hold, last_only, max_hold) in TUNE {
-        {
-            let j = Judge::Adaptive { prior_sd: sd, hold_above: hold, last_only, max_hold };
-            let sc = |p: f64, k: f64| Scenario {
-                rps: 100.0,
-                stable_error: p,
-                error_ratio: k,
-                stable_slow: STABLE_SLOW,
-                slow_ratio: 1.0,
-            };
-            let mut worst: f64 = 0.0;
-            let mut promote = String::new();
-            for (i, p) in [0.001, 0.005, 0.01, 0.02, 0.05].iter().enumerate() {
-                let c = evaluate(j, &sc(*p, 1.0), runs * 2, cell_seed(seed, &[9, i as u64]));
-                worst = worst.max(c.share_rolled_back());
-                if *p == 0.005 {
-                    promote = format!(
-                        "{}/{} ({:.0} % in 3)",
-                        minutes(Cell::quantile(&c.promoted, 0.5)),
-                        minutes(Cell::quantile(&c.promoted, 0.9)),
-                        100.0 * c.promoted.iter().filter(|t| **t <= 3).count() as f64 / c.runs as f64
-                    );
-                }
+    println!("|---|---|---|---|---|---|---|---|");
+    let sc = |p: f64, k: f64| error_scenario(100.0, p, k);
+    for (sd, hold, max_hold) in TUNE {
+        let j = Judge::Adaptive { prior_sd: sd, hold_above: hold, max_hold };
+        let mut worst: f64 = 0.0;
+        let (mut in_3, mut p90) = (vec![], String::new());
+        for (i, p) in ERROR_RATES.iter().enumerate() {
+            let c = evaluate(j, &sc(*p, 1.0), runs * 2, cell_seed(seed, &[9, i as u64]));
+            worst = worst.max(c.share_rolled_back());
+            in_3.push(format!("{:.0}", 100.0 * c.promoted.iter().filter(|t| **t <= 3).count() as f64 / c.runs as f64));
+            if *p == 0.005 {
+                p90 = minutes(Cell::quantile(&c.promoted, 0.9));
             }
-            let caught: Vec<String> = [0.001, 0.005, 0.01, 0.02]
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    format!(
-                        "{:.0}",
-                        evaluate(j, &sc(*p, 2.0), runs, cell_seed(seed, &[10, i as u64])).share_rolled_back()
-                    )
-                })
-                .collect();
-            let four = evaluate(j, &sc(0.005, 4.0), runs, cell_seed(seed, &[11])).share_rolled_back_within(2);
-            println!(
-                "| {sd} | {hold}{} | {max_hold} | {worst:.2} % | {promote} | {} | {four:.0} % |",
-                if last_only { " (last step)" } else { "" },
-                caught.join(" / ")
-            );
         }
+        let caught: Vec<String> = ERROR_RATES[..4]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!("{:.0}", evaluate(j, &sc(*p, 2.0), runs, cell_seed(seed, &[10, i as u64])).share_rolled_back())
+            })
+            .collect();
+        let four: Vec<String> = [0.001, 0.005]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let c = evaluate(j, &sc(*p, 4.0), runs, cell_seed(seed, &[11, i as u64]));
+                format!("{:.0}", c.share_rolled_back_within(2))
+            })
+            .collect();
+        println!(
+            "| {sd} | {hold} | {max_hold} | {worst:.2} % | {} | {p90} | {} | {} |",
+            in_3.join(" / "),
+            caught.join(" / "),
+            four.join(" / ")
+        );
     }
 }
 

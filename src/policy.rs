@@ -279,8 +279,8 @@ pub struct AdaptiveSpec {
     /// rollout, all streams together).
     #[serde(default = "default_alpha")]
     pub alpha: f64,
-    /// The last step before 100 % is held for more evidence while the likelihood ratio at the
-    /// observed rate ratio (a worse canary against equal rates) is at least this.
+    /// The last step before 100 % is held for more evidence while the likelihood ratio of a canary
+    /// twice as bad as stable against equal rates is at least this (and a hold can settle it).
     #[serde(default = "default_hold_above")]
     pub hold_above: f64,
     /// How long a suspicious step is held at most before it passes (default: 5 intervals).
@@ -564,10 +564,8 @@ impl Policy {
         if let Some(a) = &self.adaptive {
             if !(a.alpha > 0.0 && a.alpha < 0.5) {
                 err("adaptive.alpha".into(), "must be in (0, 0.5)".into());
-            } else if !(a.hold_above > 1.0 && a.hold_above < 1.0 / a.alpha) {
-                // The likelihood ratio is never below 1 (equal rates are among the candidates): 1
-                // would hold every last step for maxHold.
-                err("adaptive.holdAbove".into(), "must be above 1 and below 1/alpha".into());
+            } else if !(a.hold_above > 0.0 && a.hold_above < 1.0 / a.alpha) {
+                err("adaptive.holdAbove".into(), "must be above 0 and below 1/alpha".into());
             }
         }
         let weights = self.weights();
@@ -764,13 +762,12 @@ mod tests {
     fn adaptive_settings_are_checked() {
         let base = "name: x\nstrategy: canary\nsteps: [10, 100]\njudge: adaptive\n";
         let pol = p(base).unwrap();
-        assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 2.0));
-        // The likelihood ratio is never below 1: holdAbove 1 would hold every last step.
-        for hold in ["0.5", "1"] {
+        assert_eq!((pol.adaptive().alpha, pol.adaptive().hold_above), (0.01, 1.0));
+        for hold in ["0", "-1", "100", ".nan"] {
             let e = p(&format!("{base}adaptive:\n  holdAbove: {hold}\n")).unwrap_err();
             assert!(e.message.contains("adaptive.holdAbove"), "{e}");
         }
-        assert_eq!(p(&format!("{base}adaptive:\n  holdAbove: 1.5\n")).unwrap().adaptive().hold_above, 1.5);
+        assert_eq!(p(&format!("{base}adaptive:\n  holdAbove: 0.5\n")).unwrap().adaptive().hold_above, 0.5);
         let e = p(&format!("{base}adaptive:\n  alpha: 0.7\n")).unwrap_err();
         assert!(e.message.contains("adaptive.alpha"), "{e}");
         let e = p("name: x\nstrategy: blue-green\njudge: adaptive\n").unwrap_err();

@@ -9,15 +9,18 @@
 //! - **regression** (roll back) — the e-value reached `1/α`. By Ville's inequality this happens to a
 //!   canary that is not worse than stable with probability ≤ α, however often it is looked at and
 //!   however long a step is held, so the false-rollback bound covers the whole rollout;
-//! - **hold** — at the last step before 100 %, the likelihood ratio at the observed rate ratio
-//!   (best-fitting worse canary against equal rates) is at least `holdAbove`: the data lean towards
-//!   harm without establishing it, so the step stays where it is and evidence keeps accumulating,
-//!   for at most `maxHold`;
+//! - **hold** — at the last step before 100 %, (1) the likelihood ratio of a canary *twice as bad*
+//!   as stable against equal rates is at least `holdAbove`, and (2) holding can still settle it: had
+//!   the canary been twice as bad, the rest of `maxHold` at this step's traffic would bring the
+//!   e-value to `1/α`. The step stays where it is and evidence keeps accumulating;
 //! - **pass** — otherwise (or once the hold has lasted `maxHold`).
 //!
 //! Only the rollback needs the anytime-valid e-value: holding decides when to look again, costs
-//! time and never a false rollback, so suspicion is the plain likelihood ratio — it reacts to what
-//! the data say now, where the mixture e-value also pays its prior's cost.
+//! time and never a false rollback. Why a named alternative: the likelihood ratio at the best-fitting
+//! worse canary exceeds any fixed level on a fixed share of good canaries however much traffic there
+//! is, while the ratio "twice as bad vs equal" falls for a good canary and grows for a bad one as the
+//! evidence grows, so a busy service rarely holds a good release. Where traffic is too thin for a
+//! hold to establish anything (condition 2), holding would only cost time.
 //!
 //! Pure and deterministic: `examples/judge_eval.rs` evaluates it on simulated traffic.
 
@@ -28,9 +31,11 @@ use super::judge::{CondLik, Counts, log_sum_exp};
 /// Scale of the half-normal prior on `u = ln(canary rate / stable rate)`, u ≥ 0. Tuned on
 /// simulated traffic with seeds disjoint from the evaluation's (see examples/judge_eval.rs).
 pub const PRIOR_SD: f64 = 1.0;
-/// Default likelihood ratio (at the observed rate ratio, against equal rates) from which the last
-/// step before 100 % is held for more evidence instead of passing (tuned like [`PRIOR_SD`]).
-pub const DEFAULT_HOLD_ABOVE: f64 = 2.0;
+/// The rate ratio the hold is about: "twice as bad as stable".
+pub const HOLD_RATIO: f64 = 2.0;
+/// Default likelihood ratio ([`HOLD_RATIO`] against equal rates) from which the last step before
+/// 100 % is held for more evidence instead of passing (tuned like [`PRIOR_SD`]).
+pub const DEFAULT_HOLD_ABOVE: f64 = 1.0;
 const GRID_MAX: f64 = 6.0;
 const GRID_STEP: f64 = 0.01;
 
@@ -45,13 +50,15 @@ pub struct Block {
 pub struct AdaptiveConfig {
     /// This stream's share of the false-rollback bound.
     pub alpha: f64,
-    /// Hold a step while the likelihood ratio at the observed rate ratio is at least this (and
-    /// the e-value below `1/alpha`).
+    /// Hold a step while the likelihood ratio of [`HOLD_RATIO`] against equal rates is at least
+    /// this (and the e-value below `1/alpha`).
     pub hold_above: f64,
-    /// Whether this step may be held: the last step before 100 %, held for less than `maxHold`.
-    /// Earlier steps pass unless the regression is established: their evidence carries into the
-    /// next step, where more canary traffic gathers it faster than holding would.
-    pub may_hold: bool,
+    /// How much more traffic holding this step can still see, as a multiple of the step's traffic
+    /// so far (the rest of `maxHold` over the time the step has run); 0 when the step may not hold.
+    /// Only the last step before 100 % holds: earlier steps pass unless the regression is
+    /// established, and their evidence carries into the next step, where more canary traffic
+    /// gathers it faster than holding would.
+    pub hold_left: f64,
     /// Scale of the prior on ln(rate ratio) ([`PRIOR_SD`]).
     pub prior_sd: f64,
 }
@@ -78,9 +85,15 @@ pub struct Evidence {
     /// The e-value against "canary not worse than stable" and the bounds it is compared with.
     pub e_value: f64,
     pub log_e: f64,
-    /// The likelihood ratio at the observed rate ratio (u ≥ 0) against equal rates: the suspicion
-    /// compared with `hold_above`.
+    /// The likelihood ratio of a canary [`HOLD_RATIO`] times as bad as stable against equal rates:
+    /// the suspicion compared with `hold_above`.
     pub likelihood_ratio: f64,
+    /// Whether the data lean towards harm: bad events seen, and `likelihood_ratio ≥ hold_above`.
+    pub suspicious: bool,
+    /// The e-value a hold for the rest of `maxHold` would reach if the canary were [`HOLD_RATIO`]
+    /// times as bad (this step's traffic, the stable rate seen so far); 0 when the step may not
+    /// hold. A hold needs it to reach `bound`.
+    pub hold_e_value: f64,
     pub bound: f64,
     pub hold_above: f64,
     pub alpha: f64,
@@ -151,19 +164,47 @@ fn mixture(lr: &[f64], prior_sd: f64) -> f64 {
     log_sum_exp(&terms)
 }
 
+/// ln of the likelihood ratio of the rate ratio `ratio` against equal rates (0 without bad events).
+fn log_lr_at(blocks: &[Block], ratio: f64) -> f64 {
+    let u = ratio.ln();
+    likelihoods(blocks).iter().map(|l| l.at(u) - l.at(0.0)).sum()
+}
+
+/// ln of the e-value that `hold_left` more of `current`'s traffic would bring if the canary's rate
+/// were `ratio` times the stable rate seen so far (the expected counts, appended as a block).
+fn log_e_after_hold(blocks: &[Block], current: Block, hold_left: f64, ratio: f64, prior_sd: f64) -> f64 {
+    let (bad, all) = blocks.iter().fold((0.0, 0.0), |(b, n), x| (b + x.stable.errors, n + x.stable.requests));
+    if hold_left <= 0.0 || all <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    let p = bad / all;
+    let (nc, ns) = (current.canary.requests * hold_left, current.stable.requests * hold_left);
+    let more = Block {
+        canary: Counts { requests: nc, errors: nc * (p * ratio).min(1.0) },
+        stable: Counts { requests: ns, errors: ns * p },
+    };
+    let mut all_blocks = blocks.to_vec();
+    all_blocks.push(more);
+    log_e_value(&all_blocks, prior_sd)
+}
+
 /// Judge one stream: the evidence of completed steps (`earlier`) and of the current one.
 pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evidence {
     let mut blocks = earlier.to_vec();
     blocks.push(current);
-    let lr = log_ratios(&blocks);
-    let log_e = mixture(&lr, cfg.prior_sd);
-    // The likelihood ratio at the maximum-likelihood u ≥ 0 (1 when the canary looks no worse). Not
-    // an e-value: it only decides whether to hold.
-    let log_lr = lr.into_iter().fold(0.0, f64::max);
+    let log_e = log_e_value(&blocks, cfg.prior_sd);
+    let log_lr = log_lr_at(&blocks, HOLD_RATIO);
     let log_bound = (1.0 / cfg.alpha).ln();
+    let log_after_hold = if cfg.hold_left > 0.0 {
+        log_e_after_hold(&blocks, current, cfg.hold_left, HOLD_RATIO, cfg.prior_sd)
+    } else {
+        f64::NEG_INFINITY
+    };
+    // Without bad events (LR exactly 1) there is nothing to lean on, whatever `hold_above` is.
+    let suspicious = !likelihoods(&blocks).is_empty() && log_lr >= cfg.hold_above.ln();
     let decision = if log_e >= log_bound {
         AdaptiveDecision::Regression
-    } else if cfg.may_hold && log_lr >= cfg.hold_above.ln() {
+    } else if suspicious && log_after_hold >= log_bound {
         AdaptiveDecision::Hold
     } else {
         AdaptiveDecision::Pass
@@ -177,6 +218,8 @@ pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evid
         e_value: log_e.exp(),
         log_e,
         likelihood_ratio: log_lr.exp(),
+        suspicious,
+        hold_e_value: log_after_hold.exp(),
         bound: 1.0 / cfg.alpha,
         hold_above: cfg.hold_above,
         alpha: cfg.alpha,
@@ -193,7 +236,7 @@ mod tests {
     }
 
     fn cfg() -> AdaptiveConfig {
-        AdaptiveConfig { alpha: 0.01, hold_above: DEFAULT_HOLD_ABOVE, may_hold: true, prior_sd: PRIOR_SD }
+        AdaptiveConfig { alpha: 0.01, hold_above: DEFAULT_HOLD_ABOVE, hold_left: 5.0, prior_sd: PRIOR_SD }
     }
 
     #[test]
@@ -223,8 +266,9 @@ mod tests {
         let ev = evaluate(&cfg(), &[], b);
         assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
         assert!(ev.likelihood_ratio >= DEFAULT_HOLD_ABOVE && ev.e_value < ev.bound, "{ev:?}");
-        let ev = evaluate(&AdaptiveConfig { may_hold: false, ..cfg() }, &[], b);
-        assert_eq!(ev.decision, AdaptiveDecision::Pass);
+        assert!(ev.hold_e_value >= ev.bound, "a hold can settle it: {ev:?}");
+        let ev = evaluate(&AdaptiveConfig { hold_left: 0.0, ..cfg() }, &[], b);
+        assert_eq!((ev.decision, ev.hold_e_value), (AdaptiveDecision::Pass, 0.0));
     }
 
     #[test]
@@ -245,14 +289,34 @@ mod tests {
     }
 
     #[test]
-    fn suspicion_is_the_likelihood_ratio_at_the_observed_rate_ratio() {
-        // A canary no worse than stable: the best-fitting u ≥ 0 is 0, a ratio of exactly 1.
-        let ev = evaluate(&cfg(), &[], block((3000.0, 14.0), (3000.0, 15.0)));
-        assert_eq!(ev.likelihood_ratio, 1.0, "{ev:?}");
-        // A worse one: at least the mixture (an average of the same ratios over the prior), and
-        // suspicious well before the regression is established.
+    fn suspicion_is_the_likelihood_ratio_of_a_canary_twice_as_bad() {
+        // ρ = 1/3: a bad event is the canary's with probability 1/4 at equal rates, 2/5 at twice
+        // the rate, so LR = 1.6^15 · 0.8^22.
+        let ev = evaluate(&cfg(), &[], block((1500.0, 15.0), (4500.0, 22.0)));
+        let by_hand = 15.0 * 1.6f64.ln() + 22.0 * 0.8f64.ln();
+        assert!((ev.likelihood_ratio.ln() - by_hand).abs() < 1e-9, "{ev:?}");
+        // Equal rates: below 1, and falling as the evidence grows.
+        let small = evaluate(&cfg(), &[], block((3000.0, 14.0), (3000.0, 15.0)));
+        let large = evaluate(&cfg(), &[], block((30000.0, 140.0), (30000.0, 150.0)));
+        assert!(small.likelihood_ratio < DEFAULT_HOLD_ABOVE, "{small:?}");
+        assert!(large.likelihood_ratio < small.likelihood_ratio * 1e-3, "{large:?}");
+        assert_eq!((small.decision, large.decision), (AdaptiveDecision::Pass, AdaptiveDecision::Pass));
+        // 1.6× the stable rate: suspicious, held.
         let ev = evaluate(&cfg(), &[], block((3000.0, 24.0), (3000.0, 15.0)));
-        assert!(ev.likelihood_ratio >= ev.e_value && ev.likelihood_ratio >= DEFAULT_HOLD_ABOVE, "{ev:?}");
+        assert!(ev.likelihood_ratio >= DEFAULT_HOLD_ABOVE && ev.e_value < ev.bound, "{ev:?}");
+        assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
+    }
+
+    #[test]
+    fn a_hold_that_could_not_establish_the_regression_is_not_made() {
+        // 0.1 % errors at 50 % of 100 rps: 6 canary vs 2 stable errors leans towards harm, but five
+        // more such minutes of a canary twice as bad would not reach the bound: pass now.
+        let b = block((3000.0, 6.0), (3000.0, 2.0));
+        let ev = evaluate(&cfg(), &[], b);
+        assert!(ev.likelihood_ratio >= DEFAULT_HOLD_ABOVE && ev.hold_e_value < ev.bound, "{ev:?}");
+        assert_eq!(ev.decision, AdaptiveDecision::Pass, "{ev:?}");
+        // With forty times the traffic still to come, holding can settle it.
+        let ev = evaluate(&AdaptiveConfig { hold_left: 40.0, ..cfg() }, &[], b);
         assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
     }
 

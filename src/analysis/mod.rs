@@ -10,6 +10,7 @@
 pub mod adaptive;
 mod analyzer;
 pub mod judge;
+pub mod power;
 pub mod prometheus;
 pub mod templates;
 

@@ -109,14 +109,19 @@ impl PromAnalyzer {
             r.policy.metrics.iter().zip(&streams).filter_map(|(m, s)| s.map(|s| key(m, s))).collect();
         keys.sort();
         keys.dedup();
-        // Only the last step before 100 % holds (see `AdaptiveConfig::may_hold`).
+        // Only the last step before 100 % holds, for what is left of maxHold, measured in this
+        // step's traffic so far (see `AdaptiveConfig::hold_left`).
         let last_step = r.steps().get(r.step_index + 1) == Some(&100);
         let max_hold = spec.max_hold.unwrap_or(r.policy.interval * 5).as_millis() as u64;
-        let cfg = |key: &str| AdaptiveConfig {
-            alpha: spec.alpha / keys.len().max(1) as f64,
-            hold_above: spec.hold_above,
-            may_hold: last_step && carry(r, key).held_since.is_none_or(|t| now.saturating_sub(t) < max_hold),
-            prior_sd: adaptive::PRIOR_SD,
+        let ran = now.saturating_sub(r.step_started_at).max(1) as f64;
+        let cfg = |key: &str| {
+            let held = carry(r, key).held_since.map_or(0, |t| now.saturating_sub(t));
+            AdaptiveConfig {
+                alpha: spec.alpha / keys.len().max(1) as f64,
+                hold_above: spec.hold_above,
+                hold_left: if last_step { max_hold.saturating_sub(held) as f64 / ran } else { 0.0 },
+                prior_sd: adaptive::PRIOR_SD,
+            }
         };
         // Guards: every metric that is not an error stream keeps its bounds over the interval.
         let guarded: Vec<&MetricSpec> = r
@@ -293,7 +298,9 @@ fn stream_result(
         fmt(ev.stable.requests)
     );
     let (e, bound, hold, lr) = (fmt(ev.e_value), fmt(ev.bound), fmt(ev.hold_above), fmt(ev.likelihood_ratio));
+    let lr_text = format!("likelihood ratio of twice the stable rate vs equal {lr}");
     let held_since = carry(r, key).held_since;
+    let leaning = ev.suspicious;
     let (result, msg) = match ev.decision {
         AdaptiveDecision::Regression => {
             (MetricVerdict::Fail, format!("{rates}: regression established, e-value {e} ≥ {bound}"))
@@ -301,21 +308,28 @@ fn stream_result(
         AdaptiveDecision::Hold => (
             MetricVerdict::Inconclusive,
             format!(
-                "{rates}: suspicious, holding the step for more evidence (likelihood ratio {lr} ≥ {hold}; e-value {e}, rollback at {bound})"
+                "{rates}: suspicious, holding the step for more evidence ({lr_text} ≥ {hold}; e-value {e}, rollback at {bound})"
             ),
         ),
-        AdaptiveDecision::Pass if held_since.is_some() && ev.likelihood_ratio >= ev.hold_above => (
+        AdaptiveDecision::Pass if held_since.is_some() && leaning && ev.hold_e_value == 0.0 => (
             MetricVerdict::Pass,
             format!("{rates}: held for maxHold without an established regression (e-value {e} < {bound}), passing"),
         ),
-        AdaptiveDecision::Pass if ev.likelihood_ratio >= ev.hold_above => (
+        AdaptiveDecision::Pass if leaning && ev.hold_e_value > 0.0 => (
+            MetricVerdict::Pass,
+            format!(
+                "{rates}: leaning towards harm ({lr_text}), but too little traffic left for a hold to establish it (a canary twice as bad would reach e-value {} < {bound} by maxHold), passing",
+                fmt(ev.hold_e_value)
+            ),
+        ),
+        AdaptiveDecision::Pass if leaning => (
             MetricVerdict::Pass,
             format!(
                 "{rates}: leaning towards harm, not established (e-value {e} < {bound}); the evidence carries into the next step"
             ),
         ),
         AdaptiveDecision::Pass => {
-            (MetricVerdict::Pass, format!("{rates}: no evidence of harm (likelihood ratio {lr} < {hold}, e-value {e})"))
+            (MetricVerdict::Pass, format!("{rates}: no evidence of harm ({lr_text}, hold from {hold}; e-value {e})"))
         }
     };
     let mut stats = serde_json::to_value(ev).unwrap_or(Value::Null);
