@@ -468,10 +468,11 @@ async fn adaptive_judge_rolls_back_errors_or_slow_requests_and_holds_when_suspic
     assert_eq!(report.verdict, Verdict::Pass, "{report:?}");
     assert!(report.summary.contains("held for maxHold"), "{}", report.summary);
 
-    // 0.1 % errors at the last step: 6 canary vs 2 stable errors leans towards harm, but five more
-    // such minutes of a canary twice as bad could not establish it, so the good-looking odds win.
+    // 0.1 % errors at the last step: 4 canary vs 2 stable errors leans towards harm, but five more
+    // such minutes of a canary twice as bad (as bad as it looks) could not establish it, so the
+    // good-looking odds win.
     let fake = FakeProm::default();
-    adaptive_counts(&fake, (3000.0, 6.0, 30.0), (3000.0, 2.0, 30.0));
+    adaptive_counts(&fake, (3000.0, 4.0, 30.0), (3000.0, 2.0, 30.0));
     let mut r = rollout(adaptive_policy());
     r.step_index = 2;
     let report = analyse(&fake, ok_hooks(), r).await;
@@ -479,7 +480,9 @@ async fn adaptive_judge_rolls_back_errors_or_slow_requests_and_holds_when_suspic
     let st = &report.metrics[0].stats;
     assert_eq!(st["suspicious"], true, "{st}");
     assert!(st["holdEValue"].as_f64().unwrap() < st["bound"].as_f64().unwrap(), "{st}");
+    assert_eq!(st["holdRatio"], 2.0, "{st}");
     assert!(report.summary.contains("too little traffic left for a hold"), "{}", report.summary);
+    assert!(report.summary.contains("a canary 2× as bad"), "{}", report.summary);
 }
 
 #[tokio::test]

@@ -11,8 +11,9 @@
 //!   however long a step is held, so the false-rollback bound covers the whole rollout;
 //! - **hold** — at the last step before 100 %, (1) the likelihood ratio of a canary *twice as bad*
 //!   as stable against equal rates is at least `holdAbove`, and (2) holding can still settle it: had
-//!   the canary been twice as bad, the rest of `maxHold` at this step's traffic would bring the
-//!   e-value to `1/α`. The step stays where it is and evidence keeps accumulating;
+//!   the canary been as bad as it looks (the canary/stable rate ratio seen so far, at least twice),
+//!   the rest of `maxHold` at this step's traffic would bring the e-value to `1/α`. The step stays
+//!   where it is and evidence keeps accumulating;
 //! - **pass** — otherwise (or once the hold has lasted `maxHold`).
 //!
 //! Only the rollback needs the anytime-valid e-value: holding decides when to look again, costs
@@ -90,15 +91,23 @@ pub struct Evidence {
     pub likelihood_ratio: f64,
     /// Whether the data lean towards harm: bad events seen, and `likelihood_ratio ≥ hold_above`.
     pub suspicious: bool,
-    /// The e-value a hold for the rest of `maxHold` would reach if the canary were [`HOLD_RATIO`]
+    /// The e-value a hold for the rest of `maxHold` would reach if the canary were `hold_ratio`
     /// times as bad (this step's traffic, the stable rate seen so far); 0 when the step may not
     /// hold. A hold needs it to reach `bound`.
     pub hold_e_value: f64,
+    /// The rate ratio that projection assumes: [`HOLD_RATIO`] or the canary/stable ratio observed
+    /// over the rollout so far, whichever is larger.
+    #[serde(default = "default_hold_ratio")]
+    pub hold_ratio: f64,
     pub bound: f64,
     pub hold_above: f64,
     pub alpha: f64,
     /// Completed steps' counts (the evidence carried into this step).
     pub earlier: Vec<Block>,
+}
+
+fn default_hold_ratio() -> f64 {
+    HOLD_RATIO
 }
 
 impl Evidence {
@@ -170,14 +179,31 @@ fn log_lr_at(blocks: &[Block], ratio: f64) -> f64 {
     likelihoods(blocks).iter().map(|l| l.at(u) - l.at(0.0)).sum()
 }
 
+/// The stable bad-event rate over all blocks; half an event when none was seen, so a canary with
+/// bad events against a clean stable can still be projected. `None` without stable traffic.
+fn stable_rate(blocks: &[Block]) -> Option<f64> {
+    let (bad, all) = blocks.iter().fold((0.0, 0.0), |(b, n), x| (b + x.stable.errors, n + x.stable.requests));
+    (all > 0.0).then(|| bad.max(0.5) / all)
+}
+
+/// The rate ratio a hold is projected at: [`HOLD_RATIO`], or the canary/stable ratio observed over
+/// all blocks when that is worse (capped at the grid's end). A canary seen 5× as bad is judged on
+/// whether a hold could establish *that*, not the smaller 2×, which at low traffic never settles.
+fn settle_ratio(blocks: &[Block]) -> f64 {
+    let (bad, all) = blocks.iter().fold((0.0, 0.0), |(b, n), x| (b + x.canary.errors, n + x.canary.requests));
+    match stable_rate(blocks) {
+        Some(p) if all > 0.0 => (bad / all / p).clamp(HOLD_RATIO, GRID_MAX.exp()),
+        _ => HOLD_RATIO,
+    }
+}
+
 /// ln of the e-value that `hold_left` more of `current`'s traffic would bring if the canary's rate
 /// were `ratio` times the stable rate seen so far (the expected counts, appended as a block).
 fn log_e_after_hold(blocks: &[Block], current: Block, hold_left: f64, ratio: f64, prior_sd: f64) -> f64 {
-    let (bad, all) = blocks.iter().fold((0.0, 0.0), |(b, n), x| (b + x.stable.errors, n + x.stable.requests));
-    if hold_left <= 0.0 || all <= 0.0 {
+    let Some(p) = stable_rate(blocks) else { return f64::NEG_INFINITY };
+    if hold_left <= 0.0 {
         return f64::NEG_INFINITY;
     }
-    let p = bad / all;
     let (nc, ns) = (current.canary.requests * hold_left, current.stable.requests * hold_left);
     let more = Block {
         canary: Counts { requests: nc, errors: nc * (p * ratio).min(1.0) },
@@ -195,8 +221,9 @@ pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evid
     let log_e = log_e_value(&blocks, cfg.prior_sd);
     let log_lr = log_lr_at(&blocks, HOLD_RATIO);
     let log_bound = (1.0 / cfg.alpha).ln();
+    let hold_ratio = settle_ratio(&blocks);
     let log_after_hold = if cfg.hold_left > 0.0 {
-        log_e_after_hold(&blocks, current, cfg.hold_left, HOLD_RATIO, cfg.prior_sd)
+        log_e_after_hold(&blocks, current, cfg.hold_left, hold_ratio, cfg.prior_sd)
     } else {
         f64::NEG_INFINITY
     };
@@ -220,6 +247,7 @@ pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evid
         likelihood_ratio: log_lr.exp(),
         suspicious,
         hold_e_value: log_after_hold.exp(),
+        hold_ratio,
         bound: 1.0 / cfg.alpha,
         hold_above: cfg.hold_above,
         alpha: cfg.alpha,
@@ -309,15 +337,46 @@ mod tests {
 
     #[test]
     fn a_hold_that_could_not_establish_the_regression_is_not_made() {
-        // 0.1 % errors at 50 % of 100 rps: 6 canary vs 2 stable errors leans towards harm, but five
-        // more such minutes of a canary twice as bad would not reach the bound: pass now.
-        let b = block((3000.0, 6.0), (3000.0, 2.0));
+        // 0.1 % errors at 50 % of 100 rps: 4 canary vs 2 stable errors leans towards harm, but five
+        // more such minutes of a canary twice as bad (as bad as it looks) would not reach the
+        // bound: pass now.
+        let b = block((3000.0, 4.0), (3000.0, 2.0));
         let ev = evaluate(&cfg(), &[], b);
+        assert_eq!(ev.hold_ratio, HOLD_RATIO, "{ev:?}");
         assert!(ev.likelihood_ratio >= DEFAULT_HOLD_ABOVE && ev.hold_e_value < ev.bound, "{ev:?}");
         assert_eq!(ev.decision, AdaptiveDecision::Pass, "{ev:?}");
         // With forty times the traffic still to come, holding can settle it.
         let ev = evaluate(&AdaptiveConfig { hold_left: 40.0, ..cfg() }, &[], b);
         assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
+    }
+
+    #[test]
+    fn a_canary_seen_far_worse_is_held_at_low_traffic() {
+        // 0.5 % errors at 10 rps, one-minute steps of 5 / 25 / 50 %: the canary has 11 errors
+        // against stable's 7, about 4.3× its rate over the rollout. Five more minutes of a canary twice as
+        // bad would not settle it; of one as bad as it looks, they would.
+        let earlier = [block((30.0, 0.0), (570.0, 3.0)), block((150.0, 3.0), (450.0, 2.0))];
+        let current = block((300.0, 8.0), (300.0, 2.0));
+        let ev = evaluate(&cfg(), &earlier, current);
+        assert!((4.0..5.0).contains(&ev.hold_ratio), "{ev:?}");
+        assert!(ev.e_value < ev.bound && ev.hold_e_value >= ev.bound, "{ev:?}");
+        assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
+        let mut blocks = earlier.to_vec();
+        blocks.push(current);
+        let at_two = log_e_after_hold(&blocks, current, 5.0, HOLD_RATIO, PRIOR_SD);
+        assert!(at_two < ev.bound.ln(), "ratio 2 could not settle it: {}", at_two.exp());
+        // Stable without errors: the canary's errors are still projected (half a stable event).
+        let ev = evaluate(&cfg(), &[], block((300.0, 3.0), (300.0, 0.0)));
+        assert_eq!((ev.hold_ratio, ev.decision), (6.0, AdaptiveDecision::Hold), "{ev:?}");
+    }
+
+    #[test]
+    fn a_good_canary_at_100_rps_still_passes() {
+        // 0.5 % errors at 100 rps, one-minute steps of 5 / 25 / 50 %, canary as good as stable.
+        let earlier = [block((300.0, 2.0), (5700.0, 28.0)), block((1500.0, 7.0), (4500.0, 23.0))];
+        let ev = evaluate(&cfg(), &earlier, block((3000.0, 14.0), (3000.0, 16.0)));
+        assert_eq!(ev.decision, AdaptiveDecision::Pass, "{ev:?}");
+        assert!(!ev.suspicious && ev.hold_ratio == HOLD_RATIO, "{ev:?}");
     }
 
     #[test]

@@ -318,7 +318,8 @@ fn stream_result(
         AdaptiveDecision::Pass if leaning && ev.hold_e_value > 0.0 => (
             MetricVerdict::Pass,
             format!(
-                "{rates}: leaning towards harm ({lr_text}), but too little traffic left for a hold to establish it (a canary twice as bad would reach e-value {} < {bound} by maxHold), passing",
+                "{rates}: leaning towards harm ({lr_text}), but too little traffic left for a hold to establish it (a canary {}× as bad would reach e-value {} < {bound} by maxHold), passing",
+                fmt(ev.hold_ratio),
                 fmt(ev.hold_e_value)
             ),
         ),
