@@ -20,10 +20,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject};
-use release::{IMAGE, controller_for, dedup, deployment, workload};
+use release::{IMAGE, World, controller_for, dedup, deployment, workload};
 use serde_json::{Value, json};
 use vane::fixtures;
-use vane::rollout::controller::Controller;
 use vane::rollout::{Phase, Rollout, RouterSpec};
 use vane::traffic::k8s::{event, http_route};
 
@@ -54,14 +53,6 @@ fn route() -> Value {
                   "backendRefs": [{ "name": NAME, "port": 8080 }] } ]
         }
     })
-}
-
-struct World {
-    client: kube::Client,
-    ns: String,
-    c: Controller,
-    _controller: deploy_controller::DeploymentController,
-    _store: tempfile::TempDir,
 }
 
 /// The objects, in a fresh namespace: `deployment` and `service` as given, the route, an HPA.
@@ -163,8 +154,11 @@ async fn a_gateway_api_release_adds_the_canary_service_at_0_then_ends_on_the_sta
     assert_eq!(canary_backend, CANARY, "derived: <deployment>-canary");
 
     // The canary backendRef: absent, added at 0, shifted, then gone with promotion.
+    // (The 0 % backendRef lives only until the first shift, often too briefly for the sampler.)
     let weights = dedup(samples.iter().map(Sample::canary_weight));
-    assert_eq!(weights, vec![None, Some(0), Some(5), Some(25), Some(50), Some(100), None], "{samples:#?}");
+    let shifted: Vec<_> = weights.iter().copied().filter(|w| *w != Some(0)).collect();
+    assert_eq!(shifted, vec![None, Some(5), Some(25), Some(50), Some(100), None], "{samples:#?}");
+    assert!(weights.iter().position(|w| *w == Some(0)).is_none_or(|i| i == 1), "{weights:?}");
     for (weight, size) in [(5, 1), (25, 2), (50, 3), (100, 5)] {
         let first = samples.iter().find(|s| s.canary_weight() == Some(weight)).unwrap();
         let avail = first.canary.map_or(0, |c| c.1);

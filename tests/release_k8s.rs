@@ -21,10 +21,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, DynamicObject, PostParams};
-use release::{IMAGE, controller_for, dedup, deployment, workload};
+use release::{IMAGE, World, controller_for, dedup, deployment, workload};
 use serde_json::{Value, json};
 use vane::fixtures;
-use vane::rollout::controller::Controller;
 use vane::rollout::ports::{RouteShape, WorkloadAction};
 use vane::rollout::spec::WorkloadSpec;
 use vane::rollout::{Phase, Rollout, RouterSpec};
@@ -51,14 +50,6 @@ fn destination_rule_object() -> Value {
                                      "outlierDetection": { "consecutiveErrors": 5, "interval": "30s" } },
                   "subsets": [{ "name": "v1-0-0", "labels": { "version": "v1.0.0" } }] }
     })
-}
-
-struct World {
-    client: kube::Client,
-    ns: String,
-    c: Controller,
-    _controller: deploy_controller::DeploymentController,
-    _store: tempfile::TempDir,
 }
 
 async fn world(test: &str, fail_at: Option<u8>, hpa: bool) -> World {

@@ -22,6 +22,16 @@ use vane::workload::K8sWorkloads;
 pub const INTERVAL: Duration = Duration::from_millis(200);
 pub const IMAGE: &str = "aiworkflow.azurecr.io/agent-service";
 
+/// A release test's namespace, the controller under test and the test deployment controller that
+/// plays the cluster's part (dropped with it).
+pub struct World {
+    pub client: kube::Client,
+    pub ns: String,
+    pub c: Controller,
+    pub _controller: crate::deploy_controller::DeploymentController,
+    pub _store: tempfile::TempDir,
+}
+
 /// Passes every analysis except at one weight.
 pub struct FailAt(pub Option<u8>);
 
