@@ -26,14 +26,23 @@ fn label<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
 }
 
+/// Labelled `vane.dev/managed: "true"` (by its owners, or by vane on what it creates).
+pub fn managed(meta: &kube::api::ObjectMeta) -> bool {
+    label(meta, MANAGED_LABEL) == Some("true")
+}
+
 /// Labelled `vane.dev/managed: "true"` by its owners.
 pub fn opted_in(o: &DynamicObject) -> bool {
-    label(&o.metadata, MANAGED_LABEL) == Some("true")
+    managed(&o.metadata)
 }
 
 /// Created by vane (it carries vane's `app.kubernetes.io/managed-by`).
 pub fn created_by_vane(o: &DynamicObject) -> bool {
-    label(&o.metadata, MANAGED_BY.0) == Some(MANAGED_BY.1)
+    created_meta(&o.metadata)
+}
+
+fn created_meta(meta: &kube::api::ObjectMeta) -> bool {
+    label(meta, MANAGED_BY.0) == Some(MANAGED_BY.1)
 }
 
 /// Attempts of one guarded write before the conflict is reported as transient.
@@ -83,8 +92,7 @@ impl KubeAccess {
 
     /// [`check_opt_in`](Self::check_opt_in) for a typed object (a Deployment, a Service).
     pub fn check_opt_in_meta(&self, meta: &kube::api::ObjectMeta, what: &str) -> Result<(), RouterError> {
-        let opted_in = label(meta, MANAGED_LABEL) == Some("true");
-        if !self.settings.require_opt_in || opted_in || label(meta, MANAGED_BY.0) == Some(MANAGED_BY.1) {
+        if !self.settings.require_opt_in || managed(meta) || created_meta(meta) {
             return Ok(());
         }
         Err(RouterError::Permanent(format!(

@@ -14,10 +14,10 @@ use super::RouterError;
 use super::k8s::{self, KubeAccess};
 
 pub const VERSION_LABEL: &str = "version";
-pub const MANAGED: &str = "vane.dev/managed";
+pub const MANAGED: &str = k8s::MANAGED_LABEL;
 /// The canary Deployment's pod label (`workload::k8s::LABEL_ROLE`): the canary Service selects it,
 /// so it reaches only the canary's pods, never the promoted Deployment's.
-pub const ROLE: (&str, &str) = ("vane.dev/role", "canary");
+pub const ROLE: (&str, &str) = (crate::workload::k8s::LABEL_ROLE, "canary");
 
 /// The version the Service selects, if it selects on one.
 pub fn selected_version(s: &Service) -> Option<&str> {
@@ -93,8 +93,7 @@ pub async fn ensure_canary_service(
         },
         Some(cur) if selected_version(&cur) == Some(version) => Ok(()),
         Some(cur) => {
-            let managed = cur.metadata.labels.as_ref().and_then(|l| l.get(MANAGED)).is_some_and(|v| v == "true");
-            if !managed {
+            if !k8s::managed(&cur.metadata) {
                 return Err(RouterError::Permanent(format!(
                     "{} exists, is not vane's and does not select `{VERSION_LABEL}: {version}`",
                     what(ns, c)
@@ -124,8 +123,7 @@ pub async fn select_checked(
 /// Delete the canary Service `c` vane created (one it did not create is left alone).
 pub async fn delete_canary_service(api: &Api<Service>, ns: &str, c: &str) -> Result<(), RouterError> {
     let Some(cur) = api.get_opt(c).await.map_err(|e| k8s::classify(&what(ns, c), e))? else { return Ok(()) };
-    let managed = cur.metadata.labels.as_ref().and_then(|l| l.get(MANAGED)).is_some_and(|v| v == "true");
-    if !managed {
+    if !k8s::managed(&cur.metadata) {
         return Ok(());
     }
     match api.delete(c, &kube::api::DeleteParams::default()).await {
