@@ -4,10 +4,15 @@
 //! 1. Ticking: VANE_SCALE_N rollouts (default 10,000) go through 4 steps at a 500 ms interval: create
 //!    rate, CPU per rollout-tick (user/system), durable commits per tick, fsyncs per second, peak RSS
 //!    per rollout.
-//! 2. Abort: VANE_SCALE_BG rollouts (default 10,000) tick at a 10 s interval while VANE_SCALE_ABORTS
+//! 2. Abort: VANE_SCALE_BG rollouts (default 10,000) tick at a VANE_SCALE_BG_INTERVAL-second interval
+//!    (default 10), created over one interval, and their RSS is measured; then VANE_SCALE_ABORTS
 //!    others (default 1,000) are aborted, one every 10 ms: abort command → the router's 0 % write,
 //!    p50 / p99.
 //! 3. One transition + event committed and flushed, sequentially: p50 / p99.
+
+/// The daemon's allocator (src/main.rs), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +30,24 @@ fn cpu() -> (f64, f64) {
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) / TICK, ticks(12) / TICK)
+}
+
+/// Bytes this process caused to be written to storage so far (`/proc/self/io`).
+fn written() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Live bytes (keys + values) per sled tree.
+fn tree_bytes(db: &sled::Db) -> Vec<(String, usize, usize)> {
+    db.tree_names()
+        .into_iter()
+        .filter_map(|name| {
+            let t = db.open_tree(&name).ok()?;
+            let (n, b) = t.iter().flatten().fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
+            (n > 0).then(|| (String::from_utf8_lossy(&name).into_owned(), n, b))
+        })
+        .collect()
 }
 
 /// A `/proc/self/status` figure in MiB (`VmHWM`: peak RSS, `VmRSS`: now).
@@ -60,12 +83,13 @@ fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let n = env_usize("VANE_SCALE_N", 10_000, 50, bench);
     let bg = env_usize("VANE_SCALE_BG", 10_000, 50, bench);
+    let bg_interval = Duration::from_secs(env_usize("VANE_SCALE_BG_INTERVAL", 10, 10, bench) as u64);
     let aborts = env_usize("VANE_SCALE_ABORTS", 1_000, 10, bench);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     println!("load average        {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     ticking(&rt, n);
     if aborts > 0 {
-        abort_latency(&rt, bg, aborts);
+        abort_latency(&rt, bg, bg_interval, aborts);
     }
     commit_latency(&rt, if bench { 2000 } else { 20 });
 }
@@ -76,6 +100,7 @@ fn ticking(rt: &tokio::runtime::Runtime, n: usize) {
     let policy = fixtures::policy("scale", &[5, 25, 50, 100], interval, 5);
     let rss0 = status_mib("VmRSS:");
     let (user0, sys0) = cpu();
+    let written0 = written();
     let (c, store, _routers, analyzer) = setup(dir.path(), vec![policy]);
     let (created, done) = rt.block_on(async {
         let t = Instant::now();
@@ -96,6 +121,7 @@ fn ticking(rt: &tokio::runtime::Runtime, n: usize) {
     });
     let (user, sys) = cpu();
     let (user, sys) = (user - user0, sys - sys0);
+    let written = written() - written0;
     let ticks = analyzer.calls.load(std::sync::atomic::Ordering::SeqCst).max(1) as f64;
     let s = store.stats();
     let peak = status_mib("VmHWM:");
@@ -119,18 +145,26 @@ fn ticking(rt: &tokio::runtime::Runtime, n: usize) {
         s.commits as f64 / s.flushes.max(1) as f64
     );
     println!(
+        "written to disk     {:.1} MiB ({:.0} bytes per commit)",
+        written as f64 / 1048576.0,
+        written as f64 / s.commits.max(1) as f64
+    );
+    for (tree, records, bytes) in tree_bytes(store.db()) {
+        println!("  live in {tree:<13} {records} records, {:.0} bytes per rollout", bytes as f64 / n as f64);
+    }
+    println!(
         "peak RSS            {peak:.1} MiB; {:.1} KiB per rollout above the {rss0:.1} MiB before",
         (peak - rss0) * 1024.0 / n as f64
     );
 }
 
-/// Aborts (one every 10 ms) while `bg` other rollouts tick at a 10 s interval: abort command → the
+/// Aborts (one every 10 ms) while `bg` other rollouts tick at `interval`: abort command → the
 /// router's 0 % write.
-fn abort_latency(rt: &tokio::runtime::Runtime, bg: usize, aborts: usize) {
+fn abort_latency(rt: &tokio::runtime::Runtime, bg: usize, interval: Duration, aborts: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let interval = Duration::from_secs(10);
     let steps: Vec<u8> = (1..=20).map(|i| i * 5).collect();
     let policy = fixtures::policy("steady", &steps, interval, 5);
+    let rss0 = status_mib("VmRSS:");
     let (c, store, routers, analyzer) = setup(dir.path(), vec![policy]);
     let lat = rt.block_on(async {
         // Spread the creates over one interval so the ticks spread too.
@@ -160,6 +194,11 @@ fn abort_latency(rt: &tokio::runtime::Runtime, bg: usize, aborts: usize) {
             assert!(Instant::now() < deadline, "victims never reached their first step");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let rss = status_mib("VmRSS:");
+        println!(
+            "RSS, all ticking    {rss:.1} MiB; {:.1} KiB per rollout above the {rss0:.1} MiB before",
+            (rss - rss0) * 1024.0 / total as f64
+        );
         let (user0, sys0) = cpu();
         let (ticks0, stats0) = (analyzer.calls.load(std::sync::atomic::Ordering::SeqCst), store.stats());
         let t = Instant::now();

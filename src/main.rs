@@ -1,6 +1,11 @@
 use clap::Parser;
 use vane::cli::{Cli, Cmd, ConfigCmd, LogFormat, PolicyCmd};
 
+/// mimalloc rather than glibc's allocator: allocation was a fifth of a rollout-tick's CPU, and a third
+/// of its user time goes with it (benches/scale.rs, docs/operations.md "Sizing").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -37,7 +37,7 @@ pub struct ServiceLabels {
 pub struct PhaseLabels {
     pub namespace: String,
     pub service: String,
-    pub phase: String,
+    pub phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -336,8 +336,7 @@ impl Metrics {
         self.weight.get_or_create(&svc).set(r.canary_weight as i64);
         self.failed_checks.get_or_create(&svc).set(r.failed_checks as i64);
         for p in Phase::ALL {
-            let l =
-                PhaseLabels { namespace: r.namespace.clone(), service: r.service.clone(), phase: p.as_str().into() };
+            let l = PhaseLabels { namespace: r.namespace.clone(), service: r.service.clone(), phase: p.as_str() };
             self.phase.get_or_create(&l).set((p == r.phase) as i64);
         }
         if finished_now {
@@ -447,7 +446,7 @@ impl Metrics {
                 self.phase.remove(&PhaseLabels {
                     namespace: svc.namespace.clone(),
                     service: svc.service.clone(),
-                    phase: p.as_str().into(),
+                    phase: p.as_str(),
                 });
             }
             for metric in s.metrics.remove(&svc).unwrap_or_default() {

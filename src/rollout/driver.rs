@@ -182,7 +182,13 @@ async fn sleep(d: Option<Duration>) {
 }
 
 impl Driver {
-    async fn apply(&mut self, input: Input) -> Result<(), DriverError> {
+    /// Boxed: a transition's future (the commit, the notifications) is large and lives only while it
+    /// runs; inline in [`run`], every waiting rollout's task would carry its space (≈ 3 KB each).
+    fn apply(&mut self, input: Input) -> BoxFut<'_, Result<(), DriverError>> {
+        Box::pin(self.transition(input))
+    }
+
+    async fn transition(&mut self, input: Input) -> Result<(), DriverError> {
         let now = self.env.clock.now();
         let analysis = match &input {
             Input::Analysis { report, .. } => Some(report.clone()),

@@ -18,7 +18,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use super::writer::StoreStats;
-use super::writer::Writer;
+use super::writer::{Trees, TxResult, Txn, Writer};
 use super::{from_json, number, to_json};
 use crate::BoxFut;
 use crate::rollout::ports::{Created, ListFilter, QueueKey, Queued, Store, StoreError};
@@ -69,7 +69,6 @@ pub struct SledStore {
     queue: sled::Tree,
     cursors: sled::Tree,
     queue_meta: sled::Tree,
-    targets: sled::Tree,
 }
 
 /// The active rollouts driving parts of one router object: part (`*` = all of it) → rollout id.
@@ -101,17 +100,24 @@ impl SledStore {
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         // A bounded page cache: sled's default (1 GiB) would let RSS grow with the history.
         let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(64 << 20).open()?;
-        let store = SledStore {
+        let trees = Trees {
             rollouts: db.open_tree("rollouts")?,
-            queue: db.open_tree("deliveries")?,
-            cursors: db.open_tree("delivery-cursors")?,
-            queue_meta: db.open_tree("delivery-meta")?,
             events: db.open_tree("events")?,
             active: db.open_tree("active")?,
             idem: db.open_tree("idempotency")?,
             by_service: db.open_tree("by_service")?,
             targets: db.open_tree("targets")?,
-            writer: Arc::new(Writer::new(db.clone())),
+        };
+        let store = SledStore {
+            rollouts: trees.rollouts.clone(),
+            events: trees.events.clone(),
+            active: trees.active.clone(),
+            idem: trees.idem.clone(),
+            by_service: trees.by_service.clone(),
+            queue: db.open_tree("deliveries")?,
+            cursors: db.open_tree("delivery-cursors")?,
+            queue_meta: db.open_tree("delivery-meta")?,
+            writer: Arc::new(Writer::new(db.clone(), trees)),
             db,
         };
         store.index_services()?;
@@ -154,65 +160,48 @@ impl SledStore {
         let targets = staged.router.targets(&staged.namespace);
         let idem = idem.map(|(k, b)| (k.to_string(), b.to_string()));
         let (id, namespace, service) = (staged.id.clone(), staged.namespace.clone(), staged.service.clone());
-        let trees = (
-            self.rollouts.clone(),
-            self.events.clone(),
-            self.active.clone(),
-            self.idem.clone(),
-            self.by_service.clone(),
-            self.targets.clone(),
-        );
-        let write = move || {
-            let trees = (&trees.0, &trees.1, &trees.2, &trees.3, &trees.4, &trees.5);
-            trees
-                .transaction(|(rt, et, at, it, st, tt)| {
-                    if let Some((key, body)) = &idem
-                        && let Some(prev) = it.get(key.as_bytes())?
-                    {
-                        let prev: IdemRecord = serde_json::from_slice(&prev).map_err(|e| abort_corrupt(key, e))?;
-                        if prev.body != *body {
-                            return Err(ConflictableTransactionError::Abort(StoreError::IdempotencyMismatch));
-                        }
-                        let existing =
-                            rt.get(prev.id.as_bytes())?.ok_or_else(|| abort_corrupt(key, "missing rollout"))?;
-                        let existing: Rollout = serde_json::from_slice(&existing).map_err(|e| abort_corrupt(key, e))?;
-                        return Ok(Some(existing));
-                    }
-                    if let Some(id) = at.get(akey.as_bytes())? {
-                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
-                            namespace: namespace.clone(),
-                            service: service.clone(),
-                            id: String::from_utf8_lossy(&id).into_owned(),
-                        }));
-                    }
-                    for (target, part) in &targets {
-                        let mut claims: Claims = match tt.get(target.as_bytes())? {
-                            Some(v) => serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?,
-                            None => Claims::new(),
-                        };
-                        if let Some((p, id)) = clash(&claims, part) {
-                            let (target, part, id) = (target.clone(), p.clone(), id.clone());
-                            return Err(ConflictableTransactionError::Abort(StoreError::TargetConflict {
-                                target,
-                                part,
-                                id,
-                            }));
-                        }
-                        claims.insert(part.clone(), id.clone());
-                        tt.insert(target.as_bytes(), to_json(&claims))?;
-                    }
-                    rt.insert(id.as_bytes(), record.as_slice())?;
-                    at.insert(akey.as_bytes(), id.as_bytes())?;
-                    st.insert(skey.as_bytes(), &[])?;
-                    for (k, v) in &encoded {
-                        et.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    if let Some((key, body)) = &idem {
-                        it.insert(key.as_bytes(), to_json(&IdemRecord { id: id.clone(), body: body.clone() }))?;
-                    }
-                    Ok(None)
-                })
-                .map_err(tx_error)
+        let write = move |tx: &Txn<'_>| -> TxResult<Option<Rollout>> {
+            if let Some((key, body)) = &idem
+                && let Some(prev) = tx.idem.get(key.as_bytes())?
+            {
+                let prev: IdemRecord = serde_json::from_slice(&prev).map_err(|e| abort_corrupt(key, e))?;
+                if prev.body != *body {
+                    return Err(ConflictableTransactionError::Abort(StoreError::IdempotencyMismatch));
+                }
+                let existing =
+                    tx.rollouts.get(prev.id.as_bytes())?.ok_or_else(|| abort_corrupt(key, "missing rollout"))?;
+                let existing: Rollout = serde_json::from_slice(&existing).map_err(|e| abort_corrupt(key, e))?;
+                return Ok(Some(existing));
+            }
+            if let Some(id) = tx.active.get(akey.as_bytes())? {
+                return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
+                    namespace: namespace.clone(),
+                    service: service.clone(),
+                    id: String::from_utf8_lossy(&id).into_owned(),
+                }));
+            }
+            for (target, part) in &targets {
+                let mut claims: Claims = match tx.targets.get(target.as_bytes())? {
+                    Some(v) => serde_json::from_slice(&v).map_err(|e| abort_corrupt(target, e))?,
+                    None => Claims::new(),
+                };
+                if let Some((p, id)) = clash(&claims, part) {
+                    let (target, part, id) = (target.clone(), p.clone(), id.clone());
+                    return Err(ConflictableTransactionError::Abort(StoreError::TargetConflict { target, part, id }));
+                }
+                claims.insert(part.clone(), id.clone());
+                tx.targets.insert(target.as_bytes(), to_json(&claims))?;
+            }
+            tx.rollouts.insert(id.as_bytes(), record.as_slice())?;
+            tx.active.insert(akey.as_bytes(), id.as_bytes())?;
+            tx.by_service.insert(skey.as_bytes(), &[])?;
+            for (k, v) in &encoded {
+                tx.events.insert(k.as_slice(), v.as_slice())?;
+            }
+            if let Some((key, body)) = &idem {
+                tx.idem.insert(key.as_bytes(), to_json(&IdemRecord { id: id.clone(), body: body.clone() }))?;
+            }
+            Ok(None)
         };
         match self.writer.submit(false, write).await? {
             Some(existing) => Ok(Created::Existing(Box::new(existing))),
@@ -229,7 +218,7 @@ impl SledStore {
         let last_seq = r.last_seq;
         let mut events = events;
         number(r, &mut events);
-        let write = self.transition(r, &events);
+        let write = Self::transition(r, &events);
         // Rollbacks (an abort, a failed analysis) go first in their batch.
         if let Err(e) = self.writer.submit(r.phase == Phase::RollingBack, write).await {
             r.last_seq = last_seq;
@@ -238,42 +227,27 @@ impl SledStore {
         Ok(events)
     }
 
-    /// The transaction of [`SledStore::commit`], encoded here (it runs on the writer thread): the
+    /// The writes of [`SledStore::commit`], encoded here (they run on the writer's thread): the
     /// record and its events; a finished rollout also frees its service and its router objects.
-    fn transition(&self, r: &Rollout, events: &[Event]) -> impl FnOnce() -> Result<(), StoreError> + Send + 'static {
+    fn transition(r: &Rollout, events: &[Event]) -> impl Fn(&Txn<'_>) -> TxResult<()> + Send + 'static {
         let id = r.id.clone();
         let record = to_json(r);
         let events: Vec<(Vec<u8>, Vec<u8>)> = events.iter().map(|e| (event_key(&r.id, e.seq), to_json(e))).collect();
         let finished = r.is_terminal().then(|| (active_key(r), r.router.targets(&r.namespace)));
-        let (rollouts, evs, active, targets) =
-            (self.rollouts.clone(), self.events.clone(), self.active.clone(), self.targets.clone());
-        move || {
-            let Some((akey, claims)) = finished else {
-                return (&rollouts, &evs)
-                    .transaction(|(rt, et)| {
-                        rt.insert(id.as_bytes(), record.as_slice())?;
-                        for (k, v) in &events {
-                            et.insert(k.as_slice(), v.as_slice())?;
-                        }
-                        Ok::<_, ConflictableTransactionError<StoreError>>(())
-                    })
-                    .map_err(tx_error);
-            };
-            (&rollouts, &evs, &active, &targets)
-                .transaction(|(rt, et, at, tt)| {
-                    rt.insert(id.as_bytes(), record.as_slice())?;
-                    for (k, v) in &events {
-                        et.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    if at.get(akey.as_bytes())?.as_deref() == Some(id.as_bytes()) {
-                        at.remove(akey.as_bytes())?;
-                    }
-                    for (target, part) in &claims {
-                        release(tt, target, part, &id)?;
-                    }
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
-                })
-                .map_err(tx_error)
+        move |tx| {
+            tx.rollouts.insert(id.as_bytes(), record.as_slice())?;
+            for (k, v) in &events {
+                tx.events.insert(k.as_slice(), v.as_slice())?;
+            }
+            if let Some((akey, claims)) = &finished {
+                if tx.active.get(akey.as_bytes())?.as_deref() == Some(id.as_bytes()) {
+                    tx.active.remove(akey.as_bytes())?;
+                }
+                for (target, part) in claims {
+                    release(tx.targets, target, part, &id)?;
+                }
+            }
+            Ok(())
         }
     }
 
@@ -387,7 +361,7 @@ impl SledStore {
 
     /// Wait until everything written so far is on disk (one flush, shared with concurrent commits).
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.writer.submit(false, || Ok(())).await
+        self.writer.submit(false, |_| Ok(())).await
     }
 
     /// Retention (`[store] retention`): delete every finished rollout last updated before `cutoff`,
@@ -646,6 +620,42 @@ mod tests {
         }
         assert!(store.idem.get("key-new").unwrap().is_some());
         assert_eq!(store.sweep(5_000).await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflicting_create_fails_alone_in_its_batch() {
+        // Creates arriving together share one transaction; the one that conflicts (a second rollout
+        // of the same service) must fail alone, and every other create of the batch must land.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let policy = fixtures::policy("p", &[5, 100], std::time::Duration::from_secs(1), 1);
+        let mut creates = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            // svc-0 twice (i = 0 and i = 100), every other service once.
+            let service = if i == 100 { "svc-0".to_string() } else { format!("svc-{i}") };
+            let req = fixtures::request(&service, "p");
+            let (mut r, out) = machine::create(format!("01ID{i:0>22}"), &req, policy.clone(), "ci", 0);
+            let store = store.clone();
+            creates.spawn(async move { store.create(&mut r, out.events, None).await.map(|_| r.id) });
+        }
+        let (mut ok, mut conflicts) = (0, 0);
+        while let Some(res) = creates.join_next().await {
+            match res.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StoreError::Conflict { service, .. }) => {
+                    assert_eq!(service, "svc-0");
+                    conflicts += 1;
+                }
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+        assert_eq!((ok, conflicts), (199, 1));
+        assert_eq!(store.list(&ListFilter { limit: 1000, ..Default::default() }).unwrap().len(), 199);
+        // Each created rollout has its events; the refused one left nothing behind.
+        for r in store.list(&ListFilter { limit: 1000, ..Default::default() }).unwrap() {
+            assert_eq!(store.events(&r.id, 0).unwrap().len() as u64, r.last_seq, "{}", r.id);
+        }
+        assert!(store.stats().flushes < 200, "creates arriving together share flushes: {:?}", store.stats());
     }
 
     #[tokio::test]
