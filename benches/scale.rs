@@ -62,6 +62,19 @@ fn status_mib(key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The shipped `canary-default` (metrics, adaptive judge: what every record carries) with the bench's
+/// steps and interval; the scripted analyzer answers for its metrics.
+fn shipped_policy(name: &str, steps: &[u8], interval: Duration) -> vane::policy::Policy {
+    let file = std::path::Path::new("policies/canary-default.yaml");
+    let src = include_str!("../policies/canary-default.yaml");
+    let mut p = vane::policy::parse(file, src).expect("the shipped policy parses");
+    p.name = name.into();
+    p.steps = steps.to_vec();
+    p.interval = interval;
+    p.progress_deadline = interval * 20;
+    p
+}
+
 fn env_usize(name: &str, bench: usize, test: usize, is_bench: bool) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(if is_bench { bench } else { test })
 }
@@ -97,7 +110,7 @@ fn main() {
 fn ticking(rt: &tokio::runtime::Runtime, n: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let interval = Duration::from_millis(500);
-    let policy = fixtures::policy("scale", &[5, 25, 50, 100], interval, 5);
+    let policy = shipped_policy("scale", &[5, 25, 50, 100], interval);
     let rss0 = status_mib("VmRSS:");
     let (user0, sys0) = cpu();
     let written0 = written();
@@ -163,7 +176,7 @@ fn ticking(rt: &tokio::runtime::Runtime, n: usize) {
 fn abort_latency(rt: &tokio::runtime::Runtime, bg: usize, interval: Duration, aborts: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let steps: Vec<u8> = (1..=20).map(|i| i * 5).collect();
-    let policy = fixtures::policy("steady", &steps, interval, 5);
+    let policy = shipped_policy("steady", &steps, interval);
     let rss0 = status_mib("VmRSS:");
     let (c, store, routers, analyzer) = setup(dir.path(), vec![policy]);
     let lat = rt.block_on(async {
