@@ -30,9 +30,9 @@
 //! the early steps (95 % and 75 % of the traffic) only serve the canary's few requests of those
 //! steps. The suspicion only decides whether to look longer, so it may assume what is almost always
 //! true over a few minutes — one stable rate for the whole rollout — and compare the canary's total
-//! with all the stable errors seen: at 0.5 % errors and 100 rps that holds about a quarter fewer
-//! good releases and misses about a quarter fewer 2× canaries. If the stable rate does drift, a step
-//! is held or passed when it should not be; nothing is rolled back on it.
+//! with all the stable errors seen: at 0.5 % errors and 100 rps that holds about a third fewer good
+//! releases and misses about a third fewer 2× canaries (docs/analysis.md, tuning). If the stable
+//! rate does drift, a step is held or passed when it should not be; nothing is rolled back on it.
 //!
 //! Why a held step keeps holding until the evidence turns (the ratio below a tenth of `holdAbove`)
 //! rather than on the first analysis below `holdAbove`: a canary twice as bad dips below "twice as
