@@ -10,10 +10,11 @@
 //!   canary that is not worse than stable with probability ≤ α, however often it is looked at and
 //!   however long a step is held, so the false-rollback bound covers the whole rollout;
 //! - **hold** — at the last step before 100 %, (1) the likelihood ratio of a canary *twice as bad*
-//!   as stable against equal rates is at least `holdAbove`, and (2) holding can still settle it: had
-//!   the canary been as bad as it looks (the canary/stable rate ratio seen so far, at least twice),
-//!   the rest of `maxHold` at this step's traffic would bring the e-value to `1/α`. The step stays
-//!   where it is and evidence keeps accumulating;
+//!   as stable against equal rates, on the rollout's pooled counts, is at least `holdAbove` (once the
+//!   step is held: at least a tenth of it, [`KEEP_HOLDING`]), and (2) holding can still settle it:
+//!   had the canary been as bad as it looks (the canary/stable rate ratio seen so far, at least
+//!   twice), the rest of `maxHold` at this step's traffic would bring the e-value to `1/α`. The
+//!   step stays where it is and evidence keeps accumulating;
 //! - **pass** — otherwise (or once the hold has lasted `maxHold`).
 //!
 //! Only the rollback needs the anytime-valid e-value: holding decides when to look again, costs
@@ -22,6 +23,22 @@
 //! is, while the ratio "twice as bad vs equal" falls for a good canary and grows for a bad one as the
 //! evidence grows, so a busy service rarely holds a good release. Where traffic is too thin for a
 //! hold to establish anything (condition 2), holding would only cost time.
+//!
+//! Why pooled counts for the suspicion, when the e-value conditions on each step separately: the
+//! e-value must stay valid if the stable rate changes between steps (both versions' errors rising
+//! together), so it compares the canary with stable within each step; but then the stable errors of
+//! the early steps (95 % and 75 % of the traffic) only serve the canary's few requests of those
+//! steps. The suspicion only decides whether to look longer, so it may assume what is almost always
+//! true over a few minutes — one stable rate for the whole rollout — and compare the canary's total
+//! with all the stable errors seen: at 0.5 % errors and 100 rps that holds about a third fewer good
+//! releases and misses about a third fewer 2× canaries (docs/analysis.md, tuning). If the stable
+//! rate does drift, a step is held or passed when it should not be; nothing is rolled back on it.
+//!
+//! Why a held step keeps holding until the evidence turns (the ratio below a tenth of `holdAbove`)
+//! rather than on the first analysis below `holdAbove`: a canary twice as bad dips below "twice as
+//! bad fits at least as well as equal" now and then on its way to the bound, and passing it then
+//! promotes a regression that a few more minutes would have established. A good release that is
+//! held has already lost its on-time promotion; the release level only decides how long it waits.
 //!
 //! Pure and deterministic: `examples/judge_eval.rs` evaluates it on simulated traffic.
 
@@ -37,6 +54,10 @@ pub const HOLD_RATIO: f64 = 2.0;
 /// Default likelihood ratio ([`HOLD_RATIO`] against equal rates) from which the last step before
 /// 100 % is held for more evidence instead of passing (tuned like [`PRIOR_SD`]).
 pub const DEFAULT_HOLD_ABOVE: f64 = 1.0;
+/// A held step keeps holding while the likelihood ratio is at least this share of `holdAbove` (and a
+/// hold can still settle it, within `maxHold`): it is released when the evidence has turned towards
+/// equal rates, not on the first dip below `holdAbove` (tuned like [`PRIOR_SD`]).
+pub const KEEP_HOLDING: f64 = 0.1;
 const GRID_MAX: f64 = 6.0;
 const GRID_STEP: f64 = 0.01;
 
@@ -62,6 +83,9 @@ pub struct AdaptiveConfig {
     pub hold_left: f64,
     /// Scale of the prior on ln(rate ratio) ([`PRIOR_SD`]).
     pub prior_sd: f64,
+    /// Whether the previous analysis held this step for this stream: the hold then continues while
+    /// the likelihood ratio is at least `hold_above ×` [`KEEP_HOLDING`].
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,11 +110,15 @@ pub struct Evidence {
     /// The e-value against "canary not worse than stable" and the bounds it is compared with.
     pub e_value: f64,
     pub log_e: f64,
-    /// The likelihood ratio of a canary [`HOLD_RATIO`] times as bad as stable against equal rates:
-    /// the suspicion compared with `hold_above`.
+    /// The likelihood ratio of a canary [`HOLD_RATIO`] times as bad as stable against equal rates,
+    /// on the counts of all steps so far pooled: the suspicion compared with `hold_from`.
     pub likelihood_ratio: f64,
-    /// Whether the data lean towards harm: bad events seen, and `likelihood_ratio ≥ hold_above`.
+    /// Whether the data lean towards harm: bad events seen, and `likelihood_ratio ≥ hold_from`.
     pub suspicious: bool,
+    /// The likelihood ratio from which this analysis holds: `hold_above`, or `hold_above ×`
+    /// [`KEEP_HOLDING`] while the step is already held.
+    #[serde(default)]
+    pub hold_from: f64,
     /// The e-value a hold for the rest of `maxHold` would reach if the canary were `hold_ratio`
     /// times as bad (this step's traffic, the stable rate seen so far); 0 when the step may not
     /// hold. A hold needs it to reach `bound`.
@@ -173,10 +201,20 @@ fn mixture(lr: &[f64], prior_sd: f64) -> f64 {
     log_sum_exp(&terms)
 }
 
-/// ln of the likelihood ratio of the rate ratio `ratio` against equal rates (0 without bad events).
+/// All blocks' counts summed (those with traffic on both versions).
+fn pooled(blocks: &[Block]) -> Block {
+    blocks.iter().filter(|b| b.canary.requests > 0.0 && b.stable.requests > 0.0).fold(Block::default(), |a, b| Block {
+        canary: Counts { requests: a.canary.requests + b.canary.requests, errors: a.canary.errors + b.canary.errors },
+        stable: Counts { requests: a.stable.requests + b.stable.requests, errors: a.stable.errors + b.stable.errors },
+    })
+}
+
+/// ln of the likelihood ratio of the rate ratio `ratio` against equal rates on the pooled counts of
+/// all blocks, i.e. with one stable rate for the whole rollout (0 without bad events). Only the
+/// hold uses it; the e-value conditions on each block.
 fn log_lr_at(blocks: &[Block], ratio: f64) -> f64 {
     let u = ratio.ln();
-    likelihoods(blocks).iter().map(|l| l.at(u) - l.at(0.0)).sum()
+    likelihoods(&[pooled(blocks)]).iter().map(|l| l.at(u) - l.at(0.0)).sum()
 }
 
 /// The stable bad-event rate over all blocks; half an event when none was seen, so a canary with
@@ -227,8 +265,9 @@ pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evid
     } else {
         f64::NEG_INFINITY
     };
+    let hold_from = if cfg.held { cfg.hold_above * KEEP_HOLDING } else { cfg.hold_above };
     // Without bad events (LR exactly 1) there is nothing to lean on, whatever `hold_above` is.
-    let suspicious = !likelihoods(&blocks).is_empty() && log_lr >= cfg.hold_above.ln();
+    let suspicious = !likelihoods(&blocks).is_empty() && log_lr >= hold_from.ln();
     let decision = if log_e >= log_bound {
         AdaptiveDecision::Regression
     } else if suspicious && log_after_hold >= log_bound {
@@ -246,6 +285,7 @@ pub fn evaluate(cfg: &AdaptiveConfig, earlier: &[Block], current: Block) -> Evid
         log_e,
         likelihood_ratio: log_lr.exp(),
         suspicious,
+        hold_from,
         hold_e_value: log_after_hold.exp(),
         hold_ratio,
         bound: 1.0 / cfg.alpha,
@@ -264,7 +304,7 @@ mod tests {
     }
 
     fn cfg() -> AdaptiveConfig {
-        AdaptiveConfig { alpha: 0.01, hold_above: DEFAULT_HOLD_ABOVE, hold_left: 5.0, prior_sd: PRIOR_SD }
+        AdaptiveConfig { alpha: 0.01, hold_above: DEFAULT_HOLD_ABOVE, hold_left: 5.0, prior_sd: PRIOR_SD, held: false }
     }
 
     #[test]
@@ -377,6 +417,52 @@ mod tests {
         let ev = evaluate(&cfg(), &earlier, block((3000.0, 14.0), (3000.0, 16.0)));
         assert_eq!(ev.decision, AdaptiveDecision::Pass, "{ev:?}");
         assert!(!ev.suspicious && ev.hold_ratio == HOLD_RATIO, "{ev:?}");
+    }
+
+    #[test]
+    fn suspicion_compares_the_canary_with_all_the_stable_errors_of_the_rollout() {
+        // 0.5 % errors at 100 rps, one-minute steps of 5 / 25 / 50 %; the canary has 39 errors in
+        // 4800 requests (0.81 %), stable 74 in 13200 (0.56 %), but stable happened to see 0.8 % in
+        // this step. Step by step the canary looks no worse than stable; against the stable rate of
+        // the whole rollout it looks 1.45× as bad: the last step holds for more evidence.
+        let earlier = [block((300.0, 1.0), (5700.0, 28.0)), block((1500.0, 8.0), (4500.0, 22.0))];
+        let current = block((3000.0, 30.0), (3000.0, 24.0));
+        let ev = evaluate(&cfg(), &earlier, current);
+        let by_step: f64 = earlier.iter().chain([&current]).map(|b| log_lr_at(&[*b], HOLD_RATIO)).sum();
+        assert!(by_step < 0.0, "step by step: {}", by_step.exp());
+        // ρ = 4800 / 13200: a bad event is the canary's with probability 4/15 at equal rates, 8/19 at
+        // twice the rate.
+        let (t0, t1) = (4.0f64 / 15.0, 8.0f64 / 19.0);
+        let by_hand = 39.0 * (t1 / t0).ln() + 74.0 * ((1.0 - t1) / (1.0 - t0)).ln();
+        assert!((ev.likelihood_ratio.ln() - by_hand).abs() < 1e-9, "{ev:?}");
+        assert!(ev.likelihood_ratio >= DEFAULT_HOLD_ABOVE && ev.e_value < ev.bound, "{ev:?}");
+        assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
+        // The rollback evidence still compares within each step.
+        let mut blocks = earlier.to_vec();
+        blocks.push(current);
+        assert_eq!(ev.log_e, log_e_value(&blocks, PRIOR_SD));
+    }
+
+    #[test]
+    fn a_held_step_keeps_holding_until_the_evidence_turns() {
+        // 0.6 % vs 0.5 % at 50 % of 100 rps: "twice as bad" fits worse than "equal" (LR 0.41), so
+        // a step that is not held passes; a held one keeps holding — a canary twice as bad dips
+        // like this on its way to the bound.
+        let dip = block((3000.0, 18.0), (3000.0, 15.0));
+        let fresh = evaluate(&cfg(), &[], dip);
+        assert!(fresh.likelihood_ratio < DEFAULT_HOLD_ABOVE, "{fresh:?}");
+        assert_eq!((fresh.decision, fresh.hold_from), (AdaptiveDecision::Pass, DEFAULT_HOLD_ABOVE), "{fresh:?}");
+        let held = AdaptiveConfig { held: true, ..cfg() };
+        let ev = evaluate(&held, &[], dip);
+        assert_eq!(ev.hold_from, DEFAULT_HOLD_ABOVE * KEEP_HOLDING);
+        assert_eq!(ev.decision, AdaptiveDecision::Hold, "{ev:?}");
+        // Half the stable rate: the evidence has turned, the hold ends.
+        let ev = evaluate(&held, &[], block((3000.0, 10.0), (3000.0, 20.0)));
+        assert!(ev.likelihood_ratio < DEFAULT_HOLD_ABOVE * KEEP_HOLDING, "{ev:?}");
+        assert_eq!(ev.decision, AdaptiveDecision::Pass, "{ev:?}");
+        // And maxHold still ends it.
+        let ev = evaluate(&AdaptiveConfig { hold_left: 0.0, ..held }, &[], dip);
+        assert_eq!(ev.decision, AdaptiveDecision::Pass, "{ev:?}");
     }
 
     #[test]

@@ -115,8 +115,10 @@ impl PromAnalyzer {
         let max_hold = spec.max_hold.unwrap_or(r.policy.interval * 5).as_millis() as u64;
         let ran = now.saturating_sub(r.step_started_at).max(1) as f64;
         let cfg = |key: &str| {
-            let held = carry(r, key).held_since.map_or(0, |t| now.saturating_sub(t));
+            let held_since = carry(r, key).held_since;
+            let held = held_since.map_or(0, |t| now.saturating_sub(t));
             AdaptiveConfig {
+                held: held_since.is_some(),
                 alpha: spec.alpha / keys.len().max(1) as f64,
                 hold_above: spec.hold_above,
                 hold_left: if last_step { max_hold.saturating_sub(held) as f64 / ran } else { 0.0 },
@@ -297,7 +299,7 @@ fn stream_result(
         fmt(ev.canary.requests),
         fmt(ev.stable.requests)
     );
-    let (e, bound, hold, lr) = (fmt(ev.e_value), fmt(ev.bound), fmt(ev.hold_above), fmt(ev.likelihood_ratio));
+    let (e, bound, hold, lr) = (fmt(ev.e_value), fmt(ev.bound), fmt(ev.hold_from), fmt(ev.likelihood_ratio));
     let lr_text = format!("likelihood ratio of twice the stable rate vs equal {lr}");
     let held_since = carry(r, key).held_since;
     let leaning = ev.suspicious;
