@@ -24,6 +24,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -99,7 +100,18 @@ struct Queue {
     jobs: Vec<Job>,
     /// A batch task runs (and will take what is queued).
     running: bool,
+    /// When the last flush ended.
+    flushed_at: Option<Instant>,
 }
+
+/// Commit delay: while commits stream in (the last flush ended less than [`STREAMING`] ago) a batch
+/// of fewer than [`GATHER`] ordinary commits waits this long for company before it is written. Each
+/// flush costs ~80 µs of CPU however little it carries; with 10,000 rollouts ticking, commits arrive
+/// a few hundred microseconds apart and would each pay for one. A rollback never waits: a batch
+/// holding one is written at once.
+const COMMIT_DELAY: Duration = Duration::from_millis(1);
+const STREAMING: Duration = Duration::from_millis(10);
+const GATHER: usize = 32;
 
 impl Writer {
     pub(super) fn new(db: sled::Db, trees: Trees) -> Writer {
@@ -185,6 +197,14 @@ impl Writer {
     /// caller that then drops the store closes the database, and may open the same path again.
     fn run(self: Arc<Self>) {
         loop {
+            let wait = self.queue.lock().is_ok_and(|q| {
+                q.flushed_at.is_some_and(|t| t.elapsed() < STREAMING)
+                    && q.jobs.len() < GATHER
+                    && !q.jobs.iter().any(|j| j.urgent)
+            });
+            if wait {
+                std::thread::sleep(COMMIT_DELAY);
+            }
             let Ok(mut batch) = self.queue.lock().map(|mut q| std::mem::take(&mut q.jobs)) else { return };
             // Urgent first, otherwise in arrival order (the sort is stable).
             batch.sort_by_key(|j| !j.urgent);
@@ -197,6 +217,7 @@ impl Writer {
                 .map(|(j, res)| (j.answer, res.and_then(|()| flushed.clone().map_err(StoreError::Backend))))
                 .collect();
             let last = self.queue.lock().map_or(true, |mut q| {
+                q.flushed_at = Some(Instant::now());
                 let empty = q.jobs.is_empty();
                 if empty {
                     q.running = false;
