@@ -42,7 +42,7 @@ use vane::rollout::clock::SystemClock;
 use vane::rollout::controller::Controller;
 use vane::rollout::driver::Env;
 use vane::rollout::ports::{
-    AnalysisContext, AnalysisReport, Analyzer, MetricResult, MetricVerdict, Router, RouterError, RouterFactory, Verdict,
+    AnalysisContext, AnalysisReport, Analyzer, MetricVerdict, Router, RouterError, RouterFactory, Verdict,
 };
 use vane::rollout::{CreateRequest, Phase, Rollout, RouterSpec};
 use vane::store::Store;
@@ -83,15 +83,7 @@ impl Analyzer for FailFirst {
             } else {
                 (Verdict::Pass, 99.9, MetricVerdict::Pass)
             };
-            let metric = MetricResult {
-                name: "request-success-rate".into(),
-                value: Some(value),
-                min: Some(99.0),
-                max: None,
-                result,
-                message: None,
-                stats: serde_json::Value::Null,
-            };
+            let metric = vane::fixtures::success_rate(Some(value), result);
             let summary = format!("request-success-rate {value} % < 99 % at {} % canary", ctx.rollout.canary_weight);
             let report = AnalysisReport { at: ctx.now, verdict, metrics: vec![metric], summary };
             if first {

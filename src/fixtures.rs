@@ -181,6 +181,19 @@ impl ScriptedAnalyzer {
     }
 }
 
+/// A `request-success-rate` result (≥ 99 %) with `value` and `result`, as the scripted analyzers report it.
+pub fn success_rate(value: Option<f64>, result: MetricVerdict) -> MetricResult {
+    MetricResult {
+        name: "request-success-rate".into(),
+        value,
+        min: Some(99.0),
+        max: None,
+        result,
+        message: None,
+        stats: serde_json::Value::Null,
+    }
+}
+
 impl Analyzer for ScriptedAnalyzer {
     fn analyse(&self, ctx: AnalysisContext) -> BoxFut<'_, AnalysisReport> {
         Box::pin(async move {
@@ -195,15 +208,7 @@ impl Analyzer for ScriptedAnalyzer {
                 Verdict::Error => (None, MetricVerdict::Error),
                 _ => (Some(99.0), MetricVerdict::Inconclusive),
             };
-            let metric = MetricResult {
-                name: "request-success-rate".into(),
-                value,
-                min: Some(99.0),
-                max: None,
-                result,
-                message: None,
-                stats: serde_json::Value::Null,
-            };
+            let metric = success_rate(value, result);
             AnalysisReport { at: ctx.now, verdict, metrics: vec![metric], summary: format!("scripted {verdict:?}") }
         })
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vane::BoxFut;
-use vane::analysis::{AnalysisContext, AnalysisReport, Analyzer, MetricResult, MetricVerdict, TimeOnly, Verdict};
+use vane::analysis::{AnalysisContext, AnalysisReport, Analyzer, MetricVerdict, TimeOnly, Verdict};
 use vane::config::{ExecProfile, RouterProfiles};
 use vane::notify::{AlwaysOk, HookRunner, Notifier, Silent};
 use vane::policy::{HookKind, Policy};
@@ -171,15 +171,7 @@ impl Analyzer for Scripted {
                 Verdict::Fail => (97.25, MetricVerdict::Fail),
                 _ => (99.9, MetricVerdict::Pass),
             };
-            let m = MetricResult {
-                name: "request-success-rate".into(),
-                value: Some(value),
-                min: Some(99.0),
-                max: None,
-                result,
-                message: None,
-                stats: serde_json::Value::Null,
-            };
+            let m = vane::fixtures::success_rate(Some(value), result);
             let summary = format!("request-success-rate {value} (min 99)");
             AnalysisReport { at: ctx.now, verdict, metrics: vec![m], summary }
         })
