@@ -140,7 +140,13 @@ fn ticking(rt: &tokio::runtime::Runtime, n: usize) {
     let peak = status_mib("VmHWM:");
     println!("rollouts            {n}");
     println!("create (concurrent) {:.2?} ({:.0}/s)", created, n as f64 / created.as_secs_f64());
-    println!("all succeeded in    {done:.2?} (3 analysis intervals of {interval:?} each)");
+    let all = vane::store::ListFilter { limit: n, ..Default::default() };
+    let finished = store.list(&all).expect("list");
+    let succeeded = finished.iter().filter(|r| r.phase == vane::rollout::Phase::Succeeded).count();
+    println!(
+        "all finished in     {done:.2?} (3 analysis intervals of {interval:?} each): {succeeded} succeeded, {} not (the progress deadline: more than one core can tick)",
+        finished.len() - succeeded
+    );
     println!("analysis ticks      {ticks}");
     println!(
         "CPU total           {:.2} s (user {user:.2} s, system {sys:.2} s); per rollout-tick {:.1} µs (user {:.1}, system {:.1})",
