@@ -146,7 +146,8 @@ impl World {
                 r.phase,
                 r.message
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Some stages last only a few apiserver calls (routing being prepared: two writes).
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
