@@ -59,13 +59,8 @@ fn matches(f: &ListFilter, h: &Head<'_>) -> bool {
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
-    /// Runs every durable write and the flushes (group commit).
+    /// Runs every durable write and the flushes (group commit); holds the rollout trees.
     writer: Arc<Writer>,
-    rollouts: sled::Tree,
-    events: sled::Tree,
-    active: sled::Tree,
-    idem: sled::Tree,
-    by_service: sled::Tree,
     queue: sled::Tree,
     cursors: sled::Tree,
     queue_meta: sled::Tree,
@@ -109,11 +104,6 @@ impl SledStore {
             targets: db.open_tree("targets")?,
         };
         let store = SledStore {
-            rollouts: trees.rollouts.clone(),
-            events: trees.events.clone(),
-            active: trees.active.clone(),
-            idem: trees.idem.clone(),
-            by_service: trees.by_service.clone(),
             queue: db.open_tree("deliveries")?,
             cursors: db.open_tree("delivery-cursors")?,
             queue_meta: db.open_tree("delivery-meta")?,
@@ -127,16 +117,16 @@ impl SledStore {
     /// Build the service index of a store written before it existed (one atomic batch: a crash
     /// leaves it empty, and the next start builds it again).
     fn index_services(&self) -> Result<(), StoreError> {
-        if !self.by_service.is_empty() || self.rollouts.is_empty() {
+        if !self.trees().by_service.is_empty() || self.trees().rollouts.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for kv in self.rollouts.iter() {
+        for kv in self.trees().rollouts.iter() {
             let (k, v) = kv?;
             let h: Head = from_json(&k, &v)?;
             batch.insert(service_key(&h.service, &h.namespace, &String::from_utf8_lossy(&k)).as_bytes(), &[]);
         }
-        self.by_service.apply_batch(batch)?;
+        self.trees().by_service.apply_batch(batch)?;
         self.db.flush()?;
         Ok(())
     }
@@ -252,7 +242,7 @@ impl SledStore {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
-        self.rollouts.get(id.as_bytes())?.map(|v| from_json(id.as_bytes(), &v)).transpose()
+        self.trees().rollouts.get(id.as_bytes())?.map(|v| from_json(id.as_bytes(), &v)).transpose()
     }
 
     /// Newest first (ids are ULIDs, so key order is creation order).
@@ -271,7 +261,7 @@ impl SledStore {
                 None => format!("{service}/"),
             };
             let mut ids = Vec::new();
-            for k in self.by_service.scan_prefix(prefix.as_bytes()).keys() {
+            for k in self.trees().by_service.scan_prefix(prefix.as_bytes()).keys() {
                 let k = k?;
                 let id = k.rsplit(|b| *b == b'/').next().unwrap_or_default();
                 ids.push(sled::IVec::from(id));
@@ -282,18 +272,18 @@ impl SledStore {
         }
         if f.phase.is_some_and(|p| !p.is_terminal()) {
             let mut ids = Vec::new();
-            for id in self.active.iter().values() {
+            for id in self.trees().active.iter().values() {
                 ids.push(id?);
             }
             ids.sort_unstable_by(|a, b| b.cmp(a));
             return self.collect(self.records(ids), f);
         }
-        self.collect(self.rollouts.iter().rev().map(|kv| kv.map_err(StoreError::from)), f)
+        self.collect(self.trees().rollouts.iter().rev().map(|kv| kv.map_err(StoreError::from)), f)
     }
 
     /// The records of `ids`, in that order (ids whose record is gone are skipped).
     fn records(&self, ids: Vec<sled::IVec>) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> {
-        ids.into_iter().filter_map(|id| match self.rollouts.get(&id) {
+        ids.into_iter().filter_map(|id| match self.trees().rollouts.get(&id) {
             Ok(v) => v.map(|v| Ok((id, v))),
             Err(e) => Some(Err(e.into())),
         })
@@ -323,9 +313,9 @@ impl SledStore {
     /// Every non-terminal rollout (what a restarted daemon resumes).
     pub fn active(&self) -> Result<Vec<Rollout>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.active.iter() {
+        for kv in self.trees().active.iter() {
             let (k, id) = kv?;
-            match self.rollouts.get(&id)? {
+            match self.trees().rollouts.get(&id)? {
                 Some(v) => out.push(from_json::<Rollout>(&k, &v)?),
                 None => {
                     return Err(StoreError::Corrupt {
@@ -342,10 +332,16 @@ impl SledStore {
     pub fn events(&self, id: &str, after: u64) -> Result<Vec<Event>, StoreError> {
         let start = event_key(id, after.saturating_add(1));
         let end = event_key(id, u64::MAX);
-        self.events
+        self.trees()
+            .events
             .range(start..=end)
             .map(|kv| kv.map_err(StoreError::from).and_then(|(k, v)| from_json(&k, &v)))
             .collect()
+    }
+
+    /// The rollout trees (the writer writes them; reads go straight to them).
+    fn trees(&self) -> &Trees {
+        self.writer.trees()
     }
 
     /// Counters since the store opened.
@@ -366,7 +362,7 @@ impl SledStore {
 
     /// Retention (`[store] retention`): delete every finished rollout last updated before `cutoff`,
     /// with its events, its service index entry and the idempotency keys that point to it. Each
-    /// rollout goes in one transaction, so a crash leaves it whole or gone. Returns how many went.
+    /// rollout goes atomically, so a crash leaves it whole or gone. Returns how many went.
     pub async fn sweep(&self, cutoff: Millis) -> Result<usize, StoreError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -377,7 +373,7 @@ impl SledStore {
             updated_at: Millis,
         }
         let mut expired = Vec::new();
-        for kv in self.rollouts.iter() {
+        for kv in self.trees().rollouts.iter() {
             let (id, v) = kv?;
             let a: Age = from_json(&id, &v)?;
             if a.phase.is_terminal() && a.updated_at < cutoff {
@@ -390,42 +386,51 @@ impl SledStore {
         }
         let gone: std::collections::HashSet<&[u8]> = expired.iter().map(|(id, _)| id.as_ref()).collect();
         let mut idem_keys: std::collections::HashMap<Vec<u8>, Vec<sled::IVec>> = Default::default();
-        for kv in self.idem.iter() {
+        for kv in self.trees().idem.iter() {
             let (k, v) = kv?;
             let rec: IdemRecord = from_json(&k, &v)?;
             if gone.contains(rec.id.as_bytes()) {
                 idem_keys.entry(rec.id.into_bytes()).or_default().push(k);
             }
         }
+        // One writer job per rollout: they ride the writer's batches (a transaction and a flush
+        // shared by many) and each is still atomic.
+        let mut jobs = tokio::task::JoinSet::new();
         for (id, skey) in &expired {
             let id_str = String::from_utf8_lossy(id);
             let events: Vec<sled::IVec> = self
+                .trees()
                 .events
                 .range(event_key(&id_str, 0)..=event_key(&id_str, u64::MAX))
                 .keys()
                 .collect::<Result<_, _>>()?;
-            let idem = idem_keys.get(id.as_ref()).map(Vec::as_slice).unwrap_or_default();
-            (&self.rollouts, &self.events, &self.idem, &self.by_service)
-                .transaction(|(rt, et, it, st)| {
-                    rt.remove(id)?;
-                    for k in &events {
-                        et.remove(k)?;
-                    }
-                    for k in idem {
-                        it.remove(k)?;
-                    }
-                    st.remove(skey.as_bytes())?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
-                })
-                .map_err(tx_error)?;
+            let idem = idem_keys.remove(id.as_ref()).unwrap_or_default();
+            let (id, skey, writer) = (id.clone(), skey.clone(), self.writer.clone());
+            jobs.spawn(async move {
+                writer
+                    .submit(false, move |tx| {
+                        tx.rollouts.remove(&id)?;
+                        for k in &events {
+                            tx.events.remove(k)?;
+                        }
+                        for k in &idem {
+                            tx.idem.remove(k)?;
+                        }
+                        tx.by_service.remove(skey.as_bytes())?;
+                        Ok(())
+                    })
+                    .await
+            });
         }
-        self.durable().await?;
+        while let Some(done) = jobs.join_next().await {
+            done.map_err(|e| StoreError::Backend(e.to_string()))??;
+        }
         Ok(expired.len())
     }
 
     /// A cheap read that proves the store answers (readiness).
     pub fn ping(&self) -> bool {
-        self.rollouts.first().is_ok()
+        self.trees().rollouts.first().is_ok()
     }
 }
 
@@ -447,13 +452,6 @@ fn release(
         tt.insert(target.as_bytes(), to_json(&claims))?;
     }
     Ok(())
-}
-
-fn tx_error(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => e.into(),
-    }
 }
 
 fn abort_corrupt(key: &str, e: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {
@@ -614,11 +612,11 @@ mod tests {
         assert!(store.events(&ids[0], 0).unwrap().is_empty());
         let by_old = ListFilter { service: Some("old".into()), limit: 10, ..Default::default() };
         assert!(store.list(&by_old).unwrap().is_empty());
-        assert!(store.idem.get("key-old").unwrap().is_none());
+        assert!(store.trees().idem.get("key-old").unwrap().is_none());
         for id in &ids[1..] {
             assert!(store.get(id).unwrap().is_some() && !store.events(id, 0).unwrap().is_empty());
         }
-        assert!(store.idem.get("key-new").unwrap().is_some());
+        assert!(store.trees().idem.get("key-new").unwrap().is_some());
         assert_eq!(store.sweep(5_000).await.unwrap(), 0);
     }
 
@@ -650,9 +648,10 @@ mod tests {
             }
         }
         assert_eq!((ok, conflicts), (199, 1));
-        assert_eq!(store.list(&ListFilter { limit: 1000, ..Default::default() }).unwrap().len(), 199);
+        let created = store.list(&ListFilter { limit: 1000, ..Default::default() }).unwrap();
+        assert_eq!(created.len(), 199);
         // Each created rollout has its events; the refused one left nothing behind.
-        for r in store.list(&ListFilter { limit: 1000, ..Default::default() }).unwrap() {
+        for r in created {
             assert_eq!(store.events(&r.id, 0).unwrap().len() as u64, r.last_seq, "{}", r.id);
         }
         assert!(store.stats().flushes < 200, "creates arriving together share flushes: {:?}", store.stats());

@@ -158,6 +158,10 @@ impl Writer {
         answer.await.map_err(|_| StoreError::Backend("the store writer stopped".into()))?
     }
 
+    pub(super) fn trees(&self) -> &Trees {
+        &self.trees
+    }
+
     pub(super) fn stats(&self) -> StoreStats {
         let c = &self.counters;
         StoreStats { commits: c.commits.load(Ordering::Relaxed), flushes: c.flushes.load(Ordering::Relaxed) }
@@ -186,7 +190,7 @@ impl Writer {
                 .map(|j| {
                     self.transaction(|tx| (j.write)(tx)).map_err(|e| match e {
                         TransactionError::Abort(e) => e,
-                        TransactionError::Storage(e) => e.into(),
+                        TransactionError::Storage(e) => StoreError::from(e),
                     })
                 })
                 .collect(),

@@ -308,7 +308,7 @@ impl GatewayApiRouter {
     /// One read-decide-write round of the route for a workload `shape` (Prepared or Final).
     async fn try_shape(&self, route: &Obj, shape: RouteShape) -> Result<(), Attempt> {
         let o = route.get().await?;
-        self.kube.check_opt_in(&o, &route.describe())?;
+        self.kube.check_opt_in(&o.metadata, &route.describe())?;
         let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
         let ops = match shape {
             RouteShape::Prepared => self.backends().prepare_ops(&spec),
@@ -334,7 +334,7 @@ impl GatewayApiRouter {
     /// One read-decide-write round.
     async fn try_set(&self, route: &Obj, canary: u8) -> Result<(), Attempt> {
         let o = route.get().await?;
-        self.kube.check_opt_in(&o, &route.describe())?;
+        self.kube.check_opt_in(&o.metadata, &route.describe())?;
         let r = self.locate(route, &o)?;
         let mut ops = if r.holds(canary) { vec![] } else { weight_ops(&r, canary) };
         let path = format!("/spec/rules/{}/backendRefs/{}", r.rule_index, r.canary_index);
@@ -357,7 +357,7 @@ impl GatewayApiRouter {
 impl GatewayApiRouter {
     async fn try_mirror(&self, route: &Obj, percent: u8) -> Result<(), Attempt> {
         let o = route.get().await?;
-        self.kube.check_opt_in(&o, &route.describe())?;
+        self.kube.check_opt_in(&o.metadata, &route.describe())?;
         let r = self.locate(route, &o)?;
         let base = format!("/spec/rules/{}", r.rule_index);
         let rule = o.data.pointer(&base).cloned().unwrap_or(Value::Null);
@@ -381,7 +381,7 @@ impl Router for GatewayApiRouter {
         Box::pin(k8s::bounded("gateway-api validate", async move {
             let route = self.route().await?;
             let o = route.get().await?;
-            self.kube.check_opt_in(&o, &route.describe())?;
+            self.kube.check_opt_in(&o.metadata, &route.describe())?;
             let r = self.locate(&route, &o)?;
             let rules = o.data.pointer("/spec/rules").and_then(Value::as_array).map_or(0, Vec::len);
             let target = o.data.pointer(&format!("/spec/rules/{}/backendRefs/{}", r.rule_index, r.canary_index));

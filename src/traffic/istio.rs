@@ -369,7 +369,7 @@ impl IstioRouter {
     /// One read-decide-write round.
     async fn try_set(&self, vs: &Obj, canary: u8) -> Result<(), Attempt> {
         let o = vs.get().await?;
-        self.kube.check_opt_in(&o, &vs.describe())?;
+        self.kube.check_opt_in(&o.metadata, &vs.describe())?;
         if canary == 100 && self.promoted(&o) {
             return Ok(());
         }
@@ -398,7 +398,7 @@ impl IstioRouter {
 impl IstioRouter {
     async fn try_mirror(&self, vs: &Obj, percent: u8) -> Result<(), Attempt> {
         let o = vs.get().await?;
-        self.kube.check_opt_in(&o, &vs.describe())?;
+        self.kube.check_opt_in(&o.metadata, &vs.describe())?;
         let r = self.locate(vs, &o)?;
         let base = format!("/spec/http/{}", r.http_index);
         let route = o.data.pointer(&base).cloned().unwrap_or(Value::Null);
@@ -421,7 +421,7 @@ impl Router for IstioRouter {
         Box::pin(k8s::bounded("istio validate", async move {
             let vs = self.vs().await?;
             let o = vs.get().await?;
-            self.kube.check_opt_in(&o, &vs.describe())?;
+            self.kube.check_opt_in(&o.metadata, &vs.describe())?;
             let r = self.locate(&vs, &o)?;
             let client = self.kube.client_in(&self.namespace).await?;
             let drs: kube::Api<DynamicObject> =

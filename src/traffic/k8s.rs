@@ -31,17 +31,8 @@ pub fn managed(meta: &kube::api::ObjectMeta) -> bool {
     label(meta, MANAGED_LABEL) == Some("true")
 }
 
-/// Labelled `vane.dev/managed: "true"` by its owners.
-pub fn opted_in(o: &DynamicObject) -> bool {
-    managed(&o.metadata)
-}
-
 /// Created by vane (it carries vane's `app.kubernetes.io/managed-by`).
-pub fn created_by_vane(o: &DynamicObject) -> bool {
-    created_meta(&o.metadata)
-}
-
-fn created_meta(meta: &kube::api::ObjectMeta) -> bool {
+pub fn created_by_vane(meta: &kube::api::ObjectMeta) -> bool {
     label(meta, MANAGED_BY.0) == Some(MANAGED_BY.1)
 }
 
@@ -84,15 +75,10 @@ impl KubeAccess {
         self.client().await
     }
 
-    /// May vane patch `o` (described as `what`)? With `require_opt_in` only objects its owners
-    /// labelled `vane.dev/managed: "true"`, or that vane created, are written.
-    pub fn check_opt_in(&self, o: &DynamicObject, what: &str) -> Result<(), RouterError> {
-        self.check_opt_in_meta(&o.metadata, what)
-    }
-
-    /// [`check_opt_in`](Self::check_opt_in) for a typed object (a Deployment, a Service).
-    pub fn check_opt_in_meta(&self, meta: &kube::api::ObjectMeta, what: &str) -> Result<(), RouterError> {
-        if !self.settings.require_opt_in || managed(meta) || created_meta(meta) {
+    /// May vane patch the object with `meta` (described as `what`)? With `require_opt_in` only
+    /// objects its owners labelled `vane.dev/managed: "true"`, or that vane created, are written.
+    pub fn check_opt_in(&self, meta: &kube::api::ObjectMeta, what: &str) -> Result<(), RouterError> {
+        if !self.settings.require_opt_in || managed(meta) || created_by_vane(meta) {
             return Ok(());
         }
         Err(RouterError::Permanent(format!(

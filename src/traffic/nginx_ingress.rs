@@ -203,7 +203,7 @@ pub fn canary_clone(
 
 /// An existing canary Ingress is vane's to drive only if vane created it or its owners opted it in.
 pub fn check_canary_owned(k: &DynamicObject, what: &str) -> Result<(), String> {
-    if k8s::created_by_vane(k) || k8s::opted_in(k) {
+    if k8s::created_by_vane(&k.metadata) || k8s::managed(&k.metadata) {
         return Ok(());
     }
     Err(format!(
@@ -415,7 +415,7 @@ impl NginxIngressRouter {
         kobj: &Obj,
         k: Option<&DynamicObject>,
     ) -> Result<(), RouterError> {
-        self.kube.check_opt_in(m, &main.describe())?;
+        self.kube.check_opt_in(&m.metadata, &main.describe())?;
         match k {
             Some(k) => check_canary_owned(k, &kobj.describe()).map_err(RouterError::Permanent),
             None => Ok(()),
@@ -463,7 +463,7 @@ impl NginxIngressRouter {
         let (s, c) = self.blue_green_services()?;
         let (from, to) = if weight == 100 { (s, c) } else { (c, s) };
         let m = main.get().await?;
-        self.kube.check_opt_in(&m, &main.describe())?;
+        self.kube.check_opt_in(&m.metadata, &main.describe())?;
         let ops = rewrite_ops(&m, from, to);
         if ops.is_empty() {
             return Ok(());
@@ -491,7 +491,7 @@ impl Router for NginxIngressRouter {
                     self.resolve(&m, k.as_ref(), kobj)?
                 }
                 None => {
-                    self.kube.check_opt_in(&m, &main.describe())?;
+                    self.kube.check_opt_in(&m.metadata, &main.describe())?;
                     self.blue_green_services().map(|(s, c)| (s.to_string(), c.to_string()))?
                 }
             };

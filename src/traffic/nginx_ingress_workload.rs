@@ -62,6 +62,13 @@ fn what(ns: &str, name: &str) -> String {
     format!("Service {ns}/{name}")
 }
 
+/// The Service `name`, which vane may change only if its owners opted in (`[kubernetes] require_opt_in`).
+async fn get_opted_in(kube: &KubeAccess, api: &Api<Service>, ns: &str, name: &str) -> Result<Service, RouterError> {
+    let s = api.get(name).await.map_err(|e| k8s::classify(&what(ns, name), e))?;
+    kube.check_opt_in(&s.metadata, &what(ns, name))?;
+    Ok(s)
+}
+
 /// Ensure the canary Service `c` (copied from `s`) selects `version`. The stable Service must be
 /// opted in (`[kubernetes] require_opt_in`): promotion moves its selector.
 pub async fn ensure_canary_service(
@@ -73,8 +80,7 @@ pub async fn ensure_canary_service(
     stable_version: &str,
     version: &str,
 ) -> Result<(), RouterError> {
-    let stable = api.get(s).await.map_err(|e| k8s::classify(&what(ns, s), e))?;
-    kube.check_opt_in_meta(&stable.metadata, &what(ns, s))?;
+    let stable = get_opted_in(kube, api, ns, s).await?;
     if selected_version(&stable) != Some(stable_version) && selected_version(&stable) != Some(version) {
         return Err(RouterError::Permanent(format!(
             "{} selects `{VERSION_LABEL}: {}`, not the stableVersion {stable_version}",
@@ -112,8 +118,7 @@ pub async fn select_checked(
     name: &str,
     version: &str,
 ) -> Result<(), RouterError> {
-    let cur = api.get(name).await.map_err(|e| k8s::classify(&what(ns, name), e))?;
-    kube.check_opt_in_meta(&cur.metadata, &what(ns, name))?;
+    let cur = get_opted_in(kube, api, ns, name).await?;
     if selected_version(&cur) == Some(version) {
         return Ok(());
     }

@@ -169,7 +169,7 @@ impl K8sWorkload {
     async fn stable(&self, api: &Api<Deployment>) -> Res<Deployment> {
         let d = self.spec.deployment.as_str();
         let stable = api.get(d).await.map_err(|e| err(&self.describe(d), e))?;
-        self.kube.check_opt_in_meta(&stable.metadata, &self.describe(d))?;
+        self.kube.check_opt_in(&stable.metadata, &self.describe(d))?;
         let pinned = stable.spec.selector.match_labels.as_ref();
         if pinned.is_some_and(|m| m.contains_key(VERSION_LABEL)) {
             return Err(WorkloadError::Permanent(format!(
