@@ -384,6 +384,18 @@ async fn workload_fields_are_validated_with_the_field_named() {
     let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(with(good, derived))).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["router"]["canarySubset"], "v1-1-0", "{v}");
+    // A version that makes no valid name (a label is at most 63) is refused, naming the derived field.
+    let mut odd = body("agent-service");
+    odd["version"] = json!(format!("v1.2.0-{}", "7".repeat(60)));
+    odd["router"] = json!({ "kind": "istio", "virtualService": "agent-service", "stableSubset": "v1-0-0" });
+    odd["workload"] = json!({ "deployment": "agent-service", "image": "registry/agent-service:v1.2.0" });
+    let (s, v) = api.req("POST", "/api/v1/rollouts", Some(OP), Some(odd)).await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("router.canarySubset")),
+        "{v}"
+    );
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("derived from version"), "{v}");
 
     let (_, doc) = api.req("GET", "/api/v1/openapi.json", None, None).await;
     let schemas = &doc["components"]["schemas"];
